@@ -1,0 +1,21 @@
+//! zipfnce: candidate samplers and sampled losses for training over huge output vocabularies.
+//!
+//! The core works on plain slices and shapes and knows nothing of Python; `rust/py/` (feature `python`) is the
+//! only place that does. Modules:
+//! - [`sampler`]: log-uniform, uniform, unigram (alias) and exact Zipf distributions; shared and per-row
+//!   candidate draws with or without replacement; expected counts.
+//! - [`hits`]: accidental hits between true classes and candidates.
+//! - [`rng`]: counter-based random streams (results never depend on the thread count).
+//! - [`threads`]: the library's own thread pool.
+
+pub mod error;
+pub mod hits;
+pub mod rng;
+pub mod sampler;
+pub mod threads;
+pub(crate) mod vmath;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};

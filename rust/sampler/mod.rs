@@ -1,0 +1,139 @@
+//! Candidate distributions over class ids `0..range_max`, one file each, and the sampling machinery
+//! shared by all of them (`unique.rs`: draws, de-duplication, exclusions and expected counts).
+
+pub mod log_uniform;
+pub mod uniform;
+pub mod unigram;
+pub mod unique;
+pub mod zipf;
+
+pub use log_uniform::LogUniform;
+pub use uniform::Uniform;
+pub use unigram::Unigram;
+pub use unique::{expected_counts, sample, sample_per_row, PerRowSample, Sample};
+pub use zipf::Zipf;
+
+use crate::error::{Error, Result};
+use crate::rng::Stream;
+
+/// The largest `range_max` the samplers accept: ids must fit an int64 with room to spare.
+pub const MAX_RANGE: u64 = 1 << 62;
+
+/// A distribution over the class ids `0..range_max()`.
+pub trait Distribution: Send + Sync {
+    /// The number of classes: ids lie in `0..range_max()`.
+    fn range_max(&self) -> u64;
+
+    /// The number of ids with non-zero probability (all of them unless the distribution says otherwise).
+    fn support_size(&self) -> u64 {
+        self.range_max()
+    }
+
+    /// P(k) for `k < range_max()`.
+    fn prob(&self, k: u64) -> f64;
+
+    /// P(k) for each id in `ids` (all `< range_max()`), into `out`. Override to vectorise.
+    fn prob_into(&self, ids: &[u64], out: &mut [f64]) {
+        for (o, &k) in out.iter_mut().zip(ids) {
+            *o = self.prob(k);
+        }
+    }
+
+    /// Fill `out` with independent draws, consuming words of `stream`.
+    fn draw(&self, stream: &mut Stream, out: &mut [u64]);
+}
+
+/// Check that `range_max` is a usable number of classes.
+pub fn check_range(range_max: i64) -> Result<u64> {
+    if range_max <= 0 {
+        return Err(Error::value("range_max", format!("must be positive, got {range_max}")));
+    }
+    if range_max as u64 > MAX_RANGE {
+        return Err(Error::value("range_max", format!("must be at most 2^62, got {range_max}")));
+    }
+    Ok(range_max as u64)
+}
+
+/// Check that every id lies in `0..range_max` and return them as unsigned.
+pub fn check_ids(arg: &'static str, ids: &[i64], range_max: u64) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if id < 0 || id as u64 >= range_max {
+            return Err(Error::IdOutOfRange { arg, id, range_max });
+        }
+        out.push(id as u64);
+    }
+    Ok(out)
+}
+
+/// P(k) for each id of `ids`, validated against the distribution's range.
+pub fn probability(dist: &dyn Distribution, ids: &[i64]) -> Result<Vec<f64>> {
+    let ids = check_ids("ids", ids, dist.range_max())?;
+    let mut out = vec![0.0; ids.len()];
+    dist.prob_into(&ids, &mut out);
+    Ok(out)
+}
+
+/// Spread a draw that was computed in floating point over the integers it stands for.
+///
+/// Above 2^53 consecutive integers are no longer all doubles: a draw `x` there stands for the `ulp(x)`
+/// integers starting at `floor(x)`, over which the target densities here are flat to within 1e-15.
+/// Picking one of them uniformly makes every id reachable. Below 2^53 this returns `floor(x)` unchanged.
+#[inline]
+pub(crate) fn spread_large(x: f64, stream: &mut Stream) -> u64 {
+    const TWO53: f64 = 9_007_199_254_740_992.0;
+    let k = x as u64;
+    if x < TWO53 {
+        return k;
+    }
+    let ulp = (f64::from_bits(x.to_bits() + 1) - x) as u64;
+    k.saturating_add(stream.below(ulp.max(1)))
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::Distribution;
+    use crate::rng::Stream;
+
+    /// Pearson's chi-square statistic of `n` draws against P over the first `bins` ids, with the rest of the
+    /// range lumped into one more bin. Returns (statistic, degrees of freedom).
+    pub fn chi_square(dist: &dyn Distribution, seed: u64, n: usize, bins: u64) -> (f64, usize) {
+        let bins = bins.min(dist.range_max());
+        let mut counts = vec![0u64; bins as usize + 1];
+        let mut s = Stream::new(seed);
+        let mut buf = vec![0u64; n];
+        dist.draw(&mut s, &mut buf);
+        for &k in &buf {
+            assert!(k < dist.range_max(), "draw {k} out of range");
+            counts[(k.min(bins)) as usize] += 1;
+        }
+        let mut stat = 0.0;
+        let mut head = 0.0;
+        let mut df = 0;
+        for k in 0..bins {
+            let p = dist.prob(k);
+            head += p;
+            let e = p * n as f64;
+            if e > 0.0 {
+                stat += (counts[k as usize] as f64 - e).powi(2) / e;
+                df += 1;
+            } else {
+                assert_eq!(counts[k as usize], 0, "drew id {k} of probability 0");
+            }
+        }
+        let e = (1.0 - head).max(0.0) * n as f64;
+        if e > 1e-9 {
+            stat += (counts[bins as usize] as f64 - e).powi(2) / e;
+            df += 1;
+        }
+        (stat, df.max(2) - 1)
+    }
+
+    /// A generous upper quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty, z = 4.75,
+    /// p ≈ 1e-6): a correct sampler fails it about once in a million runs.
+    pub fn chi_square_bound(df: usize) -> f64 {
+        let k = df as f64;
+        let z = 4.75;
+        k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+    }
+}

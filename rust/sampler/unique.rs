@@ -1,0 +1,424 @@
+//! Drawing candidates: shared by the batch or per row, with or without replacement ("unique"), optionally
+//! avoiding the true classes, and the expected counts that correct for how they were drawn.
+//!
+//! Draws come in chunks of a fixed length, chunk `c` from its own stream `derive(key, c)`, and are consumed in
+//! chunk order. How many chunks are generated ahead, and on how many threads, never changes which draws are
+//! consumed, so results depend only on the key and the arguments. Unique sampling rejects repeats
+//! sequentially over that chunk-ordered sequence; `num_tries` counts the draws it consumed (draws of avoided
+//! classes excluded: those are draws from the renormalised distribution, see below).
+//!
+//! Expected counts (API.md, as TensorFlow defines them): with `num_tries == num_sampled` (always so without
+//! `unique`) the count is `P(k) * num_sampled`; otherwise `-expm1(num_tries * log1p(-P(k)))`, the probability
+//! that k turned up in `num_tries` draws. Like TensorFlow, P(k) is rounded to float32 first. With avoided
+//! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
+
+use super::Distribution;
+use crate::error::{Error, Result};
+use crate::rng::{derive, Stream};
+use crate::threads;
+use crate::vmath::{self, simd};
+use rayon::prelude::*;
+
+/// Unique sampling gives up (with an error) after this many draws rather than appear to hang.
+pub const MAX_TRIES: u64 = 1 << 31;
+/// The most candidates one call may ask for.
+pub const MAX_SAMPLED: u64 = 1 << 36;
+/// Below this many draws a call stays on the caller's thread.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// A set of candidates shared by a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub ids: Vec<i64>,
+    pub true_expected: Option<Vec<f32>>,
+    pub sampled_expected: Vec<f32>,
+    pub num_tries: u64,
+}
+
+/// A set of candidates per row, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerRowSample {
+    pub ids: Vec<i64>,
+    pub true_expected: Vec<f32>,
+    pub sampled_expected: Vec<f32>,
+    pub num_tries: Vec<i64>,
+}
+
+/// The chunk length for a request of `n` draws: a power of two between 64 and 4096, a function of `n` alone.
+fn chunk_len(n: usize) -> usize {
+    n.saturating_add(n / 4).clamp(64, 4096).next_power_of_two()
+}
+
+/// A vector of `n` default values, or an error (instead of an abort) when memory runs out.
+pub(crate) fn try_vec<T: Clone + Default>(arg: &'static str, n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+/// An open-addressing hash set of ids (linear probing, multiplicative hashing).
+pub(crate) struct IdSet {
+    slots: Vec<u64>,
+    used: Vec<usize>,
+    mask: usize,
+}
+
+const EMPTY: u64 = u64::MAX;
+
+impl IdSet {
+    pub fn with_capacity(n: usize) -> Self {
+        let cap = (2 * n.max(8)).next_power_of_two();
+        IdSet { slots: vec![EMPTY; cap], used: Vec::with_capacity(n), mask: cap - 1 }
+    }
+
+    #[inline]
+    fn slot(&self, id: u64) -> usize {
+        (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) as usize & self.mask
+    }
+
+    /// Insert `id`; true when it was not there yet.
+    #[inline]
+    pub fn insert(&mut self, id: u64) -> bool {
+        if 2 * (self.used.len() + 1) > self.slots.len() {
+            self.grow();
+        }
+        let mut i = self.slot(id);
+        loop {
+            let s = self.slots[i];
+            if s == id {
+                return false;
+            }
+            if s == EMPTY {
+                self.slots[i] = id;
+                self.used.push(i);
+                return true;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, id: u64) -> bool {
+        let mut i = self.slot(id);
+        loop {
+            let s = self.slots[i];
+            if s == id {
+                return true;
+            }
+            if s == EMPTY {
+                return false;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.used.iter().map(|&i| self.slots[i])
+    }
+
+    fn grow(&mut self) {
+        let ids: Vec<u64> = self.iter().collect();
+        let cap = self.slots.len() * 2;
+        self.slots = vec![EMPTY; cap];
+        self.mask = cap - 1;
+        self.used.clear();
+        for id in ids {
+            self.insert(id);
+        }
+    }
+}
+
+/// Ids to avoid and the probability mass they carry.
+pub(crate) struct Avoid {
+    set: IdSet,
+    /// Σ P over the avoided ids.
+    mass: f64,
+    /// How many avoided ids have non-zero probability.
+    in_support: u64,
+}
+
+impl Avoid {
+    pub fn new(dist: &dyn Distribution, ids: &[u64]) -> Self {
+        let mut set = IdSet::with_capacity(ids.len());
+        let (mut mass, mut in_support) = (0.0, 0);
+        for &id in ids {
+            if set.insert(id) {
+                let p = dist.prob(id);
+                mass += p;
+                in_support += (p > 0.0) as u64;
+            }
+        }
+        Avoid { set, mass, in_support }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.len() == 0
+    }
+}
+
+/// Fill `out` with the raw draws of chunks `first..`, each `len` long, in parallel when `parallel`.
+fn raw_chunks(dist: &dyn Distribution, key: u64, first: u64, len: usize, out: &mut [u64], parallel: bool) {
+    let one = |(i, piece): (usize, &mut [u64])| dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece);
+    if parallel {
+        out.par_chunks_mut(len).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(len).enumerate().for_each(one);
+    }
+}
+
+/// Draw `n` candidates from the stream `key`: the first `n` accepted draws in chunk order (a draw is accepted
+/// when it is not avoided and, with `unique`, not seen before). Returns the ids and `num_tries`.
+/// `parallel` lets large requests generate chunks on the library's threads; it never changes the result.
+fn draw(
+    dist: &dyn Distribution,
+    key: u64,
+    n: usize,
+    unique: bool,
+    avoid: Option<&Avoid>,
+    parallel: bool,
+) -> Result<(Vec<u64>, u64)> {
+    let avoid = avoid.filter(|a| !a.is_empty());
+    let available = dist.support_size() - avoid.map_or(0, |a| a.in_support);
+    if n > 0 && available == 0 {
+        return Err(Error::TooFewClasses {
+            arg: "num_sampled",
+            msg: "every class with non-zero probability is excluded".into(),
+        });
+    }
+    if unique && n as u64 > available {
+        return Err(Error::TooFewClasses {
+            arg: "num_sampled",
+            msg: format!("cannot draw {n} distinct classes: only {available} have non-zero probability{}",
+                if avoid.is_some() { " after removing the true classes" } else { "" }),
+        });
+    }
+    let len = chunk_len(n);
+    let mut out: Vec<u64> = try_vec("num_sampled", n)?;
+    if !unique && avoid.is_none() {
+        // Every draw is accepted: chunk c fills out[c*len..], independently.
+        raw_chunks(dist, key, 0, len, &mut out, parallel && n >= PARALLEL_MIN);
+        return Ok((out, n as u64));
+    }
+    out.clear();
+    let mut seen = if unique { Some(IdSet::with_capacity(n)) } else { None };
+    let mut buf: Vec<u64> = Vec::new();
+    let mut next_chunk = 0u64;
+    let mut tries = 0u64;
+    let mut consumed = 0u64;
+    while out.len() < n {
+        // Generate about as many chunks as the missing draws need (at least one, at most 256).
+        let missing = n - out.len();
+        let chunks = missing.div_ceil(len).clamp(1, 256);
+        buf.resize(chunks * len, 0);
+        raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
+        next_chunk += chunks as u64;
+        for &id in &buf {
+            consumed += 1;
+            if let Some(a) = avoid {
+                if a.set.contains(id) {
+                    continue;
+                }
+            }
+            tries += 1;
+            if let Some(s) = seen.as_mut() {
+                if !s.insert(id) {
+                    continue;
+                }
+            }
+            out.push(id);
+            if out.len() == n {
+                break;
+            }
+        }
+        if out.len() < n && consumed >= MAX_TRIES {
+            return Err(Error::TooFewClasses {
+                arg: "num_sampled",
+                msg: format!("gave up after {consumed} draws with {} of {n} distinct classes: the \
+                    distribution is too concentrated for that many", out.len()),
+            });
+        }
+    }
+    Ok((out, if unique { tries } else { n as u64 }))
+}
+
+simd! {
+    /// Expected counts from probabilities (see the module doc); `scale` renormalises P.
+    fn count_kernel(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32, num_tries: f64, plain: bool) {
+        if plain {
+            for (o, &q) in out.iter_mut().zip(p) {
+                *o = ((q * scale) as f32) * num_sampled;
+            }
+        } else {
+            for (o, &q) in out.iter_mut().zip(p) {
+                let q = ((q * scale) as f32) as f64;
+                let certain = q >= 1.0;
+                let y = if certain { 0.5 } else { q };
+                let e = -vmath::exp_m1(num_tries * vmath::ln_1p(-y));
+                *o = if certain { 1.0 } else { e as f32 };
+            }
+        }
+    }
+}
+
+/// The expected counts of `ids` (validated) after a draw of `num_sampled` candidates that took `num_tries`
+/// draws, with P scaled by `scale`.
+pub fn expected_counts(
+    dist: &dyn Distribution,
+    ids: &[u64],
+    num_sampled: u64,
+    num_tries: u64,
+    scale: f64,
+    out: &mut [f32],
+) {
+    const BLOCK: usize = 1024;
+    let mut p = [0f64; BLOCK];
+    let plain = num_tries == num_sampled;
+    for (idc, oc) in ids.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        let p = &mut p[..idc.len()];
+        dist.prob_into(idc, p);
+        count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, plain);
+    }
+}
+
+fn check_num_sampled(num_sampled: i64) -> Result<usize> {
+    if num_sampled < 0 {
+        return Err(Error::value("num_sampled", format!("must be >= 0, got {num_sampled}")));
+    }
+    if num_sampled as u64 > MAX_SAMPLED {
+        return Err(Error::too_large("num_sampled", format!("{num_sampled} is more than 2^36")));
+    }
+    Ok(num_sampled as usize)
+}
+
+fn to_i64(ids: Vec<u64>) -> Vec<i64> {
+    // Ids are below 2^62: the conversion is exact.
+    ids.into_iter().map(|k| k as i64).collect()
+}
+
+/// One set of `num_sampled` candidates for the whole batch, from the stream `key`.
+/// `true_classes` (flattened, any shape) gets expected counts under the unrestricted P; with `remove_true`
+/// no candidate is one of them.
+pub fn sample(
+    dist: &dyn Distribution,
+    key: u64,
+    num_sampled: i64,
+    unique: bool,
+    true_classes: Option<&[i64]>,
+    remove_true: bool,
+) -> Result<Sample> {
+    let n = check_num_sampled(num_sampled)?;
+    let range = dist.range_max();
+    let truth = true_classes.map(|t| super::check_ids("true_classes", t, range)).transpose()?;
+    let avoid = match (&truth, remove_true) {
+        (Some(t), true) => Some(Avoid::new(dist, t)),
+        _ => None,
+    };
+    let work = || -> Result<Sample> {
+        let parallel = n >= PARALLEL_MIN;
+        let (ids, tries) = draw(dist, key, n, unique, avoid.as_ref(), parallel)?;
+        let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
+        let mut sampled_expected: Vec<f32> = try_vec("num_sampled", n)?;
+        let mut true_expected = None;
+        if let Some(t) = &truth {
+            let mut te: Vec<f32> = try_vec("true_classes", t.len())?;
+            expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
+            true_expected = Some(te);
+        }
+        if parallel {
+            ids.par_chunks(1 << 14).zip(sampled_expected.par_chunks_mut(1 << 14)).for_each(|(i, o)| {
+                expected_counts(dist, i, n as u64, tries, scale, o)
+            });
+        } else {
+            expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
+        }
+        Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
+    };
+    if n >= PARALLEL_MIN {
+        threads::install(work)?
+    } else {
+        work()
+    }
+}
+
+/// A separate set of `num_sampled` candidates for each of the `rows` rows of `true_classes`
+/// (row-major, `num_true` per row). Row r draws from the stream `derive(key, r)`.
+pub fn sample_per_row(
+    dist: &dyn Distribution,
+    key: u64,
+    true_classes: &[i64],
+    num_true: usize,
+    num_sampled: i64,
+    unique: bool,
+    remove_true: bool,
+) -> Result<PerRowSample> {
+    let s = check_num_sampled(num_sampled)?;
+    if num_true == 0 {
+        return Err(Error::shape("true_classes", "needs at least one true class per row"));
+    }
+    if true_classes.len() % num_true != 0 {
+        return Err(Error::shape("true_classes", "length is not a multiple of num_true"));
+    }
+    let rows = true_classes.len() / num_true;
+    let truth = super::check_ids("true_classes", true_classes, dist.range_max())?;
+    let total = rows.checked_mul(s).ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
+    if total as u64 > MAX_SAMPLED {
+        return Err(Error::too_large("num_sampled", format!("rows × num_sampled = {total} is more than 2^36")));
+    }
+    let mut ids: Vec<i64> = try_vec("num_sampled", total)?;
+    let mut sampled_expected: Vec<f32> = try_vec("num_sampled", total)?;
+    let mut true_expected: Vec<f32> = try_vec("true_classes", truth.len())?;
+    let mut num_tries: Vec<i64> = try_vec("true_classes", rows)?;
+
+    let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
+        let t = &truth[r * num_true..(r + 1) * num_true];
+        let avoid = if remove_true { Some(Avoid::new(dist, t)) } else { None };
+        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref(), false)?;
+        let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
+        expected_counts(dist, &drawn, s as u64, n_tries, scale, se);
+        expected_counts(dist, t, s as u64, n_tries, 1.0, te);
+        for (o, k) in ids.iter_mut().zip(drawn) {
+            *o = k as i64;
+        }
+        *tries = n_tries as i64;
+        Ok(())
+    };
+    // Rows go to threads in groups; each row's result is its own, whatever thread ran it.
+    let group = (PARALLEL_MIN / s.max(1)).clamp(1, 256);
+    let run_group = |(g, (((ids, se), te), tries)): (usize, (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]))| {
+        let nrows = tries.len();
+        for i in 0..nrows {
+            row(
+                g * group + i,
+                &mut ids[i * s..(i + 1) * s],
+                &mut se[i * s..(i + 1) * s],
+                &mut te[i * num_true..(i + 1) * num_true],
+                &mut tries[i],
+            )?;
+        }
+        Ok(())
+    };
+    let s1 = s.max(1);
+    if total >= PARALLEL_MIN && rows > group {
+        threads::install(|| {
+            ids.par_chunks_mut(group * s1)
+                .zip(sampled_expected.par_chunks_mut(group * s1))
+                .zip(true_expected.par_chunks_mut(group * num_true))
+                .zip(num_tries.par_chunks_mut(group))
+                .enumerate()
+                .try_for_each(run_group)
+        })??;
+    } else {
+        ids.chunks_mut(group * s1)
+            .zip(sampled_expected.chunks_mut(group * s1))
+            .zip(true_expected.chunks_mut(group * num_true))
+            .zip(num_tries.chunks_mut(group))
+            .enumerate()
+            .try_for_each(run_group)?;
+    }
+    Ok(PerRowSample { ids, true_expected, sampled_expected, num_tries })
+}
