@@ -15,6 +15,8 @@ pub struct Unigram {
     /// Alias table: keep column i when the coin is below `keep[i]` (as a fraction of 2^64), else take alias[i].
     keep: Vec<u64>,
     alias: Vec<u32>,
+    /// TensorFlow's float32 running total, when P is to be computed its way (see [`Unigram::tf`]).
+    total_f32: Option<f32>,
 }
 
 /// The largest number of classes a unigram table may hold (alias indices are 32-bit).
@@ -73,18 +75,24 @@ impl Unigram {
             keep[i as usize] = u64::MAX;
             alias[i as usize] = i;
         }
-        Ok(Unigram { weights, total, support, keep, alias })
+        Ok(Unigram { weights, total, support, keep, alias, total_f32: None })
     }
 
     /// TensorFlow's `FixedUnigramSampler` rules: the ids are `0..num_reserved_ids` (reserved, weight 0) followed
     /// by one id per entry of `unigrams`, with weight `unigrams[i]^distortion`. With `num_shards > 1` this
-    /// sampler keeps only the ids `i` with `i % num_shards == shard` and numbers them `0, 1, 2, ...` in order.
+    /// sampler keeps only the ids `i` with `i % num_shards == shard` and numbers them `0, 1, 2, ...` in order;
+    /// like TensorFlow, the unigrams are numbered from the count of reserved ids the shard kept (so that
+    /// with both shards and reserved ids, entry j is kept when `(reserved_in_shard + j) % num_shards == shard`).
+    ///
+    /// With `float32`, P(k) is computed as TensorFlow's kernel does: `powf` in float32, a float32 running
+    /// total and a float32 division (the TF drop-in uses this for parity); otherwise in float64.
     pub fn tf(
         unigrams: &[f64],
         distortion: f64,
         num_reserved_ids: i64,
         num_shards: i64,
         shard: i64,
+        float32: bool,
     ) -> Result<Self> {
         if !distortion.is_finite() {
             return Err(Error::value("distortion", format!("must be finite, got {distortion}")));
@@ -113,12 +121,24 @@ impl Unigram {
         weights.resize(reserved, 0.0);
         // TensorFlow numbers the unigrams from the count of reserved ids this shard kept.
         let first = reserved as u64;
+        let mut total_f32 = 0f32;
         for (i, &w) in unigrams.iter().enumerate() {
             if (first + i as u64) % ns == sh {
-                weights.push(w.powf(distortion));
+                let w = if float32 {
+                    let w32 = (w as f32).powf(distortion as f32);
+                    total_f32 += w32;
+                    w32 as f64
+                } else {
+                    w.powf(distortion)
+                };
+                weights.push(w);
             }
         }
-        Self::from_weights(weights, "unigrams")
+        let mut u = Self::from_weights(weights, "unigrams")?;
+        if float32 {
+            u.total_f32 = Some(total_f32);
+        }
+        Ok(u)
     }
 
     pub fn weights(&self) -> &[f64] {
@@ -147,7 +167,11 @@ impl Distribution for Unigram {
     }
 
     fn prob(&self, k: u64) -> f64 {
-        self.weights.get(k as usize).map_or(0.0, |&w| w / self.total)
+        let w = self.weights.get(k as usize).copied().unwrap_or(0.0);
+        match self.total_f32 {
+            Some(t) => ((w as f32) / t) as f64,
+            None => w / self.total,
+        }
     }
 
     fn draw(&self, stream: &mut Stream, out: &mut [u64]) {
@@ -164,11 +188,12 @@ impl Distribution for Unigram {
 }
 
 /// Parse a TensorFlow vocabulary file: one class per line, comma-separated, its count in the last field.
+/// Empty lines are skipped (they take no id); any other line without a number in its last field is an error.
 pub fn read_vocab_counts(text: &str) -> Result<Vec<f64>> {
     let mut counts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
+        if line.is_empty() {
             continue;
         }
         let field = line.rsplit(',').next().unwrap_or("").trim();
@@ -207,12 +232,21 @@ mod tests {
 
     #[test]
     fn tf_rules_reserved_and_shards() {
-        let d = Unigram::tf(&[1.0, 4.0, 9.0], 0.5, 2, 1, 0).unwrap();
+        let d = Unigram::tf(&[1.0, 4.0, 9.0], 0.5, 2, 1, 0, false).unwrap();
         assert_eq!(d.weights(), &[0.0, 0.0, 1.0, 2.0, 3.0]);
         assert!((d.prob(4) - 0.5).abs() < 1e-15);
         // Shard 1 of 2 keeps reserved id 1, then numbers the unigrams from 1: entries 0 and 2 land on odd ids.
-        let d = Unigram::tf(&[1.0, 4.0, 9.0], 1.0, 2, 2, 1).unwrap();
+        let d = Unigram::tf(&[1.0, 4.0, 9.0], 1.0, 2, 2, 1, false).unwrap();
         assert_eq!(d.weights(), &[0.0, 1.0, 9.0]);
+        // TensorFlow's own example: 2 reserved ids, 3 shards, shard 1 keeps entries 0, 3, 6, 9.
+        let uni = [10.0, 3.0, 7.0, 1.0, 0.5, 20.0, 4.0, 2.0, 9.0, 6.0];
+        let d = Unigram::tf(&uni, 0.75, 2, 3, 1, true).unwrap();
+        let expect = [0.0f32, 5.623413, 1.0, 2.828427, 3.8336587];
+        for (k, e) in expect.iter().enumerate() {
+            assert!((d.weights()[k] as f32 - e).abs() <= 1e-6 * e, "{k}");
+        }
+        // P as TensorFlow computes it: float32 weight / float32 running total 13.2855.
+        assert!((d.prob(1) as f32 * 8.0 - 3.386196).abs() < 1e-6);
     }
 
     #[test]
@@ -221,14 +255,15 @@ mod tests {
         assert!(Unigram::from_weights(vec![1.0, f64::NAN], "u").is_err());
         assert!(Unigram::from_weights(vec![1.0, -1.0], "u").is_err());
         assert!(Unigram::from_weights(vec![0.0, 0.0], "u").is_err());
-        assert!(Unigram::tf(&[1.0], 1.0, 0, 2, 2).is_err());
-        assert!(Unigram::tf(&[1.0], 1.0, -1, 1, 0).is_err());
+        assert!(Unigram::tf(&[1.0], 1.0, 0, 2, 2, false).is_err());
+        assert!(Unigram::tf(&[1.0], 1.0, -1, 1, 0, false).is_err());
     }
 
     #[test]
     fn vocab_file_parsing() {
         let c = read_vocab_counts("the,100\nof, 50\n\nzebra,1.5\r\n").unwrap();
         assert_eq!(c, vec![100.0, 50.0, 1.5]);
+        assert!(read_vocab_counts("a,1\n \nb,2\n").is_err());
         assert!(read_vocab_counts("a,x\n").is_err());
         assert!(read_vocab_counts("\n\n").is_err());
     }

@@ -1,0 +1,47 @@
+"""zipfnce: fast candidate sampling and sampled losses for huge output vocabularies.
+
+``import zipfnce as zn``. Samplers (log-uniform, uniform, unigram, Zipf) with unique sampling and
+expected-count correction, shared or per-row; TensorFlow drop-ins for its candidate samplers. The work runs
+in a Rust core on the library's own threads, with the GIL released; results never depend on the number of
+threads.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from ._dropins import (
+    all_candidate_sampler,
+    compute_accidental_hits,
+    fixed_unigram_candidate_sampler,
+    log_uniform_candidate_sampler,
+    uniform_candidate_sampler,
+)
+from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
+from ._validate import as_int
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CandidateSample",
+    "LogUniformSampler",
+    "UniformSampler",
+    "UnigramSampler",
+    "ZipfSampler",
+    "log_uniform_candidate_sampler",
+    "uniform_candidate_sampler",
+    "fixed_unigram_candidate_sampler",
+    "all_candidate_sampler",
+    "compute_accidental_hits",
+    "set_num_threads",
+    "get_num_threads",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for the library's parallel work (default: ``ZIPFNCE_NUM_THREADS``, else all cores)."""
+    _core.set_num_threads(as_int(n, "n", lo=1, hi=4096))
+
+
+def get_num_threads() -> int:
+    """The number of threads the library's parallel work uses."""
+    return int(_core.get_num_threads())

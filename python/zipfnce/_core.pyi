@@ -1,0 +1,57 @@
+# Type stub of the native module (rust/py/mod.rs). The public API lives in the Python files beside it.
+from typing import Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_RANGE: int
+
+class Sampler:
+    @staticmethod
+    def log_uniform(range_max: int, seed: Optional[int] = None) -> Sampler: ...
+    @staticmethod
+    def uniform(range_max: int, seed: Optional[int] = None) -> Sampler: ...
+    @staticmethod
+    def zipf(range_max: int, exponent: float, seed: Optional[int] = None) -> Sampler: ...
+    @staticmethod
+    def unigram(weights: npt.NDArray[np.float64], seed: Optional[int] = None) -> Sampler: ...
+    @staticmethod
+    def unigram_tf(
+        unigrams: npt.NDArray[np.float64],
+        distortion: float,
+        num_reserved_ids: int,
+        num_shards: int,
+        shard: int,
+        float32: bool,
+        seed: Optional[int] = None,
+    ) -> Sampler: ...
+    @property
+    def range_max(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    def probability(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]: ...
+    def sample(
+        self,
+        num_sampled: int,
+        unique: bool,
+        true_classes: Optional[npt.NDArray[np.int64]],
+        remove_true: bool,
+        seed: Optional[int],
+    ) -> Tuple[npt.NDArray[np.int64], Optional[npt.NDArray[np.float32]], npt.NDArray[np.float32], int]: ...
+    def sample_per_row(
+        self,
+        true_classes: npt.NDArray[np.int64],
+        num_sampled: int,
+        unique: bool,
+        remove_true: bool,
+        seed: Optional[int],
+    ) -> Tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]
+    ]: ...
+
+def parse_vocab(text: str) -> npt.NDArray[np.float64]: ...
+def compute_accidental_hits(
+    true_classes: npt.NDArray[np.int64], sampled_candidates: npt.NDArray[np.int64], num_true: int
+) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...

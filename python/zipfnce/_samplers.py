@@ -1,0 +1,208 @@
+"""The candidate samplers (API.md section 1): thin wrappers over the native core."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple, Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._validate import (
+    MAX_COUNT,
+    MAX_RANGE,
+    as_flag,
+    as_float,
+    as_ids,
+    as_int,
+    as_seed,
+    as_true_classes,
+    as_weights,
+)
+
+__all__ = [
+    "CandidateSample",
+    "LogUniformSampler",
+    "UniformSampler",
+    "UnigramSampler",
+    "ZipfSampler",
+]
+
+
+class CandidateSample(NamedTuple):
+    """Sampled candidates and their expected counts; the first three fields are in TensorFlow's order.
+
+    - ``ids``: int64 ``[S]`` (shared) or ``[B, S]`` (per row).
+    - ``true_expected_count``: float32 ``[B, num_true]``, or None when no true classes were given.
+    - ``sampled_expected_count``: float32, the shape of ``ids``.
+    - ``num_tries``: how many draws it took (int, or int64 ``[B]`` per row).
+    """
+
+    ids: np.ndarray
+    true_expected_count: Optional[np.ndarray]
+    sampled_expected_count: np.ndarray
+    num_tries: Union[int, np.ndarray]
+
+
+class _Sampler:
+    """Shared behaviour of every sampler. Subclasses set ``self._s`` to a native ``_core.Sampler``."""
+
+    __slots__ = ("_s",)
+    _s: Any
+
+    @property
+    def range_max(self) -> int:
+        """The number of classes; ids lie in ``[0, range_max)``."""
+        return int(self._s.range_max)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(range_max={self.range_max})"
+
+    def probability(self, ids: Any) -> np.ndarray:
+        """P(k) for each id (float64, same shape as ``ids``). Ids outside ``[0, range_max)`` raise ValueError."""
+        return self._s.probability(as_ids(ids, "ids"))
+
+    def sample(
+        self,
+        num_sampled: int,
+        *,
+        unique: bool = True,
+        true_classes: Any = None,
+        remove_true: bool = False,
+        seed: Optional[int] = None,
+    ) -> CandidateSample:
+        """Draw one set of ``num_sampled`` candidates shared by the whole batch.
+
+        Expected counts: with ``unique=False``, ``P(k) * num_sampled``; with ``unique=True``,
+        ``-expm1(num_tries * log1p(-P(k)))``, where ``num_tries`` is the number of draws it took to collect
+        ``num_sampled`` distinct ids (TensorFlow's rule: exactly ``P(k) * num_sampled`` when no draw was
+        rejected). P(k) is rounded to float32 first, as TensorFlow does.
+
+        ``true_classes`` (int [B] or [B, num_true]) get expected counts under the unrestricted P. With
+        ``remove_true=True`` no candidate equals any of them; the candidates' P is then renormalised over
+        the remaining classes. ``seed`` makes the call stateless and reproducible; without it the call
+        advances the sampler's own stream.
+        """
+        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
+        tc = None if true_classes is None else as_true_classes(true_classes)
+        remove = as_flag(remove_true, "remove_true")
+        if remove and tc is None:
+            raise ValueError("remove_true: needs true_classes")
+        return CandidateSample(*self._s.sample(n, as_flag(unique, "unique"), tc, remove, as_seed(seed)))
+
+    def sample_per_row(
+        self,
+        true_classes: Any,
+        num_sampled: int,
+        *,
+        unique: bool = True,
+        remove_true: bool = False,
+        seed: Optional[int] = None,
+    ) -> CandidateSample:
+        """Draw a separate set of ``num_sampled`` candidates for every row of ``true_classes``.
+
+        Returns ids int64 ``[B, S]``, true expected counts float32 ``[B, num_true]``, sampled expected counts
+        float32 ``[B, S]`` and ``num_tries`` int64 ``[B]``; each row follows the rules of :meth:`sample`,
+        with ``remove_true`` excluding that row's own true classes. Rows run in parallel; the result does
+        not depend on the number of threads.
+        """
+        tc = as_true_classes(true_classes)
+        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
+        return CandidateSample(
+            *self._s.sample_per_row(
+                tc, n, as_flag(unique, "unique"), as_flag(remove_true, "remove_true"), as_seed(seed)
+            )
+        )
+
+
+class LogUniformSampler(_Sampler):
+    """Log-uniform (Zipfian) classes: ``P(k) = log((k + 2) / (k + 1)) / log(range_max + 1)``.
+
+    The law of TensorFlow's ``log_uniform_candidate_sampler``: suits class ids sorted by decreasing
+    frequency. ``range_max`` may be as large as 2^62.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, range_max: int, *, seed: Optional[int] = None) -> None:
+        self._s = _core.Sampler.log_uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed))
+
+
+class UniformSampler(_Sampler):
+    """Uniform classes: ``P(k) = 1 / range_max`` (``range_max`` up to 2^62)."""
+
+    __slots__ = ()
+
+    def __init__(self, range_max: int, *, seed: Optional[int] = None) -> None:
+        self._s = _core.Sampler.uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed))
+
+
+class ZipfSampler(_Sampler):
+    """Exact Zipf classes: ``P(k) = (k + 1)^-exponent / H(range_max, exponent)``.
+
+    ``H(N, s) = sum_{n=1..N} n^-s``. Any exponent > 0 and any ``range_max`` up to 2^62, with no table:
+    draws use rejection-inversion (Hörmann & Derflinger 1996); ``H`` is an exact head sum plus an
+    Euler-Maclaurin tail, so ``probability`` is exact to about 1e-14 relative.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, range_max: int, exponent: float = 1.0, *, seed: Optional[int] = None) -> None:
+        r = as_int(range_max, "range_max", lo=1, hi=MAX_RANGE)
+        s = as_float(exponent, "exponent")
+        if s <= 0:
+            raise ValueError(f"exponent: must be > 0, got {s}")
+        self._s = _core.Sampler.zipf(r, s, as_seed(seed))
+
+
+def _read_vocab(vocab_file: Union[str, "os.PathLike[str]"]) -> np.ndarray:
+    if not isinstance(vocab_file, (str, os.PathLike)):
+        raise TypeError(f"vocab_file: expected a path, got {type(vocab_file).__name__}")
+    with open(vocab_file, encoding="utf-8") as f:
+        text = f.read()
+    return _core.parse_vocab(text)
+
+
+def _unigram_source(unigrams: Any, vocab_file: Any) -> np.ndarray:
+    has_file = vocab_file is not None and vocab_file != ""
+    has_uni = unigrams is not None and not (isinstance(unigrams, (tuple, list)) and len(unigrams) == 0)
+    if has_file and has_uni:
+        raise ValueError("unigrams: give either unigrams or vocab_file, not both")
+    if not has_file and not has_uni:
+        raise ValueError("unigrams: give either unigrams or vocab_file")
+    return _read_vocab(vocab_file) if has_file else as_weights(unigrams, "unigrams")
+
+
+class UnigramSampler(_Sampler):
+    """Classes drawn in proportion to weights: ``P(k) ∝ weight(k) ** distortion`` (Walker/Vose alias table).
+
+    The weights come from ``unigrams`` or from a TensorFlow-style ``vocab_file`` (one class per line,
+    comma-separated, the count in the last field). As in TensorFlow's ``fixed_unigram_candidate_sampler``,
+    ids ``0..num_reserved_ids-1`` are reserved (weight 0, never drawn) and the unigrams follow; with
+    ``num_shards > 1`` the sampler covers only the ids of ``shard``, renumbered ``0, 1, 2, ...``.
+    Weights must be finite and >= 0 with a positive total. Math is in float64.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        unigrams: Any = None,
+        *,
+        vocab_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+        distortion: float = 1.0,
+        num_reserved_ids: int = 0,
+        num_shards: int = 1,
+        shard: int = 0,
+        seed: Optional[int] = None,
+    ) -> None:
+        w = _unigram_source(unigrams, vocab_file)
+        self._s = _core.Sampler.unigram_tf(
+            w,
+            as_float(distortion, "distortion"),
+            as_int(num_reserved_ids, "num_reserved_ids", lo=0, hi=2**32),
+            as_int(num_shards, "num_shards", lo=1, hi=2**32),
+            as_int(shard, "shard", lo=0, hi=2**32),
+            False,
+            as_seed(seed),
+        )

@@ -1,0 +1,100 @@
+"""Argument checks and coercions shared by the public functions.
+
+Every public entry point funnels its arguments through these helpers so that a bad argument raises
+``TypeError`` (wrong kind of value) or ``ValueError`` (wrong value or shape) naming the argument, before
+anything reaches the native core.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+import numpy as np
+
+INT64_MAX = 2**63 - 1
+MAX_RANGE = 2**62
+MAX_COUNT = 2**36
+
+
+def as_int(x: Any, name: str, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """``x`` as a Python int (ints and NumPy integers only; bools and floats are a TypeError)."""
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got a bool")
+    try:
+        v = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(x).__name__} {x!r}") from None
+    if lo is not None and v < lo:
+        raise ValueError(f"{name}: must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name}: must be <= {hi}, got {v}")
+    return v
+
+
+def as_float(x: Any, name: str) -> float:
+    """``x`` as a finite Python float (ints and floats; NaN and infinities are a ValueError)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {type(x).__name__}")
+    v = float(x)
+    if not np.isfinite(v):
+        raise ValueError(f"{name}: must be finite, got {v}")
+    return v
+
+
+def as_flag(x: Any, name: str) -> bool:
+    """``x`` as a bool (bools, and the integers 0 and 1)."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)) and int(x) in (0, 1):
+        return bool(x)
+    raise TypeError(f"{name}: expected a bool, got {type(x).__name__} {x!r}")
+
+
+def as_seed(seed: Any) -> Optional[int]:
+    """``None``, or any integer reduced modulo 2^64."""
+    if seed is None:
+        return None
+    return as_int(seed, "seed") % 2**64
+
+
+def as_ids(x: Any, name: str) -> np.ndarray:
+    """``x`` as an int64 array (any integer dtype; floats, bools and objects are a TypeError)."""
+    a = np.asarray(x)
+    if a.dtype != np.int64:
+        kind = a.dtype.kind
+        if kind == "u":
+            if a.size and int(a.max()) > INT64_MAX:
+                raise ValueError(f"{name}: id {int(a.max())} does not fit in int64")
+            a = a.astype(np.int64)
+        elif kind == "i":
+            a = a.astype(np.int64)
+        elif a.size == 0 and kind == "f":
+            a = a.astype(np.int64)  # np.asarray([]) is float64: an empty list is fine
+        else:
+            raise TypeError(f"{name}: expected integer class ids, got an array of dtype {a.dtype}")
+    return a
+
+
+def as_true_classes(x: Any, num_true: Optional[int] = None) -> np.ndarray:
+    """``true_classes`` as an int64 [B, num_true] array; [B] means num_true = 1."""
+    a = as_ids(x, "true_classes")
+    if a.ndim == 1:
+        a = a.reshape(-1, 1)
+    elif a.ndim != 2:
+        raise ValueError(f"true_classes: must be [batch] or [batch, num_true], got shape {a.shape}")
+    if num_true is not None and a.shape[1] != num_true:
+        raise ValueError(f"true_classes: has {a.shape[1]} columns but num_true is {num_true}")
+    if a.shape[1] == 0 and a.shape[0] > 0:
+        raise ValueError("true_classes: needs at least one true class per row")
+    return a
+
+
+def as_weights(x: Any, name: str) -> np.ndarray:
+    """``x`` as a 1-D float64 array of weights (values are checked by the core)."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected numeric weights, got an array of dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name}: must be one-dimensional, got shape {a.shape}")
+    return a.astype(np.float64, copy=False)
