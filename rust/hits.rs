@@ -19,8 +19,13 @@ pub fn accidental_hits(true_classes: &[i64], num_true: usize, candidates: &[i64]
         return Err(Error::value("num_true", "must be >= 1"));
     }
     if true_classes.len() % num_true != 0 {
-        return Err(Error::shape("true_classes", format!("length {} is not a multiple of num_true {num_true}",
-            true_classes.len())));
+        return Err(Error::shape(
+            "true_classes",
+            format!(
+                "length {} is not a multiple of num_true {num_true}",
+                true_classes.len()
+            ),
+        ));
     }
     let rows = true_classes.len() / num_true;
     if rows > i32::MAX as usize {

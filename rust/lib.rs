@@ -7,9 +7,13 @@
 //! - [`hits`]: accidental hits between true classes and candidates.
 //! - [`rng`]: counter-based random streams (results never depend on the thread count).
 //! - [`threads`]: the library's own thread pool.
+//! - [`float`]: the trait that makes float kernels generic over f32 and f64.
+//! - [`loss`]: fused losses and their dense building blocks.
 
 pub mod error;
+pub mod float;
 pub mod hits;
+pub mod loss;
 pub mod rng;
 pub mod sampler;
 pub mod threads;

@@ -22,7 +22,13 @@ pub fn mix64(mut z: u64) -> u64 {
 /// The key of sub-stream `index` of the stream with key `key`. Distinct indices give unrelated keys.
 #[inline(always)]
 pub fn derive(key: u64, index: u64) -> u64 {
-    mix64(key ^ mix64(index.wrapping_mul(GAMMA).wrapping_add(0x6a09_e667_f3bc_c909)))
+    mix64(
+        key ^ mix64(
+            index
+                .wrapping_mul(GAMMA)
+                .wrapping_add(0x6a09_e667_f3bc_c909),
+        ),
+    )
 }
 
 /// A stream of random 64-bit words: the pure function `(key, counter) -> bits`, with a cursor.
@@ -135,7 +141,10 @@ mod tests {
             counts[s.below(7) as usize] += 1;
         }
         // chi-square with 6 degrees of freedom; 22.46 is the 0.999 quantile.
-        let chi: f64 = counts.iter().map(|&c| (c as f64 - 10_000.0).powi(2) / 10_000.0).sum();
+        let chi: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - 10_000.0).powi(2) / 10_000.0)
+            .sum();
         assert!(chi < 22.46, "chi-square {chi}");
         let big = (1u64 << 62) + 12345;
         for _ in 0..1000 {

@@ -52,7 +52,9 @@ pub fn ln(x: f64) -> f64 {
     const LG6: f64 = 1.531_383_769_920_937_332e-01;
     const LG7: f64 = 1.479_819_860_511_658_591e-01;
     // Shift the bits so that the mantissa lands in [sqrt(2)/2, sqrt(2)) and the exponent absorbs the rest.
-    let ix = x.to_bits().wrapping_add(0x3ff0_0000_0000_0000 - 0x3fe6_a09e_0000_0000);
+    let ix = x
+        .to_bits()
+        .wrapping_add(0x3ff0_0000_0000_0000 - 0x3fe6_a09e_0000_0000);
     let k = f64::from_bits((ix >> 52) | 0x4330_0000_0000_0000) - (4_503_599_627_370_496.0 + 1023.0);
     let m = f64::from_bits((ix & 0x000f_ffff_ffff_ffff) + 0x3fe6_a09e_0000_0000);
     let f = m - 1.0;
@@ -78,7 +80,10 @@ pub fn ln_1p(y: f64) -> f64 {
 /// e^z - 1 would cancel).
 #[inline(always)]
 pub fn exp_m1(z: f64) -> f64 {
-    let series = z * (1.0 + z * (0.5 + z * (1.0 / 6.0 + z * (1.0 / 24.0 + z * (1.0 / 120.0 + z * (1.0 / 720.0))))));
+    let series = z
+        * (1.0
+            + z * (0.5
+                + z * (1.0 / 6.0 + z * (1.0 / 24.0 + z * (1.0 / 120.0 + z * (1.0 / 720.0))))));
     let big = exp(z) - 1.0;
     if z.abs() < 1e-3 {
         series
@@ -135,20 +140,37 @@ mod tests {
     fn ln_matches_std() {
         let mut x = 1e-300;
         while x < 1e300 {
-            assert!((ln(x) - x.ln()).abs() <= 4.5e-16 * x.ln().abs().max(1e-300), "ln({x})");
+            assert!(
+                (ln(x) - x.ln()).abs() <= 4.5e-16 * x.ln().abs().max(1e-300),
+                "ln({x})"
+            );
             x *= 1.0137;
         }
-        for x in [1.0, 1.0 + 1e-15, 0.999_999_999, 2.0, std::f64::consts::SQRT_2, 4.6e18] {
-            assert!((ln(x) - x.ln()).abs() <= 4.5e-16 * x.ln().abs().max(1e-300), "ln({x})");
+        for x in [
+            1.0,
+            1.0 + 1e-15,
+            0.999_999_999,
+            2.0,
+            std::f64::consts::SQRT_2,
+            4.6e18,
+        ] {
+            assert!(
+                (ln(x) - x.ln()).abs() <= 4.5e-16 * x.ln().abs().max(1e-300),
+                "ln({x})"
+            );
         }
     }
 
     #[test]
     fn ln_1p_and_exp_m1_match_std() {
-        for y in [1e-20, -1e-20, 1e-12, -1e-9, 3e-6, -0.5, 0.5, 1.0, 1e3, -0.999_999] {
+        for y in [
+            1e-20, -1e-20, 1e-12, -1e-9, 3e-6, -0.5, 0.5, 1.0, 1e3, -0.999_999,
+        ] {
             assert!(rel(ln_1p(y), y.ln_1p()) < 4e-16, "ln_1p({y})");
         }
-        for z in [1e-20, -1e-20, 1e-12, -1e-9, 9.9e-4, -1.1e-3, -0.5, 0.5, -30.0, 20.0] {
+        for z in [
+            1e-20, -1e-20, 1e-12, -1e-9, 9.9e-4, -1.1e-3, -0.5, 0.5, -30.0, 20.0,
+        ] {
             assert!(rel(exp_m1(z), z.exp_m1()) < 2e-13, "exp_m1({z})");
         }
     }

@@ -16,7 +16,10 @@ pub struct LogUniform {
 impl LogUniform {
     pub fn new(range_max: i64) -> Result<Self> {
         let range_max = check_range(range_max)?;
-        Ok(LogUniform { range_max, log_range: (range_max as f64).ln_1p() })
+        Ok(LogUniform {
+            range_max,
+            log_range: (range_max as f64).ln_1p(),
+        })
     }
 }
 
@@ -88,10 +91,18 @@ mod tests {
 
     #[test]
     fn goodness_of_fit_small_and_large_ranges() {
-        for (range, bins) in [(10i64, 10u64), (1000, 1000), (100_000_000, 2000), (1 << 62, 2000)] {
+        for (range, bins) in [
+            (10i64, 10u64),
+            (1000, 1000),
+            (100_000_000, 2000),
+            (1 << 62, 2000),
+        ] {
             let d = LogUniform::new(range).unwrap();
             let (chi, df) = chi_square(&d, 11, 400_000, bins);
-            assert!(chi < chi_square_bound(df), "range {range}: chi2 {chi} df {df}");
+            assert!(
+                chi < chi_square_bound(df),
+                "range {range}: chi2 {chi} df {df}"
+            );
         }
     }
 

@@ -46,10 +46,16 @@ pub trait Distribution: Send + Sync {
 /// Check that `range_max` is a usable number of classes.
 pub fn check_range(range_max: i64) -> Result<u64> {
     if range_max <= 0 {
-        return Err(Error::value("range_max", format!("must be positive, got {range_max}")));
+        return Err(Error::value(
+            "range_max",
+            format!("must be positive, got {range_max}"),
+        ));
     }
     if range_max as u64 > MAX_RANGE {
-        return Err(Error::value("range_max", format!("must be at most 2^62, got {range_max}")));
+        return Err(Error::value(
+            "range_max",
+            format!("must be at most 2^62, got {range_max}"),
+        ));
     }
     Ok(range_max as u64)
 }

@@ -52,7 +52,8 @@ fn chunk_len(n: usize) -> usize {
 /// A vector of `n` default values, or an error (instead of an abort) when memory runs out.
 pub(crate) fn try_vec<T: Clone + Default>(arg: &'static str, n: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
     v.resize(n, T::default());
     Ok(v)
 }
@@ -69,7 +70,11 @@ const EMPTY: u64 = u64::MAX;
 impl IdSet {
     pub fn with_capacity(n: usize) -> Self {
         let cap = (2 * n.max(8)).next_power_of_two();
-        IdSet { slots: vec![EMPTY; cap], used: Vec::with_capacity(n), mask: cap - 1 }
+        IdSet {
+            slots: vec![EMPTY; cap],
+            used: Vec::with_capacity(n),
+            mask: cap - 1,
+        }
     }
 
     #[inline]
@@ -153,7 +158,11 @@ impl Avoid {
                 in_support += (p > 0.0) as u64;
             }
         }
-        Avoid { set, mass, in_support }
+        Avoid {
+            set,
+            mass,
+            in_support,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -162,8 +171,17 @@ impl Avoid {
 }
 
 /// Fill `out` with the raw draws of chunks `first..`, each `len` long, in parallel when `parallel`.
-fn raw_chunks(dist: &dyn Distribution, key: u64, first: u64, len: usize, out: &mut [u64], parallel: bool) {
-    let one = |(i, piece): (usize, &mut [u64])| dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece);
+fn raw_chunks(
+    dist: &dyn Distribution,
+    key: u64,
+    first: u64,
+    len: usize,
+    out: &mut [u64],
+    parallel: bool,
+) {
+    let one = |(i, piece): (usize, &mut [u64])| {
+        dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece)
+    };
     if parallel {
         out.par_chunks_mut(len).enumerate().for_each(one);
     } else {
@@ -193,8 +211,14 @@ fn draw(
     if unique && n as u64 > available {
         return Err(Error::TooFewClasses {
             arg: "num_sampled",
-            msg: format!("cannot draw {n} distinct classes: only {available} have non-zero probability{}",
-                if avoid.is_some() { " after removing the true classes" } else { "" }),
+            msg: format!(
+                "cannot draw {n} distinct classes: only {available} have non-zero probability{}",
+                if avoid.is_some() {
+                    " after removing the true classes"
+                } else {
+                    ""
+                }
+            ),
         });
     }
     let len = chunk_len(n);
@@ -205,7 +229,11 @@ fn draw(
         return Ok((out, n as u64));
     }
     out.clear();
-    let mut seen = if unique { Some(IdSet::with_capacity(n)) } else { None };
+    let mut seen = if unique {
+        Some(IdSet::with_capacity(n))
+    } else {
+        None
+    };
     let mut buf: Vec<u64> = Vec::new();
     let mut next_chunk = 0u64;
     let mut tries = 0u64;
@@ -215,7 +243,14 @@ fn draw(
         let missing = n - out.len();
         let chunks = missing.div_ceil(len).clamp(1, 256);
         buf.resize(chunks * len, 0);
-        raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
+        raw_chunks(
+            dist,
+            key,
+            next_chunk,
+            len,
+            &mut buf,
+            parallel && chunks * len >= PARALLEL_MIN,
+        );
         next_chunk += chunks as u64;
         for &id in &buf {
             consumed += 1;
@@ -238,8 +273,11 @@ fn draw(
         if out.len() < n && consumed >= MAX_TRIES {
             return Err(Error::TooFewClasses {
                 arg: "num_sampled",
-                msg: format!("gave up after {consumed} draws with {} of {n} distinct classes: the \
-                    distribution is too concentrated for that many", out.len()),
+                msg: format!(
+                    "gave up after {consumed} draws with {} of {n} distinct classes: the \
+                    distribution is too concentrated for that many",
+                    out.len()
+                ),
             });
         }
     }
@@ -287,10 +325,16 @@ pub fn expected_counts(
 
 fn check_num_sampled(num_sampled: i64) -> Result<usize> {
     if num_sampled < 0 {
-        return Err(Error::value("num_sampled", format!("must be >= 0, got {num_sampled}")));
+        return Err(Error::value(
+            "num_sampled",
+            format!("must be >= 0, got {num_sampled}"),
+        ));
     }
     if num_sampled as u64 > MAX_SAMPLED {
-        return Err(Error::too_large("num_sampled", format!("{num_sampled} is more than 2^36")));
+        return Err(Error::too_large(
+            "num_sampled",
+            format!("{num_sampled} is more than 2^36"),
+        ));
     }
     Ok(num_sampled as usize)
 }
@@ -313,7 +357,9 @@ pub fn sample(
 ) -> Result<Sample> {
     let n = check_num_sampled(num_sampled)?;
     let range = dist.range_max();
-    let truth = true_classes.map(|t| super::check_ids("true_classes", t, range)).transpose()?;
+    let truth = true_classes
+        .map(|t| super::check_ids("true_classes", t, range))
+        .transpose()?;
     let avoid = match (&truth, remove_true) {
         (Some(t), true) => Some(Avoid::new(dist, t)),
         _ => None,
@@ -330,13 +376,18 @@ pub fn sample(
             true_expected = Some(te);
         }
         if parallel {
-            ids.par_chunks(1 << 14).zip(sampled_expected.par_chunks_mut(1 << 14)).for_each(|(i, o)| {
-                expected_counts(dist, i, n as u64, tries, scale, o)
-            });
+            ids.par_chunks(1 << 14)
+                .zip(sampled_expected.par_chunks_mut(1 << 14))
+                .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, scale, o));
         } else {
             expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
         }
-        Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
+        Ok(Sample {
+            ids: to_i64(ids),
+            true_expected,
+            sampled_expected,
+            num_tries: tries,
+        })
     };
     if n >= PARALLEL_MIN {
         threads::install(work)?
@@ -358,26 +409,53 @@ pub fn sample_per_row(
 ) -> Result<PerRowSample> {
     let s = check_num_sampled(num_sampled)?;
     if num_true == 0 {
-        return Err(Error::shape("true_classes", "needs at least one true class per row"));
+        return Err(Error::shape(
+            "true_classes",
+            "needs at least one true class per row",
+        ));
     }
     if true_classes.len() % num_true != 0 {
-        return Err(Error::shape("true_classes", "length is not a multiple of num_true"));
+        return Err(Error::shape(
+            "true_classes",
+            "length is not a multiple of num_true",
+        ));
     }
     let rows = true_classes.len() / num_true;
     let truth = super::check_ids("true_classes", true_classes, dist.range_max())?;
-    let total = rows.checked_mul(s).ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
+    let total = rows
+        .checked_mul(s)
+        .ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
     if total as u64 > MAX_SAMPLED {
-        return Err(Error::too_large("num_sampled", format!("rows × num_sampled = {total} is more than 2^36")));
+        return Err(Error::too_large(
+            "num_sampled",
+            format!("rows × num_sampled = {total} is more than 2^36"),
+        ));
     }
     let mut ids: Vec<i64> = try_vec("num_sampled", total)?;
     let mut sampled_expected: Vec<f32> = try_vec("num_sampled", total)?;
     let mut true_expected: Vec<f32> = try_vec("true_classes", truth.len())?;
     let mut num_tries: Vec<i64> = try_vec("true_classes", rows)?;
 
-    let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
+    let row = |r: usize,
+               ids: &mut [i64],
+               se: &mut [f32],
+               te: &mut [f32],
+               tries: &mut i64|
+     -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];
-        let avoid = if remove_true { Some(Avoid::new(dist, t)) } else { None };
-        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref(), false)?;
+        let avoid = if remove_true {
+            Some(Avoid::new(dist, t))
+        } else {
+            None
+        };
+        let (drawn, n_tries) = draw(
+            dist,
+            derive(key, r as u64),
+            s,
+            unique,
+            avoid.as_ref(),
+            false,
+        )?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
         expected_counts(dist, &drawn, s as u64, n_tries, scale, se);
         expected_counts(dist, t, s as u64, n_tries, 1.0, te);
@@ -389,7 +467,10 @@ pub fn sample_per_row(
     };
     // Rows go to threads in groups; each row's result is its own, whatever thread ran it.
     let group = (PARALLEL_MIN / s.max(1)).clamp(1, 256);
-    let run_group = |(g, (((ids, se), te), tries)): (usize, (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]))| {
+    let run_group = |(g, (((ids, se), te), tries)): (
+        usize,
+        (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]),
+    )| {
         let nrows = tries.len();
         for i in 0..nrows {
             row(
@@ -420,5 +501,10 @@ pub fn sample_per_row(
             .enumerate()
             .try_for_each(run_group)?;
     }
-    Ok(PerRowSample { ids, true_expected, sampled_expected, num_tries })
+    Ok(PerRowSample {
+        ids,
+        true_expected,
+        sampled_expected,
+        num_tries,
+    })
 }
