@@ -16,6 +16,7 @@ from ._dropins import (
     log_uniform_candidate_sampler,
     uniform_candidate_sampler,
 )
+from ._infonce import InfoNCEGrad, info_nce_loss, info_nce_loss_and_grad
 from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
 from ._validate import as_int
 
@@ -32,6 +33,9 @@ __all__ = [
     "fixed_unigram_candidate_sampler",
     "all_candidate_sampler",
     "compute_accidental_hits",
+    "InfoNCEGrad",
+    "info_nce_loss",
+    "info_nce_loss_and_grad",
     "set_num_threads",
     "get_num_threads",
 ]
