@@ -45,15 +45,13 @@ use crate::float::Float;
 use crate::loss::tile::{matmul, Mat, MatMut, Op};
 use crate::threads;
 use rayon::prelude::*;
+use std::sync::{Mutex, MutexGuard};
 
 /// Rows of a logit tile (and of a parallel task over rows).
-const TI: usize = 128;
+const TI: usize = 256;
 /// Columns of a logit tile (and of a parallel task over columns); the online log-sum-exp of a row advances
 /// one such chunk at a time.
-const TJ: usize = 128;
-/// Rows of a parallel task over the kept logits: TK×(B+N) stays in a core's L2 cache for B + N up to a few
-/// thousand.
-const TK: usize = 64;
+const TJ: usize = 256;
 
 /// The default budget for keeping the B×(B+N) logits between the passes: 256 MiB
 /// (B = 8192 in float32 without extra negatives).
@@ -67,9 +65,15 @@ pub trait Kernel: Float {
     /// `e^x` for `x <= 0` (used on logits minus their maximum), exactly zero for `−∞` and for `x` so
     /// negative that the result would be subnormal. Never called with NaN.
     fn exp_or_zero(x: Self) -> Self;
+    /// The process-wide spare block for kept logits of this type (see [`take_spare`]).
+    fn spare() -> &'static Mutex<Vec<Self>>;
 }
 
 impl Kernel for f32 {
+    fn spare() -> &'static Mutex<Vec<f32>> {
+        static SPARE: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+        &SPARE
+    }
     #[inline(always)]
     fn exp_or_zero(x: f32) -> f32 {
         // Range reduction x = n ln2 + r, |r| <= ln2/2, then e^r = 1 + r + r^2 P(r) with the degree-5 minimax
@@ -100,6 +104,10 @@ impl Kernel for f32 {
 }
 
 impl Kernel for f64 {
+    fn spare() -> &'static Mutex<Vec<f64>> {
+        static SPARE: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+        &SPARE
+    }
     #[inline(always)]
     fn exp_or_zero(x: f64) -> f64 {
         let v = crate::vmath::exp(x);
@@ -181,10 +189,8 @@ pub fn info_nce_loss<T: Kernel>(
     let p = Problem::new(query, keys, negatives, opts, None)?;
     // Without gradients the logits are kept only when that saves a product (the column pass of `symmetric`).
     let keep = p.sym && p.fits(opts.max_logits_bytes);
-    threads::install(|| {
-        let fwd = p.forward(keep)?;
-        Ok(p.finish(&fwd, None).loss)
-    })?
+    let budget = opts.max_logits_bytes;
+    threads::install(|| p.run(keep, budget, None, false))?.map(|r| r.loss)
 }
 
 /// The per-row loss and the gradients of `Σ_i grad_loss[i] · loss[i]` (`grad_loss` None: all ones).
@@ -197,24 +203,12 @@ pub fn info_nce_loss_and_grad<T: Kernel>(
 ) -> Result<InfoNceGrad<T>> {
     let p = Problem::new(query, keys, negatives, opts, grad_loss)?;
     let keep = p.fits(opts.max_logits_bytes);
-    let (loss, gq, gk, gn) = threads::install(|| {
-        if keep && !p.sym {
-            return p.kept_fused(grad_loss);
-        }
-        let mut fwd = p.forward(keep)?;
-        let st = p.finish(&fwd, grad_loss);
-        let (gq, gk, gn) = match fwd.logits.as_deref_mut() {
-            Some(l) => p.backward_kept(&st, l),
-            None => p.backward_recompute(&st),
-        };
-        Ok((st.loss, gq, gk, gn))
-    })??;
-    Ok(InfoNceGrad {
-        loss,
-        grad_query: gq,
-        grad_keys: gk,
-        grad_negatives: p.has_neg.then_some(gn),
-    })
+    let budget = opts.max_logits_bytes;
+    let mut r = threads::install(|| p.run(keep, budget, grad_loss, true))??;
+    if !p.has_neg {
+        r.grad_negatives = None;
+    }
+    Ok(r)
 }
 
 /// Whether a call with these sizes keeps its logits between the passes (exposed for tests and benchmarks).
@@ -223,6 +217,35 @@ pub fn keeps_logits<T>(batch: usize, num_negatives: usize, max_logits_bytes: usi
         .checked_mul(batch.saturating_add(num_negatives))
         .and_then(|e| e.checked_mul(std::mem::size_of::<T>()))
         .is_some_and(|bytes| bytes <= max_logits_bytes)
+}
+
+fn lock_spare<T: Kernel>() -> MutexGuard<'static, Vec<T>> {
+    // The guarded value is a plain buffer that a panic cannot leave half-updated: take it regardless.
+    T::spare().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A block of `n` elements for the kept logits. A training loop calls with the same sizes again and again,
+/// and a fresh block of tens of MiB costs a page fault per 4 KiB on first touch (a fifth of the whole call
+/// at B = 4096), so the block of the previous call is reused when it is large enough. Its contents are
+/// stale: every element is written before it is read.
+fn take_spare<T: Kernel>(n: usize) -> Vec<T> {
+    let mut v = std::mem::take(&mut *lock_spare::<T>());
+    if v.capacity() < n {
+        v = Vec::new(); // free the old block before the new one is allocated
+    }
+    v.resize(n, T::ZERO);
+    v
+}
+
+/// Keep `v` for the next call if it fits `budget` bytes; drop the spare block if it does not.
+fn give_back<T: Kernel>(v: Option<Vec<T>>, budget: usize) {
+    let mut spare = lock_spare::<T>();
+    let fits = |x: &Vec<T>| x.capacity().saturating_mul(std::mem::size_of::<T>()) <= budget;
+    match v {
+        Some(v) if fits(&v) && v.capacity() >= spare.capacity() => *spare = v,
+        _ if !fits(&spare) => *spare = Vec::new(),
+        _ => {}
+    }
 }
 
 /// A validated call.
@@ -245,40 +268,38 @@ struct Problem<'a, T> {
     gamma: T,
 }
 
-/// The forward pass's per-row (and per-column) results.
-struct Forward<T> {
-    /// log-sum-exp of each row over its unmasked columns.
-    lse: Vec<T>,
-    /// z[i, i], the target logit.
-    diag: Vec<T>,
-    /// `symmetric`: log-sum-exp of each key column over the unmasked rows of the B×B block.
-    lse_col: Vec<T>,
-    /// The B×W logits, when kept.
-    logits: Option<Vec<T>>,
-}
-
-/// What the backward pass needs per row and column, and the loss.
-struct Stats<T> {
-    loss: Vec<T>,
-    lse: Vec<T>,
-    /// a_i: the row's weight in G (grad_loss times the focal factor, halved for `symmetric`).
-    a: Vec<T>,
-    lse_col: Vec<T>,
-    a_col: Vec<T>,
-    /// G[i, i], computed directly as −a_i u_i (− aᶜ_i uᶜ_i) rather than a_i p_ii − a_i.
-    g_diag: Vec<T>,
-}
-
-/// One row's share of [`Stats`].
+/// One row's loss and weights in G.
 struct Coef<T> {
     loss: T,
+    /// a_i: grad_loss times the focal factor c(p_ii), halved for `symmetric`.
     a: T,
+    /// aᶜ_i, the same for the key→query direction (`symmetric`).
     a_col: T,
+    /// G[i, i], computed directly as −a_i u_i (− aᶜ_i uᶜ_i) rather than a_i p_ii − a_i.
     g_diag: T,
 }
 
-/// (∂q, ∂k, ∂n) and the loss.
-type Parts<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+/// The per-row state of one block of rows, and the outputs it owns.
+struct RowJob<'x, T> {
+    i0: usize,
+    /// log-sum-exp of each row over its unmasked columns.
+    lse: &'x mut [T],
+    /// z[i, i], the target logit.
+    diag: &'x mut [T],
+    loss: &'x mut [T],
+    a: &'x mut [T],
+    g_diag: &'x mut [T],
+    /// ∂q of the block's rows (empty without gradients).
+    gq: &'x mut [T],
+    /// The block's kept logits, tile after tile (TI×TJ each, row-major), when the logits are kept.
+    store: Option<&'x mut [T]>,
+}
+
+impl<T> RowJob<'_, T> {
+    fn rows(&self) -> usize {
+        self.lse.len()
+    }
+}
 
 fn check_finite<T: Float>(x: &[T], arg: &'static str) -> Result<()> {
     match x.iter().position(|v| !v.is_finite()) {
@@ -526,120 +547,203 @@ impl<'a, T: Kernel> Problem<'a, T> {
         )
     }
 
-    /// Rows i0..i0+ni of the kept logits (`l`, ni×W): the logits, then each row's online log-sum-exp over
-    /// the same column chunks the tiled pass uses, and the target logits.
-    fn rows_kept(&self, i0: usize, ni: usize, l: &mut [T], lse: &mut [T], diag: &mut [T]) {
-        let (b, w) = (self.b, self.w);
-        self.logits(i0, ni, 0, b, l, w);
-        if self.nn > 0 {
-            self.logits(i0, ni, b, self.nn, &mut l[b..], w);
-        }
-        for r in 0..ni {
-            let row = &l[r * w..(r + 1) * w];
-            let (mut m, mut s) = (T::NEG_INFINITY, T::ZERO);
-            for (c0, nc) in self.col_blocks() {
-                row_lse_update(&row[c0..c0 + nc], &mut m, &mut s);
-            }
-            lse[r] = m + s.ln();
-            diag[r] = row[i0 + r];
-        }
+    /// The whole call: loss, and with `grad` the gradients, keeping the logits (`keep`) or not.
+    fn run(
+        &self,
+        keep: bool,
+        budget: usize,
+        grad_loss: Option<&[T]>,
+        grad: bool,
+    ) -> Result<InfoNceGrad<T>> {
+        let mut store = keep.then(|| take_spare::<T>(self.b * self.w));
+        let r = self.run_with(store.as_deref_mut(), grad_loss, grad);
+        give_back(store, budget);
+        r
     }
 
-    /// Rows i0..i0+ni without keeping the logits: tile by tile.
-    fn rows_tiled(&self, i0: usize, ni: usize, lse: &mut [T], diag: &mut [T]) {
-        let b = self.b;
-        let mut tile = vec![T::ZERO; TI * TJ];
+    fn run_with(
+        &self,
+        mut store: Option<&mut [T]>,
+        grad_loss: Option<&[T]>,
+        grad: bool,
+    ) -> Result<InfoNceGrad<T>> {
+        let (b, d, w) = (self.b, self.d, self.w);
+        let zeros = |n: usize| vec![T::ZERO; n];
+        let (mut lse, mut diag, mut loss) = (zeros(b), zeros(b), zeros(b));
+        let (mut a, mut g_diag) = (zeros(b), zeros(b));
+        let mut gq = zeros(if grad { b * d } else { 0 });
+        let gq_rows = if grad { TI * d } else { 0 };
+        let mut stores = store
+            .as_deref_mut()
+            .map(|s| s.chunks_mut(TI * w).map(Some).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut gq_chunks = gq.chunks_mut(gq_rows.max(1));
+        let mut jobs: Vec<RowJob<'_, T>> = lse
+            .chunks_mut(TI)
+            .zip(diag.chunks_mut(TI))
+            .zip(loss.chunks_mut(TI))
+            .zip(a.chunks_mut(TI).zip(g_diag.chunks_mut(TI)))
+            .enumerate()
+            .map(|(blk, (((lse, diag), loss), (a, g_diag)))| RowJob {
+                i0: blk * TI,
+                lse,
+                diag,
+                loss,
+                a,
+                g_diag,
+                gq: if grad {
+                    gq_chunks.next().unwrap_or_default()
+                } else {
+                    Default::default()
+                },
+                store: stores.get_mut(blk).and_then(Option::take),
+            })
+            .collect();
+        let w_of = |i: usize| grad_loss.map_or(T::ONE, |g| g[i]);
+        let finite = |j: &RowJob<'_, T>| j.lse.iter().chain(j.diag.iter()).all(|v| v.is_finite());
+        let mut lse_col = Vec::new();
+        let mut a_col = Vec::new();
+        if !self.sym {
+            // Every row's weights are known once its own log-sum-exp is: each block of rows goes logits →
+            // statistics → G → ∂q in one task, while its tiles are in cache.
+            let ok = jobs
+                .par_iter_mut()
+                .map(|j| {
+                    self.forward_rows(j);
+                    if !finite(j) {
+                        return false;
+                    }
+                    for r in 0..j.rows() {
+                        let c = self.coef(j.diag[r], j.lse[r], T::ZERO, w_of(j.i0 + r));
+                        (j.loss[r], j.a[r], j.g_diag[r]) = (c.loss, c.a, c.g_diag);
+                    }
+                    if grad {
+                        self.backward_rows(j, None);
+                    }
+                    true
+                })
+                .reduce(|| true, |x, y| x && y);
+            if !ok {
+                return Err(self.overflow());
+            }
+        } else {
+            jobs.par_iter_mut().for_each(|j| self.forward_rows(j));
+            if !jobs.iter().all(finite) {
+                return Err(self.overflow());
+            }
+            // The key→query direction needs every row of a column first.
+            lse_col = zeros(b);
+            {
+                let kept: Vec<Option<&[T]>> = jobs.iter().map(|j| j.store.as_deref()).collect();
+                lse_col
+                    .par_chunks_mut(TJ)
+                    .enumerate()
+                    .for_each(|(blk, out)| self.cols_lse(blk * TJ, out, &kept));
+            }
+            if lse_col.iter().any(|v| !v.is_finite()) {
+                return Err(self.overflow());
+            }
+            a_col = zeros(b);
+            for j in jobs.iter_mut() {
+                for r in 0..j.rows() {
+                    let i = j.i0 + r;
+                    let c = self.coef(j.diag[r], j.lse[r], lse_col[i], w_of(i));
+                    (j.loss[r], j.a[r], j.g_diag[r], a_col[i]) = (c.loss, c.a, c.g_diag, c.a_col);
+                }
+            }
+            if grad {
+                let cols = Some((&lse_col[..], &a_col[..]));
+                jobs.par_iter_mut()
+                    .for_each(|j| self.backward_rows(j, cols));
+            }
+        }
+        let kept: Vec<Option<&[T]>> = jobs.iter().map(|j| j.store.as_deref()).collect();
+        let (mut gk, mut gn) = (Vec::new(), Vec::new());
+        if grad {
+            // The row statistics, now complete, for the column pass.
+            let rows = RowStats {
+                lse: &jobs
+                    .iter()
+                    .flat_map(|j| j.lse.iter().copied())
+                    .collect::<Vec<_>>(),
+                a: &jobs
+                    .iter()
+                    .flat_map(|j| j.a.iter().copied())
+                    .collect::<Vec<_>>(),
+                g_diag: &jobs
+                    .iter()
+                    .flat_map(|j| j.g_diag.iter().copied())
+                    .collect::<Vec<_>>(),
+            };
+            let cols = self.sym.then_some((&lse_col[..], &a_col[..]));
+            (gk, gn) = (zeros(b * d), zeros(self.nn * d));
+            col_jobs(&mut gk, &mut gn, b, d)
+                .into_par_iter()
+                .for_each(|(c0, out)| self.backward_cols(c0, out, &rows, cols, &kept));
+        }
+        drop(kept);
+        drop(jobs);
+        Ok(InfoNceGrad {
+            loss,
+            grad_query: gq,
+            grad_keys: gk,
+            grad_negatives: Some(gn),
+        })
+    }
+
+    /// The forward pass over one block of rows: each tile of logits (kept, or in a scratch tile), the rows'
+    /// online log-sum-exp one column chunk at a time, and the target logits.
+    fn forward_rows(&self, j: &mut RowJob<'_, T>) {
+        let (i0, ni, b) = (j.i0, j.rows(), self.b);
+        let mut scratch = if j.store.is_some() {
+            Vec::new()
+        } else {
+            vec![T::ZERO; TI * TJ]
+        };
         let mut m = [T::NEG_INFINITY; TI];
         let mut s = [T::ZERO; TI];
         for (c0, nc) in self.col_blocks() {
-            self.logits(i0, ni, c0, nc, &mut tile, nc);
+            let tile = match j.store.as_deref_mut() {
+                Some(st) => &mut st[ni * c0..ni * (c0 + nc)],
+                None => &mut scratch[..ni * nc],
+            };
+            self.logits(i0, ni, c0, nc, tile, nc);
             for r in 0..ni {
                 let row = &tile[r * nc..(r + 1) * nc];
                 row_lse_update(row, &mut m[r], &mut s[r]);
                 let i = i0 + r;
                 if c0 < b && (c0..c0 + nc).contains(&i) {
-                    diag[r] = row[i - c0];
+                    j.diag[r] = row[i - c0];
                 }
             }
         }
         for r in 0..ni {
-            lse[r] = m[r] + s[r].ln();
+            j.lse[r] = m[r] + s[r].ln();
         }
     }
 
-    /// The log-sum-exp down key columns c0..c0+nc (`symmetric`), from the kept logits or tile by tile, in
-    /// row chunks of TI either way.
-    fn cols_lse(&self, c0: usize, nc: usize, kept: Option<&[T]>, out: &mut [T]) {
-        let (b, w) = (self.b, self.w);
+    /// The log-sum-exp down key columns c0.. (`symmetric`), over row chunks of TI, from the kept tiles of
+    /// each row block (`kept[block]`) or recomputed.
+    fn cols_lse(&self, c0: usize, out: &mut [T], kept: &[Option<&[T]>]) {
+        let (b, nc) = (self.b, out.len());
         let mut cm = [T::NEG_INFINITY; TJ];
         let mut cs = [T::ZERO; TJ];
-        let mut tile = if kept.is_some() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; TI * TJ]
-        };
-        for i0 in (0..b).step_by(TI) {
+        let mut scratch = Vec::new();
+        for (blk, i0) in (0..b).step_by(TI).enumerate() {
             let ni = TI.min(b - i0);
-            let (buf, stride): (&[T], usize) = match kept {
-                Some(l) => (&l[i0 * w + c0..], w),
+            let tile: &[T] = match kept.get(blk).copied().flatten() {
+                Some(st) => &st[ni * c0..ni * (c0 + nc)],
                 None => {
-                    self.logits(i0, ni, c0, nc, &mut tile, nc);
-                    (&tile[..], nc)
+                    scratch.resize(TI * TJ, T::ZERO);
+                    self.logits(i0, ni, c0, nc, &mut scratch, nc);
+                    &scratch[..ni * nc]
                 }
             };
-            col_lse_update(buf, ni, nc, stride, &mut cm[..nc], &mut cs[..nc]);
+            col_lse_update(tile, ni, nc, nc, &mut cm[..nc], &mut cs[..nc]);
         }
         for c in 0..nc {
             out[c] = cm[c] + cs[c].ln();
         }
-    }
-
-    /// The forward pass: per-row log-sum-exp and target logit; per-column log-sum-exp for `symmetric`;
-    /// with `keep`, the logits themselves. Runs inside the library's pool.
-    fn forward(&self, keep: bool) -> Result<Forward<T>> {
-        let (b, w) = (self.b, self.w);
-        let mut lse = vec![T::ZERO; b];
-        let mut diag = vec![T::ZERO; b];
-        let mut logits = keep.then(|| vec![T::ZERO; b * w]);
-        match logits.as_mut() {
-            Some(l) => lse
-                .par_chunks_mut(TK)
-                .zip(diag.par_chunks_mut(TK))
-                .zip(l.par_chunks_mut(TK * w))
-                .enumerate()
-                .for_each(|(blk, ((lse, diag), l))| {
-                    self.rows_kept(blk * TK, lse.len(), l, lse, diag)
-                }),
-            None => lse
-                .par_chunks_mut(TI)
-                .zip(diag.par_chunks_mut(TI))
-                .enumerate()
-                .for_each(|(blk, (lse, diag))| self.rows_tiled(blk * TI, lse.len(), lse, diag)),
-        }
-        let mut lse_col = Vec::new();
-        if self.sym {
-            lse_col = vec![T::ZERO; b];
-            let kept = logits.as_deref();
-            lse_col
-                .par_chunks_mut(TJ)
-                .enumerate()
-                .for_each(|(blk, out)| self.cols_lse(blk * TJ, out.len(), kept, out));
-        }
-        // Finite inputs can still overflow the logits (huge embeddings over a tiny temperature).
-        if lse
-            .iter()
-            .chain(&diag)
-            .chain(&lse_col)
-            .any(|v| !v.is_finite())
-        {
-            return Err(self.overflow());
-        }
-        Ok(Forward {
-            lse,
-            diag,
-            lse_col,
-            logits,
-        })
     }
 
     /// Row i's loss and weights in G, from its target logit, log-sum-exps and `grad_loss` weight.
@@ -666,37 +770,8 @@ impl<'a, T: Kernel> Problem<'a, T> {
         }
     }
 
-    /// The loss, and the per-row and per-column weights of G.
-    fn finish(&self, fwd: &Forward<T>, grad_loss: Option<&[T]>) -> Stats<T> {
-        let b = self.b;
-        let mut st = Stats {
-            loss: vec![T::ZERO; b],
-            lse: fwd.lse.clone(),
-            a: vec![T::ZERO; b],
-            lse_col: fwd.lse_col.clone(),
-            a_col: vec![T::ZERO; if self.sym { b } else { 0 }],
-            g_diag: vec![T::ZERO; b],
-        };
-        for i in 0..b {
-            let lc = if self.sym { fwd.lse_col[i] } else { T::ZERO };
-            let c = self.coef(
-                fwd.diag[i],
-                fwd.lse[i],
-                lc,
-                grad_loss.map_or(T::ONE, |g| g[i]),
-            );
-            st.loss[i] = c.loss;
-            st.a[i] = c.a;
-            st.g_diag[i] = c.g_diag;
-            if self.sym {
-                st.a_col[i] = c.a_col;
-            }
-        }
-        st
-    }
-
-    /// Turn the logits of rows i0..i0+ni, columns c0..c0+nc (`z` at `stride`) into G, in place. `lse`, `a`,
-    /// `g_diag` are the rows' (indexed from 0 = row i0); `cols` the per-column (lse, a) of `symmetric`.
+    /// Turn the logit tile of rows i0..i0+ni, columns c0..c0+nc (ni×nc, row-major) into G, in place.
+    /// `rows` holds the rows' (lse, a, g_diag) from row i0 on; `cols` the per-column (lse, a) of `symmetric`.
     #[allow(clippy::too_many_arguments)]
     fn grad_tile(
         &self,
@@ -707,13 +782,12 @@ impl<'a, T: Kernel> Problem<'a, T> {
         c0: usize,
         nc: usize,
         z: &mut [T],
-        stride: usize,
     ) {
         let (lse, a, g_diag) = rows;
         let is_key = c0 < self.b;
         for r in 0..ni {
             let i = i0 + r;
-            let row = &mut z[r * stride..r * stride + nc];
+            let row = &mut z[r * nc..(r + 1) * nc];
             match cols {
                 Some((lc, ac)) if is_key => {
                     grad_row_sym(row, lse[r], a[r], &lc[c0..c0 + nc], &ac[c0..c0 + nc])
@@ -726,194 +800,84 @@ impl<'a, T: Kernel> Problem<'a, T> {
         }
     }
 
-    /// Kept rows i0..i0+ni (`l`, already G) times [k; n] / T into ∂q.
-    fn grad_query_kept(&self, ni: usize, l: &[T], gq: &mut [T]) {
-        let (b, d, w, nn) = (self.b, self.d, self.w, self.nn);
-        let g = |c0, nc| Mat {
-            data: &l[c0..],
-            rows: ni,
-            cols: nc,
-            stride: w,
+    /// ∂q of one block of rows: each tile of G (kept logits turned into G in place, or recomputed) times the
+    /// tile's keys or negatives, accumulated in column order.
+    fn backward_rows(&self, j: &mut RowJob<'_, T>, cols: Option<(&[T], &[T])>) {
+        let (i0, ni, d) = (j.i0, j.rows(), self.d);
+        let rows = (&j.lse[..], &j.a[..], &j.g_diag[..]);
+        let mut scratch = if j.store.is_some() {
+            Vec::new()
+        } else {
+            vec![T::ZERO; TI * TJ]
         };
-        matmul(
-            self.scale,
-            g(0, b),
-            Op::N,
-            Mat::new(self.k, b, d),
-            Op::N,
-            T::ZERO,
-            MatMut::new(gq, ni, d),
-        );
-        if nn > 0 {
+        for (t, (c0, nc)) in self.col_blocks().enumerate() {
+            let tile = match j.store.as_deref_mut() {
+                Some(st) => &mut st[ni * c0..ni * (c0 + nc)],
+                None => {
+                    self.logits(i0, ni, c0, nc, &mut scratch, nc);
+                    &mut scratch[..ni * nc]
+                }
+            };
+            self.grad_tile(rows, cols, i0, ni, c0, nc, tile);
+            let beta = if t == 0 { T::ZERO } else { T::ONE };
+            let g = Mat::new(&tile[..], ni, nc);
             matmul(
                 self.scale,
-                g(b, nn),
+                g,
                 Op::N,
-                Mat::new(self.n, nn, d),
+                self.cols(c0, nc),
                 Op::N,
-                T::ONE,
-                MatMut::new(gq, ni, d),
+                beta,
+                MatMut::new(j.gq, ni, d),
             );
         }
     }
 
-    /// ∂k, ∂n = G[:, J]ᵀ q / T by column blocks of the kept G.
-    fn grad_cols_kept(&self, l: &[T]) -> (Vec<T>, Vec<T>) {
-        let (b, d, w) = (self.b, self.d, self.w);
-        let mut gk = vec![T::ZERO; b * d];
-        let mut gn = vec![T::ZERO; self.nn * d];
-        col_jobs(&mut gk, &mut gn, b, d)
-            .into_par_iter()
-            .for_each(|(c0, out)| {
-                let nc = out.len() / d;
-                let g = Mat {
-                    data: &l[c0..],
-                    rows: b,
-                    cols: nc,
-                    stride: w,
-                };
-                matmul(
-                    self.scale,
-                    g,
-                    Op::T,
-                    Mat::new(self.q, b, d),
-                    Op::N,
-                    T::ZERO,
-                    MatMut::new(out, nc, d),
-                );
-            });
-        (gk, gn)
-    }
-
-    /// Without `symmetric` every row's weights are known once its own log-sum-exp is: each block of rows
-    /// goes logits → statistics → G → ∂q while it is in cache, then one pass over columns gives ∂k, ∂n.
-    fn kept_fused(&self, grad_loss: Option<&[T]>) -> Result<Parts<T>> {
-        let (b, d, w) = (self.b, self.d, self.w);
-        let mut l = vec![T::ZERO; b * w];
-        let mut loss = vec![T::ZERO; b];
-        let mut gq = vec![T::ZERO; b * d];
-        let overflow = loss
-            .par_chunks_mut(TK)
-            .zip(gq.par_chunks_mut(TK * d))
-            .zip(l.par_chunks_mut(TK * w))
-            .enumerate()
-            .map(|(blk, ((loss, gq), l))| {
-                let (i0, ni) = (blk * TK, loss.len());
-                let (mut lse, mut diag) = ([T::ZERO; TK], [T::ZERO; TK]);
-                let (mut a, mut g_diag) = ([T::ZERO; TK], [T::ZERO; TK]);
-                self.rows_kept(i0, ni, l, &mut lse[..ni], &mut diag[..ni]);
-                if lse[..ni].iter().chain(&diag[..ni]).any(|v| !v.is_finite()) {
-                    return true;
-                }
-                for r in 0..ni {
-                    let wt = grad_loss.map_or(T::ONE, |g| g[i0 + r]);
-                    let c = self.coef(diag[r], lse[r], T::ZERO, wt);
-                    loss[r] = c.loss;
-                    a[r] = c.a;
-                    g_diag[r] = c.g_diag;
-                }
-                let rows = (&lse[..ni], &a[..ni], &g_diag[..ni]);
-                for (c0, nc) in [(0, b), (b, self.nn)] {
-                    self.grad_tile(rows, None, i0, ni, c0, nc, &mut l[c0..], w);
-                }
-                self.grad_query_kept(ni, l, gq);
-                false
-            })
-            .reduce(|| false, |x, y| x || y);
-        if overflow {
-            return Err(self.overflow());
-        }
-        let (gk, gn) = self.grad_cols_kept(&l);
-        Ok((loss, gq, gk, gn))
-    }
-
-    /// ∂q, ∂k, ∂n from the kept logits (`symmetric`: the column statistics were needed first).
-    fn backward_kept(&self, st: &Stats<T>, l: &mut [T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let (b, d, w) = (self.b, self.d, self.w);
-        let mut gq = vec![T::ZERO; b * d];
-        let cols = self.sym.then_some((&st.lse_col[..], &st.a_col[..]));
-        gq.par_chunks_mut(TK * d)
-            .zip(l.par_chunks_mut(TK * w))
-            .enumerate()
-            .for_each(|(blk, (gq, l))| {
-                let i0 = blk * TK;
-                let ni = gq.len() / d;
-                let rows = (
-                    &st.lse[i0..i0 + ni],
-                    &st.a[i0..i0 + ni],
-                    &st.g_diag[i0..i0 + ni],
-                );
-                for (c0, nc) in [(0, b), (b, self.nn)] {
-                    self.grad_tile(rows, cols, i0, ni, c0, nc, &mut l[c0..], w);
-                }
-                self.grad_query_kept(ni, l, gq);
-            });
-        let (gk, gn) = self.grad_cols_kept(l);
-        (gq, gk, gn)
-    }
-
-    /// ∂q, ∂k, ∂n recomputing every logit tile: once over row blocks for ∂q, once over column blocks for ∂k
-    /// and ∂n, so that each output has one writer and a fixed order of summation.
-    fn backward_recompute(&self, st: &Stats<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
+    /// ∂k or ∂n of one block of columns (starting at c0 in the B+N row): Gᵀ q over the row blocks, from the
+    /// kept G or recomputed.
+    fn backward_cols(
+        &self,
+        c0: usize,
+        out: &mut [T],
+        rows: &RowStats<'_, T>,
+        cols: Option<(&[T], &[T])>,
+        kept: &[Option<&[T]>],
+    ) {
         let (b, d) = (self.b, self.d);
-        let mut gq = vec![T::ZERO; b * d];
-        let mut gk = vec![T::ZERO; b * d];
-        let mut gn = vec![T::ZERO; self.nn * d];
-        let cols = self.sym.then_some((&st.lse_col[..], &st.a_col[..]));
-        gq.par_chunks_mut(TI * d).enumerate().for_each(|(blk, gq)| {
-            let i0 = blk * TI;
-            let ni = gq.len() / d;
-            let rows = (
-                &st.lse[i0..i0 + ni],
-                &st.a[i0..i0 + ni],
-                &st.g_diag[i0..i0 + ni],
-            );
-            let mut tile = vec![T::ZERO; TI * TJ];
-            for (t, (c0, nc)) in self.col_blocks().enumerate() {
-                self.logits(i0, ni, c0, nc, &mut tile, nc);
-                self.grad_tile(rows, cols, i0, ni, c0, nc, &mut tile, nc);
-                let beta = if t == 0 { T::ZERO } else { T::ONE };
-                let g = Mat::new(&tile[..ni * nc], ni, nc);
-                matmul(
-                    self.scale,
-                    g,
-                    Op::N,
-                    self.cols(c0, nc),
-                    Op::N,
-                    beta,
-                    MatMut::new(gq, ni, d),
-                );
-            }
-        });
-        col_jobs(&mut gk, &mut gn, b, d)
-            .into_par_iter()
-            .for_each(|(c0, out)| {
-                let nc = out.len() / d;
-                let mut tile = vec![T::ZERO; TI * TJ];
-                for i0 in (0..b).step_by(TI) {
-                    let ni = TI.min(b - i0);
-                    let rows = (
-                        &st.lse[i0..i0 + ni],
-                        &st.a[i0..i0 + ni],
-                        &st.g_diag[i0..i0 + ni],
-                    );
-                    self.logits(i0, ni, c0, nc, &mut tile, nc);
-                    self.grad_tile(rows, cols, i0, ni, c0, nc, &mut tile, nc);
-                    let beta = if i0 == 0 { T::ZERO } else { T::ONE };
-                    let g = Mat::new(&tile[..ni * nc], ni, nc);
-                    matmul(
-                        self.scale,
-                        g,
-                        Op::T,
-                        self.rows(i0, ni),
-                        Op::N,
-                        beta,
-                        MatMut::new(out, nc, d),
-                    );
+        let nc = out.len() / d;
+        let mut scratch = Vec::new();
+        for (blk, i0) in (0..b).step_by(TI).enumerate() {
+            let ni = TI.min(b - i0);
+            let g: &[T] = match kept.get(blk).copied().flatten() {
+                Some(st) => &st[ni * c0..ni * (c0 + nc)],
+                None => {
+                    scratch.resize(TI * TJ, T::ZERO);
+                    let r = i0..i0 + ni;
+                    let stats = (&rows.lse[r.clone()], &rows.a[r.clone()], &rows.g_diag[r]);
+                    self.logits(i0, ni, c0, nc, &mut scratch, nc);
+                    self.grad_tile(stats, cols, i0, ni, c0, nc, &mut scratch[..ni * nc]);
+                    &scratch[..ni * nc]
                 }
-            });
-        (gq, gk, gn)
+            };
+            let beta = if i0 == 0 { T::ZERO } else { T::ONE };
+            matmul(
+                self.scale,
+                Mat::new(g, ni, nc),
+                Op::T,
+                self.rows(i0, ni),
+                Op::N,
+                beta,
+                MatMut::new(out, nc, d),
+            );
+        }
     }
+}
+
+/// The per-row statistics of the whole batch, for the column pass.
+struct RowStats<'s, T> {
+    lse: &'s [T],
+    a: &'s [T],
+    g_diag: &'s [T],
 }
 
 /// The outputs of the column-block tasks: (first column in the B+N row, rows of ∂k or ∂n it owns).
