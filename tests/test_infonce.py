@@ -317,6 +317,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     k = rng.standard_normal((b, d), dtype=np.float32)
     negs = rng.standard_normal((n, d), dtype=np.float32)
     zn.info_nce_loss_and_grad(q[:8], k[:8])  # start the pool, load everything
+    with open("/proc/self/clear_refs", "w") as f:  # the peak so far becomes the current size
+        f.write("5")
     before = hwm()
     g = zn.info_nce_loss_and_grad(q, k, negatives=negs, symmetric=True)
     print(json.dumps(dict(growth=hwm() - before, finite=bool(np.isfinite(g.loss).all()))))

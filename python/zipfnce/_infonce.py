@@ -163,8 +163,12 @@ def info_nce_loss(
         loss[i] = (f(softmax_j z[i, j])[i] + f(softmax_j z[j, i])[i]) / 2,   f(p) = -(1 - p)**gamma log p
 
     The dtype of ``query`` (float32 or float64) decides the precision; every other float argument is
-    converted to it. ``max_logits_bytes`` (default 256 MiB) bounds the logits kept in memory; it changes
-    speed and memory, never the result beyond rounding. Returns ``[B]``.
+    converted to it.
+
+    ``max_logits_bytes`` (default 256 MiB) bounds the logits kept in memory between the passes; it changes
+    speed and memory, never the loss (the gradients only by rounding). A kept block is reused by the next
+    call rather than allocated afresh; a call with a smaller budget (``max_logits_bytes=0``, say) frees it.
+    Returns ``[B]``.
     """
     return _call(
         query,

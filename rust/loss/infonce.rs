@@ -45,7 +45,7 @@ use crate::float::Float;
 use crate::loss::tile::{matmul, Mat, MatMut, Op};
 use crate::threads;
 use rayon::prelude::*;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 /// Rows of a logit tile (and of a parallel task over rows).
 const TI: usize = 256;
@@ -219,9 +219,15 @@ pub fn keeps_logits<T>(batch: usize, num_negatives: usize, max_logits_bytes: usi
         .is_some_and(|bytes| bytes <= max_logits_bytes)
 }
 
-fn lock_spare<T: Kernel>() -> MutexGuard<'static, Vec<T>> {
-    // The guarded value is a plain buffer that a panic cannot leave half-updated: take it regardless.
-    T::spare().lock().unwrap_or_else(|e| e.into_inner())
+/// The spare block, unless another call holds it right now. Never waits: a process forked while another
+/// thread held the lock would otherwise wait forever in the child.
+fn lock_spare<T: Kernel>() -> Option<MutexGuard<'static, Vec<T>>> {
+    match T::spare().try_lock() {
+        Ok(g) => Some(g),
+        // The guarded value is a plain buffer that a panic cannot leave half-updated: take it regardless.
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 /// A block of `n` elements for the kept logits. A training loop calls with the same sizes again and again,
@@ -229,7 +235,9 @@ fn lock_spare<T: Kernel>() -> MutexGuard<'static, Vec<T>> {
 /// at B = 4096), so the block of the previous call is reused when it is large enough. Its contents are
 /// stale: every element is written before it is read.
 fn take_spare<T: Kernel>(n: usize) -> Vec<T> {
-    let mut v = std::mem::take(&mut *lock_spare::<T>());
+    let mut v = lock_spare::<T>()
+        .map(|mut g| std::mem::take(&mut *g))
+        .unwrap_or_default();
     if v.capacity() < n {
         v = Vec::new(); // free the old block before the new one is allocated
     }
@@ -239,7 +247,9 @@ fn take_spare<T: Kernel>(n: usize) -> Vec<T> {
 
 /// Keep `v` for the next call if it fits `budget` bytes; drop the spare block if it does not.
 fn give_back<T: Kernel>(v: Option<Vec<T>>, budget: usize) {
-    let mut spare = lock_spare::<T>();
+    let Some(mut spare) = lock_spare::<T>() else {
+        return;
+    };
     let fits = |x: &Vec<T>| x.capacity().saturating_mul(std::mem::size_of::<T>()) <= budget;
     match v {
         Some(v) if fits(&v) && v.capacity() >= spare.capacity() => *spare = v,
@@ -293,6 +303,10 @@ struct RowJob<'x, T> {
     gq: &'x mut [T],
     /// The block's kept logits, tile after tile (TI×TJ each, row-major), when the logits are kept.
     store: Option<&'x mut [T]>,
+    /// With `Some`, the forward pass leaves e^(z − M) in the store instead of z, where M is the row's running
+    /// maximum after each column chunk, recorded here (row-major, one per row and chunk): the backward pass
+    /// then scales instead of exponentiating again. Only without `symmetric`, whose column direction needs z.
+    shifts: Option<Vec<T>>,
 }
 
 impl<T> RowJob<'_, T> {
@@ -563,7 +577,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
 
     fn run_with(
         &self,
-        mut store: Option<&mut [T]>,
+        store: Option<&mut [T]>,
         grad_loss: Option<&[T]>,
         grad: bool,
     ) -> Result<InfoNceGrad<T>> {
@@ -574,7 +588,6 @@ impl<'a, T: Kernel> Problem<'a, T> {
         let mut gq = zeros(if grad { b * d } else { 0 });
         let gq_rows = if grad { TI * d } else { 0 };
         let mut stores = store
-            .as_deref_mut()
             .map(|s| s.chunks_mut(TI * w).map(Some).collect::<Vec<_>>())
             .unwrap_or_default();
         let mut gq_chunks = gq.chunks_mut(gq_rows.max(1));
@@ -597,6 +610,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
                     Default::default()
                 },
                 store: stores.get_mut(blk).and_then(Option::take),
+                shifts: None,
             })
             .collect();
         let w_of = |i: usize| grad_loss.map_or(T::ONE, |g| g[i]);
@@ -606,9 +620,13 @@ impl<'a, T: Kernel> Problem<'a, T> {
         if !self.sym {
             // Every row's weights are known once its own log-sum-exp is: each block of rows goes logits →
             // statistics → G → ∂q in one task, while its tiles are in cache.
+            let nblocks = self.col_blocks().count();
             let ok = jobs
                 .par_iter_mut()
                 .map(|j| {
+                    if grad && j.store.is_some() {
+                        j.shifts = Some(vec![T::ZERO; j.rows() * nblocks]);
+                    }
                     self.forward_rows(j);
                     if !finite(j) {
                         return false;
@@ -702,18 +720,24 @@ impl<'a, T: Kernel> Problem<'a, T> {
         };
         let mut m = [T::NEG_INFINITY; TI];
         let mut s = [T::ZERO; TI];
-        for (c0, nc) in self.col_blocks() {
+        let nblocks = self.col_blocks().count();
+        for (cb, (c0, nc)) in self.col_blocks().enumerate() {
             let tile = match j.store.as_deref_mut() {
                 Some(st) => &mut st[ni * c0..ni * (c0 + nc)],
                 None => &mut scratch[..ni * nc],
             };
             self.logits(i0, ni, c0, nc, tile, nc);
             for r in 0..ni {
-                let row = &tile[r * nc..(r + 1) * nc];
-                row_lse_update(row, &mut m[r], &mut s[r]);
+                let row = &mut tile[r * nc..(r + 1) * nc];
                 let i = i0 + r;
                 if c0 < b && (c0..c0 + nc).contains(&i) {
                     j.diag[r] = row[i - c0];
+                }
+                match j.shifts.as_deref_mut() {
+                    Some(sh) => {
+                        sh[r * nblocks + cb] = row_lse_update_exp(row, &mut m[r], &mut s[r])
+                    }
+                    None => row_lse_update(row, &mut m[r], &mut s[r]),
                 }
             }
         }
@@ -810,6 +834,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
         } else {
             vec![T::ZERO; TI * TJ]
         };
+        let nblocks = self.col_blocks().count();
         for (t, (c0, nc)) in self.col_blocks().enumerate() {
             let tile = match j.store.as_deref_mut() {
                 Some(st) => &mut st[ni * c0..ni * (c0 + nc)],
@@ -818,7 +843,21 @@ impl<'a, T: Kernel> Problem<'a, T> {
                     &mut scratch[..ni * nc]
                 }
             };
-            self.grad_tile(rows, cols, i0, ni, c0, nc, tile);
+            match j.shifts.as_deref() {
+                // The tile holds e^(z − M): G = a e^(z − lse) = (a e^(M − lse)) e^(z − M).
+                Some(sh) => {
+                    for r in 0..ni {
+                        let f = rows.1[r] * T::exp_or_zero(sh[r * nblocks + t] - rows.0[r]);
+                        let row = &mut tile[r * nc..(r + 1) * nc];
+                        scale_row(row, f);
+                        let i = i0 + r;
+                        if c0 < self.b && (c0..c0 + nc).contains(&i) {
+                            row[i - c0] = rows.2[r];
+                        }
+                    }
+                }
+                None => self.grad_tile(rows, cols, i0, ni, c0, nc, tile),
+            }
             let beta = if t == 0 { T::ZERO } else { T::ONE };
             let g = Mat::new(&tile[..], ni, nc);
             matmul(
@@ -931,6 +970,22 @@ fn row_lse_update<T: Kernel>(z: &[T], m: &mut T, s: &mut T) {
     *m = mn;
 }
 
+/// [`row_lse_update`] that also overwrites the chunk with e^(z − M), M the running maximum after it, and
+/// returns M (−∞ and a zeroed chunk when everything so far is masked). Same sums, to the bit.
+#[inline]
+fn row_lse_update_exp<T: Kernel>(z: &mut [T], m: &mut T, s: &mut T) -> T {
+    let mc = max_of(z);
+    if mc == T::NEG_INFINITY {
+        // Masked entries hold −∞; their probability is exactly 0 (and e^(M − lse) = e^(−∞) = 0 if M is).
+        z.fill(T::ZERO);
+        return *m;
+    }
+    let mn = if mc > *m { mc } else { *m };
+    *s = *s * T::exp_or_zero(*m - mn) + sum_exp_write(z, mn);
+    *m = mn;
+    mn
+}
+
 /// Accumulators of the hand-split reductions. The compiler keeps float sums in program order, so a plain
 /// loop would add one element at a time; LANES independent sums vectorise, and their fixed combination order
 /// keeps the result independent of the vector width the CPU offers.
@@ -977,6 +1032,41 @@ fn sum_exp_body<T: Kernel>(z: &[T], m: T) -> T {
         }
     }
     acc[0]
+}
+
+/// [`sum_exp_body`] that also leaves each e^(z − m) in place of z: the same operations in the same order.
+#[inline(always)]
+fn sum_exp_write_body<T: Kernel>(z: &mut [T], m: T) -> T {
+    const BLOCK: usize = 4 * LANES;
+    let mut acc = [T::ZERO; LANES];
+    for c in z.chunks_mut(BLOCK) {
+        let mut buf = [T::ZERO; BLOCK];
+        for (e, &x) in buf.iter_mut().zip(c.iter()) {
+            *e = T::exp_or_zero(x - m);
+        }
+        for g in buf.chunks_exact(LANES) {
+            for (a, &e) in acc.iter_mut().zip(g) {
+                *a += e;
+            }
+        }
+        let n = c.len();
+        c.copy_from_slice(&buf[..n]);
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0]
+}
+
+#[inline(always)]
+fn scale_body<T: Kernel>(z: &mut [T], f: T) {
+    for x in z.iter_mut() {
+        *x *= f;
+    }
 }
 
 #[inline(always)]
@@ -1072,6 +1162,14 @@ dispatch!(
 dispatch!(
     /// Σ e^(z − m).
     sum_exp = sum_exp_body<T>(z: &[T], m: T) -> T
+);
+dispatch!(
+    /// Σ e^(z − m), leaving each e^(z − m) in z.
+    sum_exp_write = sum_exp_write_body<T>(z: &mut [T], m: T) -> T
+);
+dispatch!(
+    /// z ← f z.
+    scale_row = scale_body<T>(z: &mut [T], f: T) -> ()
 );
 dispatch!(
     /// z ← a e^(z − lse).
