@@ -1,8 +1,8 @@
 """InfoNCE (API.md section 4): parity with an autograd implementation of the formula, numerics, bad input,
 memory.
 
-The reference below writes the formula of API.md in torch ops (TensorFlow when torch is absent) and lets
-autograd differentiate it; the native kernel is compared with it over every option and their combinations,
+The reference below writes the formula of API.md in torch ops and lets autograd differentiate it (the same
+in TensorFlow ops with tf.GradientTape when torch is absent, as in CI, whose test extra has TensorFlow); the native kernel is compared with it over every option and their combinations,
 in float32 and float64, on both of the kernel's paths (logits kept between the passes, or recomputed).
 """
 
@@ -19,15 +19,71 @@ import pytest
 
 import zipfnce as zn
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+if torch is None:
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        tf = None
+else:
+    tf = None
+needs_autograd = pytest.mark.skipif(torch is None and tf is None, reason="needs torch or tensorflow")
 
 # Sizes that leave partial tiles (the kernel's tiles are 256 x 256) on both axes.
 B, N, D = 300, 70, 16
 
 
-def reference(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=None, key_ids=None,
-              negative_ids=None, symmetric=False, focal_gamma=0.0, grad_loss=None):
-    """API.md section 4 in torch ops, float64; returns (loss, grad_q, grad_k, grad_n) from autograd."""
+def reference(q, k, n, **kw):
+    """API.md section 4 by autograd in float64: (loss, grad_q, grad_k, grad_n)."""
+    return reference_torch(q, k, n, **kw) if torch is not None else reference_tf(q, k, n, **kw)
+
+
+def reference_tf(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=None, key_ids=None,
+                 negative_ids=None, symmetric=False, focal_gamma=0.0, grad_loss=None):
+    """The formula in TensorFlow ops, differentiated by tf.GradientTape."""
+    f64 = lambda a: tf.constant(np.asarray(a, dtype=np.float64))  # noqa: E731
+    tq, tk = tf.Variable(f64(q)), tf.Variable(f64(k))
+    tn = None if n is None else tf.Variable(f64(n))
+    b = q.shape[0]
+    with tf.GradientTape() as tape:
+        z = tf.matmul(tq, tk, transpose_b=True) / temperature
+        if key_log_q is not None:
+            z = z - f64(key_log_q)[None, :]
+        if tn is not None:
+            zn_ = tf.matmul(tq, tn, transpose_b=True) / temperature
+            if negative_log_q is not None:
+                zn_ = zn_ - f64(negative_log_q)[None, :]
+            z = tf.concat([z, zn_], axis=1)
+        mask = np.zeros(z.shape, dtype=bool)
+        if key_ids is not None:
+            kid = np.asarray(key_ids)
+            mask[:, :b] = (kid[None, :] == kid[:, None]) & ~np.eye(b, dtype=bool)
+            if negative_ids is not None:
+                mask[:, b:] = np.asarray(negative_ids)[None, :] == kid[:, None]
+        z = tf.where(mask, tf.constant(-np.inf, tf.float64), z)
+
+        def focal_ce(logits):
+            logp = tf.linalg.diag_part(tf.nn.log_softmax(logits, axis=1))
+            if focal_gamma == 0:
+                return -logp
+            return -((1 - tf.exp(logp)) ** focal_gamma) * logp
+
+        loss = focal_ce(z)
+        if symmetric:
+            loss = (loss + focal_ce(tf.transpose(z[:, :b]))) / 2
+        w = tf.ones(b, tf.float64) if grad_loss is None else f64(grad_loss)
+        total = tf.reduce_sum(loss * w)
+    grads = tape.gradient(total, [tq, tk] + ([] if tn is None else [tn]))
+    gn = None if tn is None else grads[2].numpy()
+    return loss.numpy(), grads[0].numpy(), grads[1].numpy(), gn
+
+
+def reference_torch(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=None, key_ids=None,
+                    negative_ids=None, symmetric=False, focal_gamma=0.0, grad_loss=None):
+    """The formula in torch ops, differentiated by autograd."""
     t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)  # noqa: E731
     tq, tk = t(q), t(k)
     tn = None if n is None else t(n)
@@ -87,6 +143,7 @@ OPTION_SETS = [
 ]
 
 
+@needs_autograd
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("focal_gamma", [0.0, 0.5, 2.0])
@@ -126,12 +183,37 @@ def test_parity_with_autograd_over_every_option(dtype, symmetric, focal_gamma, k
 
 
 def test_defaults_match_the_plain_cross_entropy():
+    from scipy.special import logsumexp
+
     q, k, _, _ = data(1, b=50)
-    logits = torch.tensor(q) @ torch.tensor(k).T / 0.1
-    want = torch.nn.functional.cross_entropy(logits, torch.arange(50), reduction="none").numpy()
+    logits = q @ k.T / 0.1
+    want = logsumexp(logits, axis=1) - np.diag(logits)
     np.testing.assert_allclose(zn.info_nce_loss(q, k), want, rtol=1e-12)
 
 
+@pytest.mark.skipif(torch is None or tf is not None, reason="checks the TF reference against torch's")
+def test_the_tensorflow_reference_agrees_with_torch():
+    # The TF reference stands in for torch where torch is absent: make sure it computes the same formula.
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pytest.skip("tensorflow is not installed")
+    global tf
+    import tensorflow as tf_mod
+
+    tf = tf_mod
+    try:
+        q, k, negs, rng = data(10, b=40, n=9)
+        kw = dict(temperature=0.3, key_log_q=rng.uniform(-3, 0, 40), negative_log_q=rng.uniform(-3, 0, 9),
+                  key_ids=rng.integers(0, 20, 40), negative_ids=rng.integers(0, 20, 9), symmetric=True,
+                  focal_gamma=0.5, grad_loss=rng.uniform(0.5, 2, 40))
+        for a, b in zip(reference_tf(q, k, negs, **kw), reference_torch(q, k, negs, **kw)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    finally:
+        tf = None
+
+
+@needs_autograd
 @pytest.mark.parametrize("grad_loss", [None, 2.5, "rows"])
 def test_grad_loss_weights_the_rows(grad_loss):
     q, k, negs, rng = data(2, b=40, n=9)
