@@ -21,6 +21,10 @@ import zipfnce as zn
 
 try:
     import torch
+
+    # The references are small; torch's OpenMP workers spin after each op and would take the cores from
+    # the kernel's own pool (3-4x slower tests on two cores).
+    torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - depends on the environment
     torch = None
 if torch is None:
