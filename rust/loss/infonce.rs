@@ -27,18 +27,22 @@
 //! `∂q = G [k; n] / T`, `∂k = G_kᵀ q / T`, `∂n = G_nᵀ q / T`.
 //!
 //! # Memory and the two paths
-//! Nothing of size B×W exists unless it fits the caller's budget (`max_logits_bytes`):
-//! - *Kept* (B·W elements fit): the forward pass writes the logits into one B×W block, the backward pass
-//!   turns it into G in place; three matrix products in all.
+//! Nothing of size B×W exists unless it fits the caller's budget (`max_logits_bytes`). Work is split into
+//! blocks of TI rows (forward pass, ∂q) and of TJ columns (column statistics, ∂k, ∂n), each owned by one
+//! task and summed in a fixed order, so results do not depend on the thread count.
+//! - *Kept* (B·W elements fit): the forward pass writes each TI×TJ tile of logits into one B×W block, tile
+//!   after tile (so every later product reads a contiguous, cache-sized tile); the backward pass turns the
+//!   tiles into G in place. Three matrix products in all. Without `symmetric` the forward pass leaves
+//!   e^(z − M) in the tiles (M: the row's running maximum) and the backward pass only rescales them. The
+//!   block is handed to the next call (see `take_spare`): a training loop repeats the same sizes.
 //! - *Recomputed* (above the budget): the forward pass keeps only the per-row log-sum-exp (and per-column for
-//!   `symmetric`); the backward pass recomputes each TI×TJ tile of logits from it (as flash attention does),
-//!   once for `∂q` (over row blocks) and once for `∂k`, `∂n` (over column blocks), so that every output has
-//!   exactly one writer and the result does not depend on the thread count. Five products (six with
-//!   `symmetric`), memory O((B + N)·d) plus a tile per thread.
+//!   `symmetric`); the backward pass recomputes each tile from it (as flash attention does), once for ∂q
+//!   (over row blocks) and once for ∂k, ∂n (over column blocks), so that every output still has one writer.
+//!   Five products (six with `symmetric`), memory O((B + N)·d) plus a tile per thread.
 //!
 //! Both paths compute every logit tile with the same product call and the same online log-sum-exp over the
-//! same column chunks, so the losses agree bit for bit; the gradients sum the products in another order and
-//! agree to rounding.
+//! same column chunks, so the losses agree bit for bit; so do the gradients with `symmetric`, and without it
+//! they agree to rounding (e^(z − M)·e^(M − lse) against e^(z − lse)).
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -65,7 +69,7 @@ pub trait Kernel: Float {
     /// `e^x` for `x <= 0` (used on logits minus their maximum), exactly zero for `−∞` and for `x` so
     /// negative that the result would be subnormal. Never called with NaN.
     fn exp_or_zero(x: Self) -> Self;
-    /// The process-wide spare block for kept logits of this type (see [`take_spare`]).
+    /// The process-wide spare block for kept logits of this type (see `take_spare`).
     fn spare() -> &'static Mutex<Vec<Self>>;
 }
 
@@ -137,13 +141,13 @@ impl<'a, T> Matrix<'a, T> {
 #[derive(Clone, Copy, Debug)]
 pub struct Options<'a, T> {
     pub temperature: f64,
-    /// log of each key's sampling probability, [B], subtracted from its logit.
+    /// log of each key's sampling probability, `[B]`, subtracted from its logit.
     pub key_log_q: Option<&'a [T]>,
-    /// log of each extra negative's sampling probability, [N].
+    /// log of each extra negative's sampling probability, `[N]`.
     pub negative_log_q: Option<&'a [T]>,
-    /// Id of each row's positive, [B]: other columns with the same id are masked.
+    /// Id of each row's positive, `[B]`: other columns with the same id are masked.
     pub key_ids: Option<&'a [i64]>,
-    /// Id of each extra negative, [N]: masked in row i when equal to `key_ids[i]`.
+    /// Id of each extra negative, `[N]`: masked in row i when equal to `key_ids[i]`.
     pub negative_ids: Option<&'a [i64]>,
     pub symmetric: bool,
     pub focal_gamma: f64,
@@ -169,17 +173,17 @@ impl<T> Default for Options<'_, T> {
 /// Loss and gradients, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InfoNceGrad<T> {
-    /// [B]
+    /// `[B]`
     pub loss: Vec<T>,
-    /// [B, d]
+    /// `[B, d]`
     pub grad_query: Vec<T>,
-    /// [B, d]
+    /// `[B, d]`
     pub grad_keys: Vec<T>,
-    /// [N, d]; `None` when no negatives were given.
+    /// `[N, d]`; `None` when no negatives were given.
     pub grad_negatives: Option<Vec<T>>,
 }
 
-/// The per-row loss, [B].
+/// The per-row loss, `[B]`.
 pub fn info_nce_loss<T: Kernel>(
     query: Matrix<'_, T>,
     keys: Matrix<'_, T>,
