@@ -190,12 +190,10 @@ impl Sampler {
         remove_true: bool,
         seed: Option<u64>,
     ) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
-        let truth = true_classes
-            .as_ref()
-            .map(|t| (to_vec2(t), t.shape()[0], t.shape()[1]));
+        let shape = true_classes.as_ref().map(|t| (t.shape()[0], t.shape()[1]));
+        let flat = true_classes.as_ref().map(to_vec2);
         let key = self.key(seed);
         let dist = self.dist.clone();
-        let flat = truth.as_ref().map(|t| t.0.clone());
         let s = py
             .detach(move || {
                 sampler::sample(
@@ -210,8 +208,8 @@ impl Sampler {
             .map_err(err)?;
         let ids = Array1::from_vec(s.ids).into_pyarray(py);
         let sampled = Array1::from_vec(s.sampled_expected).into_pyarray(py);
-        let true_ec = match (s.true_expected, truth) {
-            (Some(te), Some((_, b, t))) => array2(py, te, b, t)?.into_any(),
+        let true_ec = match (s.true_expected, shape) {
+            (Some(te), Some((b, t))) => array2(py, te, b, t)?.into_any(),
             _ => py.None().into_bound(py),
         };
         (ids, true_ec, sampled, s.num_tries).into_pyobject(py)

@@ -105,34 +105,67 @@ pub(crate) mod testutil {
     /// range lumped into one more bin. Returns (statistic, degrees of freedom).
     pub fn chi_square(dist: &dyn Distribution, seed: u64, n: usize, bins: u64) -> (f64, usize) {
         let bins = bins.min(dist.range_max());
-        let mut counts = vec![0u64; bins as usize + 1];
-        let mut s = Stream::new(seed);
-        let mut buf = vec![0u64; n];
-        dist.draw(&mut s, &mut buf);
-        for &k in &buf {
-            assert!(k < dist.range_max(), "draw {k} out of range");
-            counts[(k.min(bins)) as usize] += 1;
+        let mut edges: Vec<u64> = (0..=bins).collect();
+        if bins < dist.range_max() {
+            edges.push(dist.range_max());
         }
-        let mut stat = 0.0;
-        let mut head = 0.0;
-        let mut df = 0;
-        for k in 0..bins {
-            let p = dist.prob(k);
-            head += p;
-            let e = p * n as f64;
-            if e > 0.0 {
-                stat += (counts[k as usize] as f64 - e).powi(2) / e;
-                df += 1;
+        let head: f64 = (0..bins).map(|k| dist.prob(k)).sum();
+        let mass = |lo: u64, hi: u64| {
+            if lo >= bins {
+                (1.0 - head).max(0.0)
             } else {
-                assert_eq!(counts[k as usize], 0, "drew id {k} of probability 0");
+                (lo..hi).map(|k| dist.prob(k)).sum()
+            }
+        };
+        chi_square_edges(dist, seed, n, &edges, mass)
+    }
+
+    /// Pearson's chi-square of `n` draws over the bins `[edges[i], edges[i+1])` (edges from 0 to range_max),
+    /// with `mass(lo, hi)` the probability of a bin. Adjacent bins are merged until each expects at least 5
+    /// draws, as the test requires. Returns (statistic, degrees of freedom).
+    pub fn chi_square_edges(
+        dist: &dyn Distribution,
+        seed: u64,
+        n: usize,
+        edges: &[u64],
+        mass: impl Fn(u64, u64) -> f64,
+    ) -> (f64, usize) {
+        let mut buf = vec![0u64; n];
+        dist.draw(&mut Stream::new(seed), &mut buf);
+        buf.sort_unstable();
+        assert!(
+            buf.last().map_or(true, |&k| k < dist.range_max()),
+            "draw out of range"
+        );
+        let count = |lo: u64, hi: u64| {
+            (buf.partition_point(|&k| k < hi) - buf.partition_point(|&k| k < lo)) as f64
+        };
+        let (mut stat, mut cells) = (0.0, 0usize);
+        let (mut lo, mut acc_e) = (edges[0], 0.0);
+        for w in edges.windows(2) {
+            let e = mass(w[0], w[1]) * n as f64;
+            if e == 0.0 {
+                assert_eq!(
+                    count(w[0], w[1]),
+                    0.0,
+                    "drew from [{}, {}) of probability 0",
+                    w[0],
+                    w[1]
+                );
+            }
+            acc_e += e;
+            let last = w[1] == *edges.last().unwrap_or(&0);
+            if acc_e >= 5.0 || last {
+                let o = count(lo, w[1]);
+                if acc_e > 0.0 {
+                    stat += (o - acc_e).powi(2) / acc_e;
+                    cells += 1;
+                }
+                lo = w[1];
+                acc_e = 0.0;
             }
         }
-        let e = (1.0 - head).max(0.0) * n as f64;
-        if e > 1e-9 {
-            stat += (counts[bins as usize] as f64 - e).powi(2) / e;
-            df += 1;
-        }
-        (stat, df.max(2) - 1)
+        (stat, cells.max(2) - 1)
     }
 
     /// A generous upper quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty, z = 4.75,

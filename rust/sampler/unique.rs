@@ -24,7 +24,9 @@ pub const MAX_TRIES: u64 = 1 << 31;
 /// The most candidates one call may ask for.
 pub const MAX_SAMPLED: u64 = 1 << 36;
 /// Below this many draws a call stays on the caller's thread.
-const PARALLEL_MIN: usize = 1 << 15;
+const PARALLEL_MIN: usize = 1 << 13;
+/// Expected counts are computed in pieces of this many ids (in parallel for large requests).
+const COUNT_PIECE: usize = 2048;
 
 /// A set of candidates shared by a batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,6 +140,93 @@ impl IdSet {
     }
 }
 
+/// Ranges up to this size de-duplicate with a bitset (at most 8 MiB of scratch per thread), larger ones
+/// with a hash set.
+const BITSET_MAX_RANGE: u64 = 1 << 26;
+
+/// Per-thread scratch bitset: all zero between uses unless `dirty` (a use that did not finish).
+#[derive(Default)]
+struct Scratch {
+    bits: Vec<u64>,
+    dirty: bool,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Where draws go: a membership test that also inserts.
+trait Seen {
+    /// Insert `id`; true when it was not there yet.
+    fn insert(&mut self, id: u64) -> bool;
+}
+
+/// With replacement: every draw is new.
+struct Everything;
+
+impl Seen for Everything {
+    #[inline(always)]
+    fn insert(&mut self, _id: u64) -> bool {
+        true
+    }
+}
+
+impl Seen for IdSet {
+    #[inline(always)]
+    fn insert(&mut self, id: u64) -> bool {
+        IdSet::insert(self, id)
+    }
+}
+
+struct Bits<'a>(&'a mut [u64]);
+
+impl Seen for Bits<'_> {
+    #[inline(always)]
+    fn insert(&mut self, id: u64) -> bool {
+        let w = &mut self.0[(id >> 6) as usize];
+        let b = 1u64 << (id & 63);
+        let new = *w & b == 0;
+        *w |= b;
+        new
+    }
+}
+
+/// Consume `buf` in order into `out[*filled..n]` (which has one spare slot at `n` for branch-free writes):
+/// skip avoided ids, count the rest as tries, keep the new ones. Stops at `n` ids.
+#[inline(always)]
+fn consume<S: Seen, const AVOID: bool>(
+    buf: &[u64],
+    avoid: Option<&Avoid>,
+    seen: &mut S,
+    out: &mut [u64],
+    filled: &mut usize,
+    n: usize,
+    tries: &mut u64,
+) -> u64 {
+    let mut f = *filled;
+    let mut t = *tries;
+    let mut used = 0u64;
+    for &id in buf {
+        used += 1;
+        if AVOID {
+            if let Some(a) = avoid {
+                if a.set.contains(id) {
+                    continue;
+                }
+            }
+        }
+        t += 1;
+        out[f] = id;
+        f += seen.insert(id) as usize;
+        if f == n {
+            break;
+        }
+    }
+    *filled = f;
+    *tries = t;
+    used
+}
+
 /// Ids to avoid and the probability mass they carry.
 pub(crate) struct Avoid {
     set: IdSet,
@@ -222,70 +311,120 @@ fn draw(
         });
     }
     let len = chunk_len(n);
-    let mut out: Vec<u64> = try_vec("num_sampled", n)?;
     if !unique && avoid.is_none() {
         // Every draw is accepted: chunk c fills out[c*len..], independently.
+        let mut out: Vec<u64> = try_vec("num_sampled", n)?;
         raw_chunks(dist, key, 0, len, &mut out, parallel && n >= PARALLEL_MIN);
         return Ok((out, n as u64));
     }
-    out.clear();
-    let mut seen = if unique {
-        Some(IdSet::with_capacity(n))
-    } else {
-        None
-    };
-    let mut buf: Vec<u64> = Vec::new();
-    let mut next_chunk = 0u64;
+    let mut out: Vec<u64> = try_vec("num_sampled", n + 1)?;
+    let mut filled = 0usize;
     let mut tries = 0u64;
-    let mut consumed = 0u64;
-    while out.len() < n {
-        // Generate about as many chunks as the missing draws need (at least one, at most 256).
-        let missing = n - out.len();
-        let chunks = missing.div_ceil(len).clamp(1, 256);
-        buf.resize(chunks * len, 0);
-        raw_chunks(
-            dist,
-            key,
-            next_chunk,
-            len,
-            &mut buf,
-            parallel && chunks * len >= PARALLEL_MIN,
-        );
-        next_chunk += chunks as u64;
-        for &id in &buf {
-            consumed += 1;
-            if let Some(a) = avoid {
-                if a.set.contains(id) {
-                    continue;
-                }
-            }
-            tries += 1;
-            if let Some(s) = seen.as_mut() {
-                if !s.insert(id) {
-                    continue;
-                }
-            }
-            out.push(id);
-            if out.len() == n {
-                break;
+    type Consumer<'c> = dyn FnMut(&[u64], &mut [u64], &mut usize, &mut u64) -> u64 + 'c;
+    let run = |seen: &mut Consumer<'_>,
+               out: &mut [u64],
+               filled: &mut usize,
+               tries: &mut u64|
+     -> Result<()> {
+        let filled_ref = filled;
+        let mut buf: Vec<u64> = Vec::new();
+        let mut next_chunk = 0u64;
+        let mut consumed = 0u64;
+        while *filled_ref < n {
+            let filled = *filled_ref;
+            // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
+            // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
+            // ahead, never which draws are consumed.
+            let rate = if consumed == 0 {
+                1.0
+            } else {
+                (filled as f64 / consumed as f64).max(1e-3)
+            };
+            let want = ((n - filled) as f64 * 1.25 / rate) as usize;
+            let chunks = want.div_ceil(len).clamp(1, 256);
+            buf.resize(chunks * len, 0);
+            raw_chunks(
+                dist,
+                key,
+                next_chunk,
+                len,
+                &mut buf,
+                parallel && chunks * len >= PARALLEL_MIN,
+            );
+            next_chunk += chunks as u64;
+            consumed += seen(&buf, out, filled_ref, tries);
+            let filled = *filled_ref;
+            if filled < n && consumed >= MAX_TRIES {
+                return Err(Error::TooFewClasses {
+                    arg: "num_sampled",
+                    msg: format!(
+                        "gave up after {consumed} draws with {filled} of {n} distinct classes: the \
+                         distribution is too concentrated for that many"
+                    ),
+                });
             }
         }
-        if out.len() < n && consumed >= MAX_TRIES {
-            return Err(Error::TooFewClasses {
-                arg: "num_sampled",
-                msg: format!(
-                    "gave up after {consumed} draws with {} of {n} distinct classes: the \
-                    distribution is too concentrated for that many",
-                    out.len()
-                ),
-            });
-        }
+        Ok(())
+    };
+    let has_avoid = avoid.is_some();
+    macro_rules! go {
+        ($seen:expr) => {{
+            let seen = &mut $seen;
+            if has_avoid {
+                run(
+                    &mut |b, o, f, t| consume::<_, true>(b, avoid, seen, o, f, n, t),
+                    &mut out,
+                    &mut filled,
+                    &mut tries,
+                )
+            } else {
+                run(
+                    &mut |b, o, f, t| consume::<_, false>(b, avoid, seen, o, f, n, t),
+                    &mut out,
+                    &mut filled,
+                    &mut tries,
+                )
+            }
+        }};
     }
+    let range = dist.range_max();
+    let result = if !unique {
+        go!(Everything)
+    } else if range <= BITSET_MAX_RANGE {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let words = range.div_ceil(64) as usize;
+                if scratch.dirty {
+                    scratch.bits.iter_mut().for_each(|w| *w = 0);
+                }
+                if scratch.bits.len() < words {
+                    scratch.bits.resize(words, 0);
+                }
+                scratch.dirty = true;
+                let r = go!(Bits(&mut scratch.bits[..words]));
+                for &id in &out[..filled] {
+                    scratch.bits[(id >> 6) as usize] = 0;
+                }
+                scratch.dirty = false;
+                r
+            }
+            // Re-entered on this thread (cannot happen today): use a private set.
+            Err(_) => go!(IdSet::with_capacity(n)),
+        })
+    } else {
+        go!(IdSet::with_capacity(n))
+    };
+    result?;
+    out.truncate(n);
     Ok((out, if unique { tries } else { n as u64 }))
 }
 
+/// Above this P, ln(1 - P) leaves the series of [`count_kernel`] and is computed exactly, one by one.
+const SERIES_MAX: f64 = 1.0 / 128.0;
+
 simd! {
-    /// Expected counts from probabilities (see the module doc); `scale` renormalises P.
+    /// Expected counts from probabilities (see the module doc); `scale` renormalises P. In the unique case
+    /// ln(1 - q) comes from its series, exact to 1e-19 for q < 2^-7: the caller fixes up larger q.
     fn count_kernel(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32, num_tries: f64, plain: bool) {
         if plain {
             for (o, &q) in out.iter_mut().zip(p) {
@@ -294,12 +433,25 @@ simd! {
         } else {
             for (o, &q) in out.iter_mut().zip(p) {
                 let q = ((q * scale) as f32) as f64;
-                let certain = q >= 1.0;
-                let y = if certain { 0.5 } else { q };
-                let e = -vmath::exp_m1(num_tries * vmath::ln_1p(-y));
-                *o = if certain { 1.0 } else { e as f32 };
+                // -ln(1 - q) = q + q²/2 + ... + q⁹/9, by Estrin's scheme.
+                let q2 = q * q;
+                let q4 = q2 * q2;
+                let head = (1.0 + q * 0.5) + q2 * (1.0 / 3.0 + q * 0.25);
+                let tail = (0.2 + q * (1.0 / 6.0)) + q2 * (1.0 / 7.0 + q * 0.125) + q4 * (1.0 / 9.0);
+                let l = -q * (head + q4 * tail);
+                *o = -vmath::exp_m1(num_tries * l) as f32;
             }
         }
+    }
+}
+
+/// The exact unique-case expected count for one probability (already scaled).
+fn count_exact(q: f64, num_tries: f64) -> f32 {
+    let q = (q as f32) as f64;
+    if q >= 1.0 {
+        1.0
+    } else {
+        -(num_tries * (-q).ln_1p()).exp_m1() as f32
     }
 }
 
@@ -320,6 +472,13 @@ pub fn expected_counts(
         let p = &mut p[..idc.len()];
         dist.prob_into(idc, p);
         count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, plain);
+        if !plain {
+            for (o, &q) in oc.iter_mut().zip(p.iter()) {
+                if q * scale >= SERIES_MAX {
+                    *o = count_exact(q * scale, num_tries as f64);
+                }
+            }
+        }
     }
 }
 
@@ -339,9 +498,56 @@ fn check_num_sampled(num_sampled: i64) -> Result<usize> {
     Ok(num_sampled as usize)
 }
 
+/// Reinterpret ids (all below 2^62) as int64 without copying.
 fn to_i64(ids: Vec<u64>) -> Vec<i64> {
-    // Ids are below 2^62: the conversion is exact.
-    ids.into_iter().map(|k| k as i64).collect()
+    let mut ids = std::mem::ManuallyDrop::new(ids);
+    let (ptr, len, cap) = (ids.as_mut_ptr(), ids.len(), ids.capacity());
+    // SAFETY: u64 and i64 have the same size and alignment, the allocation is handed over whole (the
+    // original Vec is never dropped), and every id is below 2^62, so its value is the same as an i64.
+    unsafe { Vec::from_raw_parts(ptr as *mut i64, len, cap) }
+}
+
+/// Draws with replacement and nothing avoided: every draw is kept, so each chunk draws its ids and their
+/// expected counts (`P * n`) in one pass while they are in cache.
+fn plain_sample(
+    dist: &dyn Distribution,
+    key: u64,
+    n: usize,
+    truth: Option<&[u64]>,
+    parallel: bool,
+) -> Result<Sample> {
+    let len = chunk_len(n);
+    let mut ids: Vec<u64> = try_vec("num_sampled", n)?;
+    let mut ec: Vec<f32> = try_vec("num_sampled", n)?;
+    let one = |(c, (i, e)): (usize, (&mut [u64], &mut [f32]))| {
+        dist.draw(&mut Stream::new(derive(key, c as u64)), i);
+        expected_counts(dist, i, n as u64, n as u64, 1.0, e);
+    };
+    if parallel {
+        ids.par_chunks_mut(len)
+            .zip(ec.par_chunks_mut(len))
+            .enumerate()
+            .for_each(one);
+    } else {
+        ids.chunks_mut(len)
+            .zip(ec.chunks_mut(len))
+            .enumerate()
+            .for_each(one);
+    }
+    let true_expected = match truth {
+        Some(t) => {
+            let mut te: Vec<f32> = try_vec("true_classes", t.len())?;
+            expected_counts(dist, t, n as u64, n as u64, 1.0, &mut te);
+            Some(te)
+        }
+        None => None,
+    };
+    Ok(Sample {
+        ids: to_i64(ids),
+        true_expected,
+        sampled_expected: ec,
+        num_tries: n as u64,
+    })
 }
 
 /// One set of `num_sampled` candidates for the whole batch, from the stream `key`.
@@ -364,20 +570,29 @@ pub fn sample(
         (Some(t), true) => Some(Avoid::new(dist, t)),
         _ => None,
     };
+    let parallel = n + truth.as_ref().map_or(0, |t| t.len()) >= PARALLEL_MIN;
     let work = || -> Result<Sample> {
-        let parallel = n >= PARALLEL_MIN;
+        if !unique && avoid.is_none() {
+            return plain_sample(dist, key, n, truth.as_deref(), parallel);
+        }
         let (ids, tries) = draw(dist, key, n, unique, avoid.as_ref(), parallel)?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
         let mut sampled_expected: Vec<f32> = try_vec("num_sampled", n)?;
         let mut true_expected = None;
         if let Some(t) = &truth {
             let mut te: Vec<f32> = try_vec("true_classes", t.len())?;
-            expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
+            if parallel {
+                t.par_chunks(COUNT_PIECE)
+                    .zip(te.par_chunks_mut(COUNT_PIECE))
+                    .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, 1.0, o));
+            } else {
+                expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
+            }
             true_expected = Some(te);
         }
         if parallel {
-            ids.par_chunks(1 << 14)
-                .zip(sampled_expected.par_chunks_mut(1 << 14))
+            ids.par_chunks(COUNT_PIECE)
+                .zip(sampled_expected.par_chunks_mut(COUNT_PIECE))
                 .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, scale, o));
         } else {
             expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
@@ -389,7 +604,7 @@ pub fn sample(
             num_tries: tries,
         })
     };
-    if n >= PARALLEL_MIN {
+    if parallel {
         threads::install(work)?
     } else {
         work()
