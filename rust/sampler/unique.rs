@@ -723,3 +723,140 @@ pub fn sample_per_row(
         num_tries,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::{LogUniform, Uniform, Unigram};
+
+    fn ulps(a: f32, b: f32) -> i64 {
+        (a.to_bits() as i64 - b.to_bits() as i64).abs()
+    }
+
+    #[test]
+    fn unique_draws_are_distinct_and_counted() {
+        let d = LogUniform::new(1000).unwrap();
+        let s = sample(&d, 1, 500, true, None, false).unwrap();
+        let set: std::collections::HashSet<i64> = s.ids.iter().copied().collect();
+        assert_eq!(set.len(), 500);
+        assert!(s.ids.iter().all(|&k| (0..1000).contains(&k)));
+        assert!(s.num_tries > 500);
+        assert_eq!(s, sample(&d, 1, 500, true, None, false).unwrap());
+        assert_ne!(s.ids, sample(&d, 2, 500, true, None, false).unwrap().ids);
+        // Every class: exactly the whole range.
+        let all = sample(&d, 3, 1000, true, None, false).unwrap();
+        let mut ids = all.ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..1000).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn expected_counts_follow_the_formulas() {
+        let d = LogUniform::new(1000).unwrap();
+        let truth = [0i64, 5, 100, 999];
+        let s = sample(&d, 4, 64, true, Some(&truth), false).unwrap();
+        let n = s.num_tries as f64;
+        for (&k, &e) in s.ids.iter().zip(&s.sampled_expected).chain(truth.iter().zip(s.true_expected.as_ref().unwrap())) {
+            let p = (d.prob(k as u64) as f32) as f64;
+            let want = -(n * (-p).ln_1p()).exp_m1() as f32;
+            assert!(ulps(e, want) <= 1, "k={k}: {e} vs {want}");
+        }
+        // Without replacement but no rejection, and with replacement: P rounded to float32, times S.
+        let s = sample(&d, 4, 2, true, Some(&truth), false).unwrap();
+        if s.num_tries == 2 {
+            assert_eq!(s.true_expected.as_ref().unwrap()[0], (d.prob(0) as f32) * 2.0);
+        }
+        let s = sample(&d, 4, 6, false, Some(&truth), false).unwrap();
+        for (&k, &e) in truth.iter().zip(s.true_expected.as_ref().unwrap()) {
+            assert_eq!(e, (d.prob(k as u64) as f32) * 6.0);
+        }
+    }
+
+    #[test]
+    fn removed_classes_are_never_drawn_and_p_is_renormalised() {
+        let d = LogUniform::new(50).unwrap();
+        let truth = [0i64, 1, 2, 3];
+        for unique in [true, false] {
+            let s = sample(&d, 5, 40, unique, Some(&truth), true).unwrap();
+            assert!(s.ids.iter().all(|k| !truth.contains(k)));
+            let removed: f64 = (0..4).map(|k| d.prob(k)).sum();
+            let k = s.ids[0] as u64;
+            let p = (d.prob(k) / (1.0 - removed)) as f32;
+            if !unique {
+                assert_eq!(s.sampled_expected[0], p * 40.0);
+            }
+            // The true classes keep the unrestricted P.
+            let p0 = d.prob(0) as f32;
+            if !unique {
+                assert_eq!(s.true_expected.as_ref().unwrap()[0], p0 * 40.0);
+            }
+        }
+        // Exactly the rest of the range.
+        let s = sample(&d, 5, 46, true, Some(&truth), true).unwrap();
+        assert_eq!(s.ids.len(), 46);
+        assert!(sample(&d, 5, 47, true, Some(&truth), true).is_err());
+    }
+
+    #[test]
+    fn impossible_requests_are_errors_not_hangs() {
+        let d = Uniform::new(10).unwrap();
+        assert!(matches!(sample(&d, 1, 11, true, None, false), Err(Error::TooFewClasses { .. })));
+        assert!(sample(&d, 1, 11, false, None, false).is_ok());
+        assert!(matches!(sample(&d, 1, -1, true, None, false), Err(Error::Value { .. })));
+        assert!(matches!(sample(&d, 1, 3, true, Some(&[10]), false), Err(Error::IdOutOfRange { .. })));
+        // Zero weights are never drawn, so they do not count as available classes.
+        let u = Unigram::from_weights(vec![1.0, 0.0, 2.0, 0.0], "unigrams").unwrap();
+        assert!(sample(&u, 1, 2, true, None, false).is_ok());
+        assert!(matches!(sample(&u, 1, 3, true, None, false), Err(Error::TooFewClasses { .. })));
+        assert!(matches!(sample(&u, 1, 1, false, Some(&[0, 2]), true), Err(Error::TooFewClasses { .. })));
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let d = LogUniform::new(1_000_000).unwrap();
+        let truth: Vec<i64> = (0..3000).map(|i| (i * 37) % 5000).collect();
+        let run = || {
+            (
+                sample(&d, 9, 50_000, true, Some(&truth), false).unwrap(),
+                sample(&d, 9, 70_000, false, Some(&truth), false).unwrap(),
+                sample_per_row(&d, 9, &truth, 3, 20, true, true).unwrap(),
+            )
+        };
+        threads::set_num_threads(1).unwrap();
+        let one = run();
+        threads::set_num_threads(3).unwrap();
+        let three = run();
+        threads::set_num_threads(2).unwrap();
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn per_row_rows_are_independent_of_the_batch() {
+        let d = LogUniform::new(10_000).unwrap();
+        let truth: Vec<i64> = (0..600).collect();
+        let big = sample_per_row(&d, 3, &truth, 1, 16, true, true).unwrap();
+        let small = sample_per_row(&d, 3, &truth[..10], 1, 16, true, true).unwrap();
+        assert_eq!(&big.ids[..160], &small.ids[..]);
+        assert_eq!(&big.num_tries[..10], &small.num_tries[..]);
+        for r in 0..600 {
+            let row = &big.ids[r * 16..(r + 1) * 16];
+            assert!(!row.contains(&(r as i64)));
+            let set: std::collections::HashSet<_> = row.iter().collect();
+            assert_eq!(set.len(), 16);
+        }
+    }
+
+    #[test]
+    fn id_set_grows_and_finds() {
+        let mut s = IdSet::with_capacity(2);
+        for i in 0..1000u64 {
+            assert!(s.insert(i * 7919));
+        }
+        for i in 0..1000u64 {
+            assert!(!s.insert(i * 7919));
+            assert!(s.contains(i * 7919));
+        }
+        assert!(!s.contains(1));
+        assert_eq!(s.len(), 1000);
+    }
+}
