@@ -30,6 +30,9 @@ class Sampler:
     @property
     def kind(self) -> str: ...
     def probability(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]: ...
+    def expected_count(
+        self, ids: npt.NDArray[np.int64], num_sampled: int, num_tries: int
+    ) -> npt.NDArray[np.float32]: ...
     def sample(
         self,
         num_sampled: int,

@@ -178,6 +178,25 @@ impl Sampler {
         Ok(a.into_pyarray(py))
     }
 
+    /// Expected counts (float32, same shape as `ids`) after `num_sampled` candidates took `num_tries` draws.
+    fn expected_count<'py>(
+        &self,
+        py: Python<'py>,
+        ids: PyReadonlyArrayDyn<'py, i64>,
+        num_sampled: i64,
+        num_tries: i64,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let shape = ids.shape().to_vec();
+        let v = to_vec(&ids);
+        let dist = self.dist.clone();
+        let e = py
+            .detach(move || sampler::expected_counts_for(dist.as_ref(), &v, num_sampled, num_tries))
+            .map_err(err)?;
+        let a = ArrayD::from_shape_vec(IxDyn(&shape), e)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+
     /// Shared candidates: (ids int64[S], true_expected float32[B, T] or None, sampled_expected float32[S],
     /// num_tries).
     #[pyo3(signature = (num_sampled, unique, true_classes, remove_true, seed))]

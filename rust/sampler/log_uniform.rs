@@ -2,7 +2,7 @@
 //! `LogUniformSampler`. A draw is floor(e^(u ln(range_max + 1))) - 1 for u uniform in [0, 1): the discretised
 //! continuous log-uniform law on [1, range_max + 1), whose mass on [k + 1, k + 2) is exactly P(k).
 
-use super::{check_range, spread_large, Distribution};
+use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::{unit_f64, Stream};
 use crate::vmath::{self, simd};
@@ -117,8 +117,10 @@ impl Distribution for LogUniform {
             stream.fill_u64(&mut words[..n]);
             draw_kernel(&words[..n], &mut vals[..n], self.log_range);
             for (o, &v) in piece.iter_mut().zip(&vals[..n]) {
+                // u has 52 bits, so v = e^(u L) stands for the cell [v, v e^(L 2^-52)).
+                let width = v * self.log_range * f64::EPSILON / 2.0;
                 // v >= 1, so the id is >= 0; rounding at the very top may reach range_max: clamp it.
-                *o = (spread_large(v, stream) - 1).min(last);
+                *o = (refine(v, width, stream).max(1) - 1).min(last);
             }
         }
     }

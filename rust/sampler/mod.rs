@@ -10,7 +10,9 @@ pub mod zipf;
 pub use log_uniform::LogUniform;
 pub use uniform::Uniform;
 pub use unigram::Unigram;
-pub use unique::{expected_counts, sample, sample_per_row, PerRowSample, Sample};
+pub use unique::{
+    expected_counts, expected_counts_for, sample, sample_per_row, PerRowSample, Sample,
+};
 pub use zipf::Zipf;
 
 use crate::error::{Error, Result};
@@ -80,20 +82,21 @@ pub fn probability(dist: &dyn Distribution, ids: &[i64]) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// Spread a draw that was computed in floating point over the integers it stands for.
+/// `floor(y)` for a point `y` uniform in `[x, x + width)`, exact in integers even where doubles are sparse.
 ///
-/// Above 2^53 consecutive integers are no longer all doubles: a draw `x` there stands for the `ulp(x)`
-/// integers starting at `floor(x)`, over which the target densities here are flat to within 1e-15.
-/// Picking one of them uniformly makes every id reachable. Below 2^53 this returns `floor(x)` unchanged.
+/// Draws computed in floating point from a 52-bit uniform sit on a grid: the continuous value they stand for
+/// lies somewhere in `[x, x + width)`, where `width` is the grid's spacing there. Where that spacing reaches
+/// whole ids (far tails of huge ranges) flooring `x` would leave ids unreachable; placing the point uniformly
+/// in its cell (over which the densities here are flat to ~1e-14) reaches them all with the right mass.
+/// Cells narrower than 2^-10 of an id are floored directly.
 #[inline]
-pub(crate) fn spread_large(x: f64, stream: &mut Stream) -> u64 {
-    const TWO53: f64 = 9_007_199_254_740_992.0;
-    let k = x as u64;
-    if x < TWO53 {
-        return k;
+pub(crate) fn refine(x: f64, width: f64, stream: &mut Stream) -> u64 {
+    if width < 1.0 / 1024.0 {
+        return x as u64;
     }
-    let ulp = (f64::from_bits(x.to_bits() + 1) - x) as u64;
-    k.saturating_add(stream.below(ulp.max(1)))
+    let base = x.floor();
+    let offset = (x - base) + width * stream.next_f64();
+    (base as u64).saturating_add(offset as u64)
 }
 
 #[cfg(test)]

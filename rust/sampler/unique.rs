@@ -482,6 +482,27 @@ pub fn expected_counts(
     }
 }
 
+/// Expected counts of `ids` for a draw of `num_sampled` candidates that took `num_tries` draws
+/// (`num_tries == num_sampled` for draws with replacement, or without but with no rejection).
+pub fn expected_counts_for(
+    dist: &dyn Distribution,
+    ids: &[i64],
+    num_sampled: i64,
+    num_tries: i64,
+) -> Result<Vec<f32>> {
+    let n = check_num_sampled(num_sampled)?;
+    if num_tries < num_sampled {
+        return Err(Error::value(
+            "num_tries",
+            format!("must be >= num_sampled ({num_sampled}), got {num_tries}"),
+        ));
+    }
+    let ids = super::check_ids("ids", ids, dist.range_max())?;
+    let mut out: Vec<f32> = try_vec("ids", ids.len())?;
+    expected_counts(dist, &ids, n as u64, num_tries as u64, 1.0, &mut out);
+    Ok(out)
+}
+
 fn check_num_sampled(num_sampled: i64) -> Result<usize> {
     if num_sampled < 0 {
         return Err(Error::value(
@@ -756,7 +777,12 @@ mod tests {
         let truth = [0i64, 5, 100, 999];
         let s = sample(&d, 4, 64, true, Some(&truth), false).unwrap();
         let n = s.num_tries as f64;
-        for (&k, &e) in s.ids.iter().zip(&s.sampled_expected).chain(truth.iter().zip(s.true_expected.as_ref().unwrap())) {
+        for (&k, &e) in s
+            .ids
+            .iter()
+            .zip(&s.sampled_expected)
+            .chain(truth.iter().zip(s.true_expected.as_ref().unwrap()))
+        {
             let p = (d.prob(k as u64) as f32) as f64;
             let want = -(n * (-p).ln_1p()).exp_m1() as f32;
             assert!(ulps(e, want) <= 1, "k={k}: {e} vs {want}");
@@ -764,7 +790,10 @@ mod tests {
         // Without replacement but no rejection, and with replacement: P rounded to float32, times S.
         let s = sample(&d, 4, 2, true, Some(&truth), false).unwrap();
         if s.num_tries == 2 {
-            assert_eq!(s.true_expected.as_ref().unwrap()[0], (d.prob(0) as f32) * 2.0);
+            assert_eq!(
+                s.true_expected.as_ref().unwrap()[0],
+                (d.prob(0) as f32) * 2.0
+            );
         }
         let s = sample(&d, 4, 6, false, Some(&truth), false).unwrap();
         for (&k, &e) in truth.iter().zip(s.true_expected.as_ref().unwrap()) {
@@ -800,15 +829,30 @@ mod tests {
     #[test]
     fn impossible_requests_are_errors_not_hangs() {
         let d = Uniform::new(10).unwrap();
-        assert!(matches!(sample(&d, 1, 11, true, None, false), Err(Error::TooFewClasses { .. })));
+        assert!(matches!(
+            sample(&d, 1, 11, true, None, false),
+            Err(Error::TooFewClasses { .. })
+        ));
         assert!(sample(&d, 1, 11, false, None, false).is_ok());
-        assert!(matches!(sample(&d, 1, -1, true, None, false), Err(Error::Value { .. })));
-        assert!(matches!(sample(&d, 1, 3, true, Some(&[10]), false), Err(Error::IdOutOfRange { .. })));
+        assert!(matches!(
+            sample(&d, 1, -1, true, None, false),
+            Err(Error::Value { .. })
+        ));
+        assert!(matches!(
+            sample(&d, 1, 3, true, Some(&[10]), false),
+            Err(Error::IdOutOfRange { .. })
+        ));
         // Zero weights are never drawn, so they do not count as available classes.
         let u = Unigram::from_weights(vec![1.0, 0.0, 2.0, 0.0], "unigrams").unwrap();
         assert!(sample(&u, 1, 2, true, None, false).is_ok());
-        assert!(matches!(sample(&u, 1, 3, true, None, false), Err(Error::TooFewClasses { .. })));
-        assert!(matches!(sample(&u, 1, 1, false, Some(&[0, 2]), true), Err(Error::TooFewClasses { .. })));
+        assert!(matches!(
+            sample(&u, 1, 3, true, None, false),
+            Err(Error::TooFewClasses { .. })
+        ));
+        assert!(matches!(
+            sample(&u, 1, 1, false, Some(&[0, 2]), true),
+            Err(Error::TooFewClasses { .. })
+        ));
     }
 
     #[test]
