@@ -26,13 +26,7 @@ pub fn mix64(mut z: u64) -> u64 {
 /// The key of sub-stream `index` of the stream with key `key`. Distinct indices give unrelated keys.
 #[inline(always)]
 pub fn derive(key: u64, index: u64) -> u64 {
-    mix64(
-        key ^ mix64(
-            index
-                .wrapping_mul(GAMMA)
-                .wrapping_add(0x6a09_e667_f3bc_c909),
-        ),
-    )
+    mix64(key ^ mix64(index.wrapping_mul(GAMMA).wrapping_add(0x6a09_e667_f3bc_c909)))
 }
 
 /// A stream of random 64-bit words determined by its key.
@@ -54,11 +48,7 @@ impl Stream {
             }
         }
         // SplitMix64 outputs are distinct, so no lane starts in xoshiro's all-zero state.
-        Stream {
-            s,
-            buf: [0; LANES],
-            pos: LANES,
-        }
+        Stream { s, buf: [0; LANES], pos: LANES }
     }
 
     /// Advance all lanes once and return their outputs.
@@ -67,10 +57,7 @@ impl Stream {
         let [s0, s1, s2, s3] = &mut self.s;
         let mut out = [0u64; LANES];
         for l in 0..LANES {
-            out[l] = s0[l]
-                .wrapping_add(s3[l])
-                .rotate_left(23)
-                .wrapping_add(s0[l]);
+            out[l] = s0[l].wrapping_add(s3[l]).rotate_left(23).wrapping_add(s0[l]);
             let t = s1[l] << 17;
             s2[l] ^= s0[l];
             s3[l] ^= s1[l];
@@ -200,11 +187,7 @@ mod tests {
         }
     }
 
-    const PINNED: [u64; 3] = [
-        2219875553976118995,
-        5662599722749637117,
-        2163073493252918917,
-    ];
+    const PINNED: [u64; 3] = [2219875553976118995, 5662599722749637117, 2163073493252918917];
 
     #[test]
     fn value_stability() {
@@ -232,10 +215,7 @@ mod tests {
             }
         }
         // Binomial(20000, 1/2) per bit: 6 standard deviations is 424.
-        assert!(
-            ones.iter().all(|&o| (o as i64 - 10_000).abs() < 424),
-            "{ones:?}"
-        );
+        assert!(ones.iter().all(|&o| (o as i64 - 10_000).abs() < 424), "{ones:?}");
     }
 
     #[test]
@@ -246,10 +226,7 @@ mod tests {
             counts[s.below(7) as usize] += 1;
         }
         // chi-square with 6 degrees of freedom; 22.46 is the 0.999 quantile.
-        let chi: f64 = counts
-            .iter()
-            .map(|&c| (c as f64 - 10_000.0).powi(2) / 10_000.0)
-            .sum();
+        let chi: f64 = counts.iter().map(|&c| (c as f64 - 10_000.0).powi(2) / 10_000.0).sum();
         assert!(chi < 22.46, "chi-square {chi}");
         let big = (1u64 << 62) + 12345;
         for _ in 0..1000 {

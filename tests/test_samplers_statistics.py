@@ -163,8 +163,9 @@ def test_unique_inclusion_frequencies_match_expected_counts():
 
     The reported count uses the realised num_tries, which is a stopping time, so it is an approximation
     (TensorFlow's as well): for the most frequent classes, which are drawn almost surely, it overstates
-    inclusion by up to about 5 percentage points (measured here: 0.053 for the top class). For every class with P(k) < 1/(4 S) the approximation error is far below
-    the Monte Carlo resolution, and there the test is a plain z-test.
+    inclusion by up to about 5 percentage points (measured here: 0.053 for the top class). For every class
+    with P(k) < 1/(4 S) the approximation error is far below the Monte Carlo resolution, and there the test
+    is a plain z-test.
     """
     s = zn.LogUniformSampler(500)
     runs, n = 4000, 20

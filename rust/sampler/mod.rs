@@ -10,9 +10,7 @@ pub mod zipf;
 pub use log_uniform::LogUniform;
 pub use uniform::Uniform;
 pub use unigram::Unigram;
-pub use unique::{
-    expected_counts, expected_counts_for, sample, sample_per_row, PerRowSample, Sample,
-};
+pub use unique::{expected_counts, expected_counts_for, sample, sample_per_row, PerRowSample, Sample};
 pub use zipf::Zipf;
 
 use crate::error::{Error, Result};
@@ -48,16 +46,10 @@ pub trait Distribution: Send + Sync {
 /// Check that `range_max` is a usable number of classes.
 pub fn check_range(range_max: i64) -> Result<u64> {
     if range_max <= 0 {
-        return Err(Error::value(
-            "range_max",
-            format!("must be positive, got {range_max}"),
-        ));
+        return Err(Error::value("range_max", format!("must be positive, got {range_max}")));
     }
     if range_max as u64 > MAX_RANGE {
-        return Err(Error::value(
-            "range_max",
-            format!("must be at most 2^62, got {range_max}"),
-        ));
+        return Err(Error::value("range_max", format!("must be at most 2^62, got {range_max}")));
     }
     Ok(range_max as u64)
 }
@@ -136,25 +128,15 @@ pub(crate) mod testutil {
         let mut buf = vec![0u64; n];
         dist.draw(&mut Stream::new(seed), &mut buf);
         buf.sort_unstable();
-        assert!(
-            buf.last().map_or(true, |&k| k < dist.range_max()),
-            "draw out of range"
-        );
-        let count = |lo: u64, hi: u64| {
-            (buf.partition_point(|&k| k < hi) - buf.partition_point(|&k| k < lo)) as f64
-        };
+        assert!(buf.last().map_or(true, |&k| k < dist.range_max()), "draw out of range");
+        let count =
+            |lo: u64, hi: u64| (buf.partition_point(|&k| k < hi) - buf.partition_point(|&k| k < lo)) as f64;
         let (mut stat, mut cells) = (0.0, 0usize);
         let (mut lo, mut acc_e) = (edges[0], 0.0);
         for w in edges.windows(2) {
             let e = mass(w[0], w[1]) * n as f64;
             if e == 0.0 {
-                assert_eq!(
-                    count(w[0], w[1]),
-                    0.0,
-                    "drew from [{}, {}) of probability 0",
-                    w[0],
-                    w[1]
-                );
+                assert_eq!(count(w[0], w[1]), 0.0, "drew from [{}, {}) of probability 0", w[0], w[1]);
             }
             acc_e += e;
             let last = w[1] == *edges.last().unwrap_or(&0);

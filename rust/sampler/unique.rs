@@ -54,8 +54,7 @@ fn chunk_len(n: usize) -> usize {
 /// A vector of `n` default values, or an error (instead of an abort) when memory runs out.
 pub(crate) fn try_vec<T: Clone + Default>(arg: &'static str, n: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
+    v.try_reserve_exact(n).map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
     v.resize(n, T::default());
     Ok(v)
 }
@@ -72,11 +71,7 @@ const EMPTY: u64 = u64::MAX;
 impl IdSet {
     pub fn with_capacity(n: usize) -> Self {
         let cap = (2 * n.max(8)).next_power_of_two();
-        IdSet {
-            slots: vec![EMPTY; cap],
-            used: Vec::with_capacity(n),
-            mask: cap - 1,
-        }
+        IdSet { slots: vec![EMPTY; cap], used: Vec::with_capacity(n), mask: cap - 1 }
     }
 
     #[inline]
@@ -247,11 +242,7 @@ impl Avoid {
                 in_support += (p > 0.0) as u64;
             }
         }
-        Avoid {
-            set,
-            mass,
-            in_support,
-        }
+        Avoid { set, mass, in_support }
     }
 
     fn is_empty(&self) -> bool {
@@ -260,17 +251,9 @@ impl Avoid {
 }
 
 /// Fill `out` with the raw draws of chunks `first..`, each `len` long, in parallel when `parallel`.
-fn raw_chunks(
-    dist: &dyn Distribution,
-    key: u64,
-    first: u64,
-    len: usize,
-    out: &mut [u64],
-    parallel: bool,
-) {
-    let one = |(i, piece): (usize, &mut [u64])| {
-        dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece)
-    };
+fn raw_chunks(dist: &dyn Distribution, key: u64, first: u64, len: usize, out: &mut [u64], parallel: bool) {
+    let one =
+        |(i, piece): (usize, &mut [u64])| dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece);
     if parallel {
         out.par_chunks_mut(len).enumerate().for_each(one);
     } else {
@@ -302,11 +285,7 @@ fn draw(
             arg: "num_sampled",
             msg: format!(
                 "cannot draw {n} distinct classes: only {available} have non-zero probability{}",
-                if avoid.is_some() {
-                    " after removing the true classes"
-                } else {
-                    ""
-                }
+                if avoid.is_some() { " after removing the true classes" } else { "" }
             ),
         });
     }
@@ -321,11 +300,7 @@ fn draw(
     let mut filled = 0usize;
     let mut tries = 0u64;
     type Consumer<'c> = dyn FnMut(&[u64], &mut [u64], &mut usize, &mut u64) -> u64 + 'c;
-    let run = |seen: &mut Consumer<'_>,
-               out: &mut [u64],
-               filled: &mut usize,
-               tries: &mut u64|
-     -> Result<()> {
+    let run = |seen: &mut Consumer<'_>, out: &mut [u64], filled: &mut usize, tries: &mut u64| -> Result<()> {
         let filled_ref = filled;
         let mut buf: Vec<u64> = Vec::new();
         let mut next_chunk = 0u64;
@@ -335,22 +310,11 @@ fn draw(
             // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
             // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
             // ahead, never which draws are consumed.
-            let rate = if consumed == 0 {
-                1.0
-            } else {
-                (filled as f64 / consumed as f64).max(1e-3)
-            };
+            let rate = if consumed == 0 { 1.0 } else { (filled as f64 / consumed as f64).max(1e-3) };
             let want = ((n - filled) as f64 * 1.25 / rate) as usize;
             let chunks = want.div_ceil(len).clamp(1, 256);
             buf.resize(chunks * len, 0);
-            raw_chunks(
-                dist,
-                key,
-                next_chunk,
-                len,
-                &mut buf,
-                parallel && chunks * len >= PARALLEL_MIN,
-            );
+            raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
             next_chunk += chunks as u64;
             consumed += seen(&buf, out, filled_ref, tries);
             let filled = *filled_ref;
@@ -505,16 +469,10 @@ pub fn expected_counts_for(
 
 fn check_num_sampled(num_sampled: i64) -> Result<usize> {
     if num_sampled < 0 {
-        return Err(Error::value(
-            "num_sampled",
-            format!("must be >= 0, got {num_sampled}"),
-        ));
+        return Err(Error::value("num_sampled", format!("must be >= 0, got {num_sampled}")));
     }
     if num_sampled as u64 > MAX_SAMPLED {
-        return Err(Error::too_large(
-            "num_sampled",
-            format!("{num_sampled} is more than 2^36"),
-        ));
+        return Err(Error::too_large("num_sampled", format!("{num_sampled} is more than 2^36")));
     }
     Ok(num_sampled as usize)
 }
@@ -545,15 +503,9 @@ fn plain_sample(
         expected_counts(dist, i, n as u64, n as u64, 1.0, e);
     };
     if parallel {
-        ids.par_chunks_mut(len)
-            .zip(ec.par_chunks_mut(len))
-            .enumerate()
-            .for_each(one);
+        ids.par_chunks_mut(len).zip(ec.par_chunks_mut(len)).enumerate().for_each(one);
     } else {
-        ids.chunks_mut(len)
-            .zip(ec.chunks_mut(len))
-            .enumerate()
-            .for_each(one);
+        ids.chunks_mut(len).zip(ec.chunks_mut(len)).enumerate().for_each(one);
     }
     let true_expected = match truth {
         Some(t) => {
@@ -563,12 +515,7 @@ fn plain_sample(
         }
         None => None,
     };
-    Ok(Sample {
-        ids: to_i64(ids),
-        true_expected,
-        sampled_expected: ec,
-        num_tries: n as u64,
-    })
+    Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected: ec, num_tries: n as u64 })
 }
 
 /// One set of `num_sampled` candidates for the whole batch, from the stream `key`.
@@ -584,9 +531,7 @@ pub fn sample(
 ) -> Result<Sample> {
     let n = check_num_sampled(num_sampled)?;
     let range = dist.range_max();
-    let truth = true_classes
-        .map(|t| super::check_ids("true_classes", t, range))
-        .transpose()?;
+    let truth = true_classes.map(|t| super::check_ids("true_classes", t, range)).transpose()?;
     let avoid = match (&truth, remove_true) {
         (Some(t), true) => Some(Avoid::new(dist, t)),
         _ => None,
@@ -618,12 +563,7 @@ pub fn sample(
         } else {
             expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
         }
-        Ok(Sample {
-            ids: to_i64(ids),
-            true_expected,
-            sampled_expected,
-            num_tries: tries,
-        })
+        Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
     };
     if parallel {
         threads::install(work)?
@@ -645,22 +585,15 @@ pub fn sample_per_row(
 ) -> Result<PerRowSample> {
     let s = check_num_sampled(num_sampled)?;
     if num_true == 0 {
-        return Err(Error::shape(
-            "true_classes",
-            "needs at least one true class per row",
-        ));
+        return Err(Error::shape("true_classes", "needs at least one true class per row"));
     }
     if true_classes.len() % num_true != 0 {
-        return Err(Error::shape(
-            "true_classes",
-            "length is not a multiple of num_true",
-        ));
+        return Err(Error::shape("true_classes", "length is not a multiple of num_true"));
     }
     let rows = true_classes.len() / num_true;
     let truth = super::check_ids("true_classes", true_classes, dist.range_max())?;
-    let total = rows
-        .checked_mul(s)
-        .ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
+    let total =
+        rows.checked_mul(s).ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
     if total as u64 > MAX_SAMPLED {
         return Err(Error::too_large(
             "num_sampled",
@@ -672,26 +605,10 @@ pub fn sample_per_row(
     let mut true_expected: Vec<f32> = try_vec("true_classes", truth.len())?;
     let mut num_tries: Vec<i64> = try_vec("true_classes", rows)?;
 
-    let row = |r: usize,
-               ids: &mut [i64],
-               se: &mut [f32],
-               te: &mut [f32],
-               tries: &mut i64|
-     -> Result<()> {
+    let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];
-        let avoid = if remove_true {
-            Some(Avoid::new(dist, t))
-        } else {
-            None
-        };
-        let (drawn, n_tries) = draw(
-            dist,
-            derive(key, r as u64),
-            s,
-            unique,
-            avoid.as_ref(),
-            false,
-        )?;
+        let avoid = if remove_true { Some(Avoid::new(dist, t)) } else { None };
+        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref(), false)?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
         expected_counts(dist, &drawn, s as u64, n_tries, scale, se);
         expected_counts(dist, t, s as u64, n_tries, 1.0, te);
@@ -703,22 +620,20 @@ pub fn sample_per_row(
     };
     // Rows go to threads in groups; each row's result is its own, whatever thread ran it.
     let group = (PARALLEL_MIN / s.max(1)).clamp(1, 256);
-    let run_group = |(g, (((ids, se), te), tries)): (
-        usize,
-        (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]),
-    )| {
-        let nrows = tries.len();
-        for i in 0..nrows {
-            row(
-                g * group + i,
-                &mut ids[i * s..(i + 1) * s],
-                &mut se[i * s..(i + 1) * s],
-                &mut te[i * num_true..(i + 1) * num_true],
-                &mut tries[i],
-            )?;
-        }
-        Ok(())
-    };
+    let run_group =
+        |(g, (((ids, se), te), tries)): (usize, (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]))| {
+            let nrows = tries.len();
+            for i in 0..nrows {
+                row(
+                    g * group + i,
+                    &mut ids[i * s..(i + 1) * s],
+                    &mut se[i * s..(i + 1) * s],
+                    &mut te[i * num_true..(i + 1) * num_true],
+                    &mut tries[i],
+                )?;
+            }
+            Ok(())
+        };
     let s1 = s.max(1);
     if total >= PARALLEL_MIN && rows > group {
         threads::install(|| {
@@ -737,12 +652,7 @@ pub fn sample_per_row(
             .enumerate()
             .try_for_each(run_group)?;
     }
-    Ok(PerRowSample {
-        ids,
-        true_expected,
-        sampled_expected,
-        num_tries,
-    })
+    Ok(PerRowSample { ids, true_expected, sampled_expected, num_tries })
 }
 
 #[cfg(test)]
@@ -777,11 +687,8 @@ mod tests {
         let truth = [0i64, 5, 100, 999];
         let s = sample(&d, 4, 64, true, Some(&truth), false).unwrap();
         let n = s.num_tries as f64;
-        for (&k, &e) in s
-            .ids
-            .iter()
-            .zip(&s.sampled_expected)
-            .chain(truth.iter().zip(s.true_expected.as_ref().unwrap()))
+        for (&k, &e) in
+            s.ids.iter().zip(&s.sampled_expected).chain(truth.iter().zip(s.true_expected.as_ref().unwrap()))
         {
             let p = (d.prob(k as u64) as f32) as f64;
             let want = -(n * (-p).ln_1p()).exp_m1() as f32;
@@ -790,10 +697,7 @@ mod tests {
         // Without replacement but no rejection, and with replacement: P rounded to float32, times S.
         let s = sample(&d, 4, 2, true, Some(&truth), false).unwrap();
         if s.num_tries == 2 {
-            assert_eq!(
-                s.true_expected.as_ref().unwrap()[0],
-                (d.prob(0) as f32) * 2.0
-            );
+            assert_eq!(s.true_expected.as_ref().unwrap()[0], (d.prob(0) as f32) * 2.0);
         }
         let s = sample(&d, 4, 6, false, Some(&truth), false).unwrap();
         for (&k, &e) in truth.iter().zip(s.true_expected.as_ref().unwrap()) {
@@ -829,30 +733,15 @@ mod tests {
     #[test]
     fn impossible_requests_are_errors_not_hangs() {
         let d = Uniform::new(10).unwrap();
-        assert!(matches!(
-            sample(&d, 1, 11, true, None, false),
-            Err(Error::TooFewClasses { .. })
-        ));
+        assert!(matches!(sample(&d, 1, 11, true, None, false), Err(Error::TooFewClasses { .. })));
         assert!(sample(&d, 1, 11, false, None, false).is_ok());
-        assert!(matches!(
-            sample(&d, 1, -1, true, None, false),
-            Err(Error::Value { .. })
-        ));
-        assert!(matches!(
-            sample(&d, 1, 3, true, Some(&[10]), false),
-            Err(Error::IdOutOfRange { .. })
-        ));
+        assert!(matches!(sample(&d, 1, -1, true, None, false), Err(Error::Value { .. })));
+        assert!(matches!(sample(&d, 1, 3, true, Some(&[10]), false), Err(Error::IdOutOfRange { .. })));
         // Zero weights are never drawn, so they do not count as available classes.
         let u = Unigram::from_weights(vec![1.0, 0.0, 2.0, 0.0], "unigrams").unwrap();
         assert!(sample(&u, 1, 2, true, None, false).is_ok());
-        assert!(matches!(
-            sample(&u, 1, 3, true, None, false),
-            Err(Error::TooFewClasses { .. })
-        ));
-        assert!(matches!(
-            sample(&u, 1, 1, false, Some(&[0, 2]), true),
-            Err(Error::TooFewClasses { .. })
-        ));
+        assert!(matches!(sample(&u, 1, 3, true, None, false), Err(Error::TooFewClasses { .. })));
+        assert!(matches!(sample(&u, 1, 1, false, Some(&[0, 2]), true), Err(Error::TooFewClasses { .. })));
     }
 
     #[test]

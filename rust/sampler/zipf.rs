@@ -43,10 +43,7 @@ impl Zipf {
     pub fn new(range_max: i64, exponent: f64) -> Result<Self> {
         let range_max = check_range(range_max)?;
         if !(exponent > 0.0) || !exponent.is_finite() {
-            return Err(Error::value(
-                "exponent",
-                format!("must be positive and finite, got {exponent}"),
-            ));
+            return Err(Error::value("exponent", format!("must be positive and finite, got {exponent}")));
         }
         let mut z = Zipf {
             range_max,
@@ -90,8 +87,7 @@ impl Zipf {
     fn draw_rank(&self, stream: &mut Stream) -> u64 {
         let du = (self.h_integral_x1 - self.h_integral_n).abs() * f64::EPSILON / 2.0;
         loop {
-            let u =
-                self.h_integral_n + stream.next_f64() * (self.h_integral_x1 - self.h_integral_n);
+            let u = self.h_integral_n + stream.next_f64() * (self.h_integral_x1 - self.h_integral_n);
             let x = self.h_integral_inverse(u);
             let k = (x + 0.5).floor().clamp(1.0, self.n);
             // Accept when the hat's mass between x and k + 1/2 is at most the rank's own mass h(k),
@@ -124,8 +120,7 @@ pub fn harmonic(n: u64, s: f64) -> f64 {
         let d1 = |x: f64| -s * f(x) / x;
         let d3 = |x: f64| -s * (s + 1.0) * (s + 2.0) * f(x) / (x * x * x);
         let d5 = |x: f64| -s * (s + 1.0) * (s + 2.0) * (s + 3.0) * (s + 4.0) * f(x) / x.powi(5);
-        let tail = integral + 0.5 * (f(a) + f(b)) + (d1(b) - d1(a)) / 12.0
-            - (d3(b) - d3(a)) / 720.0
+        let tail = integral + 0.5 * (f(a) + f(b)) + (d1(b) - d1(a)) / 12.0 - (d3(b) - d3(a)) / 720.0
             + (d5(b) - d5(a)) / 30240.0;
         sum += tail;
     }
@@ -181,20 +176,12 @@ mod tests {
 
     #[test]
     fn goodness_of_fit() {
-        for (range, s) in [
-            (10i64, 1.0),
-            (1000, 0.5),
-            (1000, 1.0),
-            (100_000_000, 1.1),
-            (1 << 62, 0.8),
-            (50, 7.0),
-        ] {
+        for (range, s) in
+            [(10i64, 1.0), (1000, 0.5), (1000, 1.0), (100_000_000, 1.1), (1 << 62, 0.8), (50, 7.0)]
+        {
             let d = Zipf::new(range, s).unwrap();
             let (chi, df) = chi_square(&d, 17, 300_000, 1000);
-            assert!(
-                chi < chi_square_bound(df),
-                "range {range} s {s}: chi2 {chi} df {df}"
-            );
+            assert!(chi < chi_square_bound(df), "range {range} s {s}: chi2 {chi} df {df}");
         }
     }
 
