@@ -1,4 +1,4 @@
-//! Branch-free `exp` and `exp_m1` in f64 that the compiler can vectorise.
+//! Branch-free `exp`, `exp_m1` and `ln` in f64 that the compiler can vectorise.
 //!
 //! The standard library calls libm for every element, which stops loops from vectorising; sampling and
 //! expected counts evaluate one or two transcendentals per draw, so those calls would dominate.
@@ -34,6 +34,32 @@ pub fn exp(x: f64) -> f64 {
     let q3 = 1.0 / 479_001_600.0;
     let p = (q0 + r4 * q1) + r8 * (q2 + r4 * q3);
     f64::from_bits(p.to_bits().wrapping_add(ni << 52))
+}
+
+/// ln x for positive, normal, finite x, within an ulp or so (fdlibm's reduction x = 2^k (1 + f) with
+/// sqrt(2)/2 <= 1 + f < sqrt(2) and its minimax polynomial for ln(1 + f) = 2 atanh(f / (2 + f))).
+#[inline(always)]
+pub fn ln(x: f64) -> f64 {
+    const LG1: f64 = 6.666_666_666_666_735_130e-01;
+    const LG2: f64 = 3.999_999_999_940_941_908e-01;
+    const LG3: f64 = 2.857_142_874_366_239_149e-01;
+    const LG4: f64 = 2.222_219_843_214_978_396e-01;
+    const LG5: f64 = 1.818_357_216_161_805_012e-01;
+    const LG6: f64 = 1.531_383_769_920_937_332e-01;
+    const LG7: f64 = 1.479_819_860_511_658_591e-01;
+    // Shift the bits so that the mantissa lands in [sqrt(2)/2, sqrt(2)) and the exponent absorbs the rest.
+    let ix = x.to_bits().wrapping_add(0x3ff0_0000_0000_0000 - 0x3fe6_a09e_0000_0000);
+    let k = f64::from_bits((ix >> 52) | 0x4330_0000_0000_0000) - (4_503_599_627_370_496.0 + 1023.0);
+    let m = f64::from_bits((ix & 0x000f_ffff_ffff_ffff) + 0x3fe6_a09e_0000_0000);
+    let f = m - 1.0;
+    let hfsq = 0.5 * f * f;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let w = z * z;
+    let t1 = w * (LG2 + w * (LG4 + w * LG6));
+    let t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)));
+    let r = t2 + t1;
+    s * (hfsq + r) + k * LN2_LO - hfsq + f + k * LN2_HI
 }
 
 /// e^z - 1 for z in [-708, 709], within 2e-13 relative (a Taylor series below |z| = 1e-3, where
@@ -115,6 +141,18 @@ mod tests {
         }
         for x in [0.0, 1e-300, -1e-17, 0.3465, -0.3466, 43.0, 708.9] {
             assert!(rel(exp(x), x.exp()) < 1e-15, "exp({x})");
+        }
+    }
+
+    #[test]
+    fn ln_matches_std() {
+        let mut x = 1e-300;
+        while x < 1e300 {
+            assert!((ln(x) - x.ln()).abs() <= 4.5e-16 * x.ln().abs().max(1e-300), "ln({x})");
+            x *= 1.0137;
+        }
+        for x in [1.0, 1.0 + 1e-15, 1.0 + 2.3e-10, 0.999_999_999, 2.0, std::f64::consts::SQRT_2, 4.6e18] {
+            assert!(rel(ln(x), x.ln()) <= 4.5e-16 || ln(x) == x.ln(), "ln({x})");
         }
     }
 

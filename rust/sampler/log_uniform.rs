@@ -31,6 +31,13 @@ impl LogUniform {
     fn tf_prob(&self, k: u64) -> f64 {
         ((k as f64 + 2.0) / (k as f64 + 1.0)).ln() / self.log_range
     }
+
+    #[cfg(test)]
+    fn tf_prob_fast(&self, k: u64) -> f64 {
+        let mut o = [0.0];
+        tf_prob_kernel(&[k], &mut o, 1.0 / self.log_range);
+        o[0]
+    }
 }
 
 /// ln(1 + 1/(k+1)) for the most frequent ids, where the series below would be inaccurate.
@@ -73,6 +80,16 @@ simd! {
 const SMALL_RANGE: u64 = 1 << 30;
 
 simd! {
+    /// P(k) with TensorFlow's expression ln((k + 2) / (k + 1)) / ln(range_max + 1) (see `tf_formula`).
+    fn tf_prob_kernel(ids: &[u64], out: &mut [f64], inv_log_range: f64) {
+        for (o, &k) in out.iter_mut().zip(ids) {
+            let kf = u64_to_f64(k);
+            *o = vmath::ln((kf + 2.0) / (kf + 1.0)) * inv_log_range;
+        }
+    }
+}
+
+simd! {
     /// Draws for ranges below 2^30: id = trunc(e^(u L)) - 1, clamped to the last id.
     fn draw_small_kernel(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
         for (o, &w) in out.iter_mut().zip(words) {
@@ -108,14 +125,10 @@ impl Distribution for LogUniform {
     }
 
     fn prob_into(&self, ids: &[u64], out: &mut [f64]) {
-        prob_kernel(ids, out, 1.0 / self.log_range, head_table());
         if self.tf_formula {
-            // Below 2^15 the two expressions agree to ~1e-12 relative, far inside float32 rounding.
-            for (o, &k) in out.iter_mut().zip(ids) {
-                if k >= HEAD as u64 {
-                    *o = self.tf_prob(k);
-                }
-            }
+            tf_prob_kernel(ids, out, 1.0 / self.log_range)
+        } else {
+            prob_kernel(ids, out, 1.0 / self.log_range, head_table())
         }
     }
 
@@ -173,6 +186,14 @@ mod tests {
             let d = LogUniform::new(range).unwrap();
             let (chi, df) = chi_square(&d, 11, 400_000, bins);
             assert!(chi < chi_square_bound(df), "range {range}: chi2 {chi} df {df}");
+        }
+    }
+
+    #[test]
+    fn tensorflow_expression_in_float32() {
+        let d = LogUniform::tf(1 << 40).unwrap();
+        for k in (0..2000u64).chain((0..2000).map(|i| i * 549_755_813 + 12_345)) {
+            assert_eq!(d.tf_prob_fast(k) as f32, d.tf_prob(k) as f32, "k={k}");
         }
     }
 

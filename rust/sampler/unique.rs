@@ -13,6 +13,7 @@
 //! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
 
 use super::Distribution;
+use crate::buf::{fill_together, zeroed};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
@@ -49,14 +50,6 @@ pub struct PerRowSample {
 /// The chunk length for a request of `n` draws: a power of two between 64 and 4096, a function of `n` alone.
 fn chunk_len(n: usize) -> usize {
     n.saturating_add(n / 4).clamp(64, 4096).next_power_of_two()
-}
-
-/// A vector of `n` default values, or an error (instead of an abort) when memory runs out.
-pub(crate) fn try_vec<T: Clone + Default>(arg: &'static str, n: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
-    v.resize(n, T::default());
-    Ok(v)
 }
 
 /// An open-addressing hash set of ids (linear probing, multiplicative hashing).
@@ -292,11 +285,11 @@ fn draw(
     let len = chunk_len(n);
     if !unique && avoid.is_none() {
         // Every draw is accepted: chunk c fills out[c*len..], independently.
-        let mut out: Vec<u64> = try_vec("num_sampled", n)?;
+        let mut out: Vec<u64> = zeroed("num_sampled", n)?;
         raw_chunks(dist, key, 0, len, &mut out, parallel && n >= PARALLEL_MIN);
         return Ok((out, n as u64));
     }
-    let mut out: Vec<u64> = try_vec("num_sampled", n + 1)?;
+    let mut out: Vec<u64> = zeroed("num_sampled", n + 1)?;
     let mut filled = 0usize;
     let mut tries = 0u64;
     type Consumer<'c> = dyn FnMut(&[u64], &mut [u64], &mut usize, &mut u64) -> u64 + 'c;
@@ -462,7 +455,7 @@ pub fn expected_counts_for(
         ));
     }
     let ids = super::check_ids("ids", ids, dist.range_max())?;
-    let mut out: Vec<f32> = try_vec("ids", ids.len())?;
+    let mut out: Vec<f32> = zeroed("ids", ids.len())?;
     expected_counts(dist, &ids, n as u64, num_tries as u64, 1.0, &mut out);
     Ok(out)
 }
@@ -496,20 +489,13 @@ fn plain_sample(
     parallel: bool,
 ) -> Result<Sample> {
     let len = chunk_len(n);
-    let mut ids: Vec<u64> = try_vec("num_sampled", n)?;
-    let mut ec: Vec<f32> = try_vec("num_sampled", n)?;
-    let one = |(c, (i, e)): (usize, (&mut [u64], &mut [f32]))| {
+    let (ids, ec) = fill_together::<u64, f32, _>("num_sampled", n, len, parallel, |c, i, e| {
         dist.draw(&mut Stream::new(derive(key, c as u64)), i);
         expected_counts(dist, i, n as u64, n as u64, 1.0, e);
-    };
-    if parallel {
-        ids.par_chunks_mut(len).zip(ec.par_chunks_mut(len)).enumerate().for_each(one);
-    } else {
-        ids.chunks_mut(len).zip(ec.chunks_mut(len)).enumerate().for_each(one);
-    }
+    })?;
     let true_expected = match truth {
         Some(t) => {
-            let mut te: Vec<f32> = try_vec("true_classes", t.len())?;
+            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
             expected_counts(dist, t, n as u64, n as u64, 1.0, &mut te);
             Some(te)
         }
@@ -543,10 +529,10 @@ pub fn sample(
         }
         let (ids, tries) = draw(dist, key, n, unique, avoid.as_ref(), parallel)?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
-        let mut sampled_expected: Vec<f32> = try_vec("num_sampled", n)?;
+        let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
         let mut true_expected = None;
         if let Some(t) = &truth {
-            let mut te: Vec<f32> = try_vec("true_classes", t.len())?;
+            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
             if parallel {
                 t.par_chunks(COUNT_PIECE)
                     .zip(te.par_chunks_mut(COUNT_PIECE))
@@ -600,10 +586,10 @@ pub fn sample_per_row(
             format!("rows × num_sampled = {total} is more than 2^36"),
         ));
     }
-    let mut ids: Vec<i64> = try_vec("num_sampled", total)?;
-    let mut sampled_expected: Vec<f32> = try_vec("num_sampled", total)?;
-    let mut true_expected: Vec<f32> = try_vec("true_classes", truth.len())?;
-    let mut num_tries: Vec<i64> = try_vec("true_classes", rows)?;
+    let mut ids: Vec<i64> = zeroed("num_sampled", total)?;
+    let mut sampled_expected: Vec<f32> = zeroed("num_sampled", total)?;
+    let mut true_expected: Vec<f32> = zeroed("true_classes", truth.len())?;
+    let mut num_tries: Vec<i64> = zeroed("true_classes", rows)?;
 
     let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];
