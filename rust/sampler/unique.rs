@@ -128,8 +128,8 @@ impl IdSet {
     }
 }
 
-/// Ranges up to this size de-duplicate with a bitset (at most 8 MiB of scratch per thread), larger ones
-/// with a hash set.
+/// Ranges up to this size de-duplicate with a bitset (at most 8 MiB of scratch per thread) when the bitset
+/// is not much larger than the draw (at most 16 words per id); others use a hash set, which stays in cache.
 const BITSET_MAX_RANGE: u64 = 1 << 26;
 
 /// Per-thread scratch bitset: all zero between uses unless `dirty` (a use that did not finish).
@@ -402,13 +402,17 @@ simd! {
     }
 }
 
-/// The exact unique-case expected count for one probability (already scaled).
-fn count_exact(q: f64, num_tries: f64) -> f32 {
-    let q = (q as f32) as f64;
-    if q >= 1.0 {
-        1.0
-    } else {
-        -(num_tries * (-q).ln_1p()).exp_m1() as f32
+simd! {
+    /// The unique-case expected counts of probabilities (already scaled) of any size: -expm1(t ln(1 - q)).
+    /// q is a float32 value, so 1 - q is exact in float64 for q >= 2^-7, where this is used.
+    fn count_exact_kernel(q: &[f64], out: &mut [f32], num_tries: f64) {
+        for (o, &q) in out.iter_mut().zip(q) {
+            let q = (q as f32) as f64;
+            let certain = q >= 1.0;
+            let l = vmath::ln(if certain { 0.5 } else { 1.0 - q });
+            let e = -vmath::exp_m1(num_tries * l) as f32;
+            *o = if certain { 1.0 } else { e };
+        }
     }
 }
 
@@ -422,18 +426,27 @@ pub fn expected_counts(
     scale: f64,
     out: &mut [f32],
 ) {
-    const BLOCK: usize = 1024;
+    const BLOCK: usize = 256;
     let mut p = [0f64; BLOCK];
+    let mut big_q = [0f64; BLOCK];
+    let mut big_at = [0u16; BLOCK];
+    let mut big_ec = [0f32; BLOCK];
     let plain = num_tries == num_sampled;
     for (idc, oc) in ids.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
         let p = &mut p[..idc.len()];
         dist.prob_into(idc, p);
         count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, plain);
         if !plain {
-            for (o, &q) in oc.iter_mut().zip(p.iter()) {
-                if q * scale >= SERIES_MAX {
-                    *o = count_exact(q * scale, num_tries as f64);
-                }
+            // The few large probabilities, gathered and recomputed exactly.
+            let mut m = 0;
+            for (i, &q) in p.iter().enumerate() {
+                big_q[m] = q * scale;
+                big_at[m] = i as u16;
+                m += (q * scale >= SERIES_MAX) as usize;
+            }
+            count_exact_kernel(&big_q[..m], &mut big_ec[..m], num_tries as f64);
+            for (&i, &e) in big_at[..m].iter().zip(&big_ec[..m]) {
+                oc[i as usize] = e;
             }
         }
     }
