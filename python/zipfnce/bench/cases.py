@@ -26,7 +26,11 @@ class Case:
     #: Work per call, for throughput figures (e.g. draws).
     work: float = 0.0
     work_unit: str = ""
+    #: Part of the --quick suite.
     quick: bool = True
+    #: For sweeps: the plot this case is a point of, and its x value (e.g. the vocabulary size).
+    plot: str = ""
+    x: float = 0.0
 
 
 def _tf():
@@ -134,5 +138,37 @@ def sampler_cases() -> List[Case]:
     ]
 
 
+def sampler_sweeps() -> List[Case]:
+    """Speed-up over TensorFlow as the vocabulary and the number of samples grow (unique log-uniform)."""
+    out = []
+    for v in (10**4, 10**5, 10**6, 10**7, 10**8):
+        out.append(
+            Case(
+                f"sweep V={v:.0e} S=4096 unique",
+                "sampler sweeps",
+                lambda v=v: shared_sampler_case(4096, v, True),
+                work=4096,
+                work_unit="candidates",
+                quick=v in (10**4, 10**6, 10**8),
+                plot="sampler speed-up vs vocabulary (S=4096, unique)",
+                x=v,
+            )
+        )
+    for n in (64, 512, 4096, 32768):
+        out.append(
+            Case(
+                f"sweep S={n} V=1e6 unique",
+                "sampler sweeps",
+                lambda n=n: shared_sampler_case(n, 10**6, True),
+                work=n,
+                work_unit="candidates",
+                quick=n in (64, 4096, 32768),
+                plot="sampler speed-up vs samples (V=1e6, unique)",
+                x=n,
+            )
+        )
+    return out
+
+
 def all_cases() -> List[Case]:
-    return sampler_cases()
+    return sampler_cases() + sampler_sweeps()
