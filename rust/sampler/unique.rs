@@ -179,40 +179,98 @@ impl Seen for Bits<'_> {
     }
 }
 
-/// Consume `buf` in order into `out[*filled..n]` (which has one spare slot at `n` for branch-free writes):
-/// skip avoided ids, count the rest as tries, keep the new ones. Stops at `n` ids.
-#[inline(always)]
-fn consume<S: Seen, const AVOID: bool>(
-    buf: &[u64],
-    avoid: Option<&Avoid>,
-    seen: &mut S,
-    out: &mut [u64],
-    filled: &mut usize,
-    n: usize,
-    tries: &mut u64,
-) -> u64 {
-    let mut f = *filled;
-    let mut t = *tries;
-    let mut used = 0u64;
-    for &id in buf {
-        used += 1;
-        if AVOID {
-            if let Some(a) = avoid {
-                if a.set.contains(id) {
-                    continue;
-                }
+/// The ids collected so far by a sequential draw, with one spare slot at the end for branch-free writes.
+struct Collect {
+    out: Vec<u64>,
+    filled: usize,
+    /// Draws that were not avoided (each is a draw from the renormalised distribution).
+    tries: u64,
+}
+
+impl Collect {
+    /// Consume `buf` in order: skip avoided ids, count the rest as tries, keep the ones `seen` calls new,
+    /// stop at `n` ids. Returns how many draws of `buf` were consumed.
+    #[inline(always)]
+    fn consume<S: Seen, const AVOID: bool>(
+        &mut self,
+        buf: &[u64],
+        avoid: Option<&Avoid>,
+        seen: &mut S,
+        n: usize,
+    ) -> u64 {
+        let (mut f, mut t, mut used) = (self.filled, self.tries, 0u64);
+        for &id in buf {
+            used += 1;
+            if AVOID && avoid.is_some_and(|a| a.set.contains(id)) {
+                continue;
+            }
+            t += 1;
+            self.out[f] = id;
+            f += seen.insert(id) as usize;
+            if f == n {
+                break;
             }
         }
-        t += 1;
-        out[f] = id;
-        f += seen.insert(id) as usize;
-        if f == n {
-            break;
+        self.filled = f;
+        self.tries = t;
+        used
+    }
+
+    /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected.
+    #[allow(clippy::too_many_arguments)]
+    fn run<S: Seen, const AVOID: bool>(
+        &mut self,
+        dist: &dyn Distribution,
+        key: u64,
+        n: usize,
+        len: usize,
+        parallel: bool,
+        avoid: Option<&Avoid>,
+        seen: &mut S,
+    ) -> Result<()> {
+        let mut buf: Vec<u64> = Vec::new();
+        let (mut next_chunk, mut consumed) = (0u64, 0u64);
+        while self.filled < n {
+            // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
+            // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
+            // ahead, never which draws are consumed.
+            let rate = if consumed == 0 { 1.0 } else { (self.filled as f64 / consumed as f64).max(1e-3) };
+            let want = ((n - self.filled) as f64 * 1.25 / rate) as usize;
+            let chunks = want.div_ceil(len).clamp(1, 256);
+            buf.resize(chunks * len, 0);
+            raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
+            next_chunk += chunks as u64;
+            consumed += self.consume::<S, AVOID>(&buf, avoid, seen, n);
+            if self.filled < n && consumed >= MAX_TRIES {
+                return Err(Error::TooFewClasses {
+                    arg: "num_sampled",
+                    msg: format!(
+                        "gave up after {consumed} draws with {} of {n} distinct classes: the distribution \
+                         is too concentrated for that many",
+                        self.filled
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with<S: Seen>(
+        &mut self,
+        dist: &dyn Distribution,
+        key: u64,
+        n: usize,
+        len: usize,
+        parallel: bool,
+        avoid: Option<&Avoid>,
+        seen: &mut S,
+    ) -> Result<()> {
+        match avoid {
+            Some(_) => self.run::<S, true>(dist, key, n, len, parallel, avoid, seen),
+            None => self.run::<S, false>(dist, key, n, len, parallel, avoid, seen),
         }
     }
-    *filled = f;
-    *tries = t;
-    used
 }
 
 /// Ids to avoid and the probability mass they carry.
@@ -289,64 +347,10 @@ fn draw(
         raw_chunks(dist, key, 0, len, &mut out, parallel && n >= PARALLEL_MIN);
         return Ok((out, n as u64));
     }
-    let mut out: Vec<u64> = zeroed("num_sampled", n + 1)?;
-    let mut filled = 0usize;
-    let mut tries = 0u64;
-    type Consumer<'c> = dyn FnMut(&[u64], &mut [u64], &mut usize, &mut u64) -> u64 + 'c;
-    let run = |seen: &mut Consumer<'_>, out: &mut [u64], filled: &mut usize, tries: &mut u64| -> Result<()> {
-        let filled_ref = filled;
-        let mut buf: Vec<u64> = Vec::new();
-        let mut next_chunk = 0u64;
-        let mut consumed = 0u64;
-        while *filled_ref < n {
-            let filled = *filled_ref;
-            // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
-            // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
-            // ahead, never which draws are consumed.
-            let rate = if consumed == 0 { 1.0 } else { (filled as f64 / consumed as f64).max(1e-3) };
-            let want = ((n - filled) as f64 * 1.25 / rate) as usize;
-            let chunks = want.div_ceil(len).clamp(1, 256);
-            buf.resize(chunks * len, 0);
-            raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
-            next_chunk += chunks as u64;
-            consumed += seen(&buf, out, filled_ref, tries);
-            let filled = *filled_ref;
-            if filled < n && consumed >= MAX_TRIES {
-                return Err(Error::TooFewClasses {
-                    arg: "num_sampled",
-                    msg: format!(
-                        "gave up after {consumed} draws with {filled} of {n} distinct classes: the \
-                         distribution is too concentrated for that many"
-                    ),
-                });
-            }
-        }
-        Ok(())
-    };
-    let has_avoid = avoid.is_some();
-    macro_rules! go {
-        ($seen:expr) => {{
-            let seen = &mut $seen;
-            if has_avoid {
-                run(
-                    &mut |b, o, f, t| consume::<_, true>(b, avoid, seen, o, f, n, t),
-                    &mut out,
-                    &mut filled,
-                    &mut tries,
-                )
-            } else {
-                run(
-                    &mut |b, o, f, t| consume::<_, false>(b, avoid, seen, o, f, n, t),
-                    &mut out,
-                    &mut filled,
-                    &mut tries,
-                )
-            }
-        }};
-    }
+    let mut c = Collect { out: zeroed("num_sampled", n + 1)?, filled: 0, tries: 0 };
     let range = dist.range_max();
-    let result = if !unique {
-        go!(Everything)
+    if !unique {
+        c.run_with(dist, key, n, len, parallel, avoid, &mut Everything)?;
     } else if range <= BITSET_MAX_RANGE {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
@@ -358,20 +362,22 @@ fn draw(
                     scratch.bits.resize(words, 0);
                 }
                 scratch.dirty = true;
-                let r = go!(Bits(&mut scratch.bits[..words]));
-                for &id in &out[..filled] {
+                let r = c.run_with(dist, key, n, len, parallel, avoid, &mut Bits(&mut scratch.bits[..words]));
+                // Clear exactly the bits set: those of the ids collected.
+                for &id in &c.out[..c.filled] {
                     scratch.bits[(id >> 6) as usize] = 0;
                 }
                 scratch.dirty = false;
                 r
             }
             // Re-entered on this thread (cannot happen today): use a private set.
-            Err(_) => go!(IdSet::with_capacity(n)),
-        })
+            Err(_) => c.run_with(dist, key, n, len, parallel, avoid, &mut IdSet::with_capacity(n)),
+        })?;
     } else {
-        go!(IdSet::with_capacity(n))
-    };
-    result?;
+        c.run_with(dist, key, n, len, parallel, avoid, &mut IdSet::with_capacity(n))?;
+    }
+    let tries = c.tries;
+    let mut out = c.out;
     out.truncate(n);
     Ok((out, if unique { tries } else { n as u64 }))
 }
