@@ -172,3 +172,43 @@ def test_import_does_not_pull_frameworks():
     code = "import sys, zipfnce; print([m for m in ('torch', 'jax', 'tensorflow') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_thread_count_from_environment():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ZIPFNCE_NUM_THREADS="3")
+    code = "import zipfnce; print(zipfnce.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "3"
+
+
+def test_sampling_releases_the_gil():
+    """While one thread samples, another Python thread keeps running."""
+    import threading
+    import time
+
+    s = zn.LogUniformSampler(10**6, seed=0)
+    done = threading.Event()
+    ticks = []
+
+    def count():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0)
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        time.sleep(0.01)
+        start = time.perf_counter()
+        s.sample(10_000_000, unique=False)  # one call of tens of milliseconds
+        end = time.perf_counter()
+    finally:
+        done.set()
+        t.join()
+    during = [start] + [x for x in ticks if start < x < end] + [end]
+    # Had the call held the GIL, the counter would have stalled for its whole duration.
+    assert len(during) > 10 and np.diff(during).max() < (end - start) / 2
