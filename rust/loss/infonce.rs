@@ -239,9 +239,7 @@ fn lock_spare<T: Kernel>() -> Option<MutexGuard<'static, Vec<T>>> {
 /// at B = 4096), so the block of the previous call is reused when it is large enough. Its contents are
 /// stale: every element is written before it is read.
 fn take_spare<T: Kernel>(n: usize) -> Vec<T> {
-    let mut v = lock_spare::<T>()
-        .map(|mut g| std::mem::take(&mut *g))
-        .unwrap_or_default();
+    let mut v = lock_spare::<T>().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default();
     if v.capacity() < n {
         v = Vec::new(); // free the old block before the new one is allocated
     }
@@ -322,19 +320,13 @@ impl<T> RowJob<'_, T> {
 fn check_finite<T: Float>(x: &[T], arg: &'static str) -> Result<()> {
     match x.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(p) => Err(Error::value(
-            arg,
-            format!("must be finite, found {:?} at flat index {p}", x[p]),
-        )),
+        Some(p) => Err(Error::value(arg, format!("must be finite, found {:?} at flat index {p}", x[p]))),
     }
 }
 
 fn check_len<U>(x: &[U], want: usize, arg: &'static str, what: &str) -> Result<()> {
     if x.len() != want {
-        return Err(Error::shape(
-            arg,
-            format!("must have length {want} ({what}), got {}", x.len()),
-        ));
+        return Err(Error::shape(arg, format!("must have length {want} ({what}), got {}", x.len())));
     }
     Ok(())
 }
@@ -357,22 +349,14 @@ impl<'a, T: Kernel> Problem<'a, T> {
         if b > MAX_ROWS || d > MAX_ROWS {
             return Err(Error::too_large("query", format!("shape [{b}, {d}]")));
         }
-        let elems = b
-            .checked_mul(d)
-            .ok_or_else(|| Error::too_large("query", "too many elements"))?;
+        let elems = b.checked_mul(d).ok_or_else(|| Error::too_large("query", "too many elements"))?;
         if query.data.len() != elems {
-            return Err(Error::shape(
-                "query",
-                format!("holds {} elements, not {b}×{d}", query.data.len()),
-            ));
+            return Err(Error::shape("query", format!("holds {} elements, not {b}×{d}", query.data.len())));
         }
         if keys.rows != b || keys.cols != d || keys.data.len() != elems {
             return Err(Error::shape(
                 "keys",
-                format!(
-                    "must have the shape of query [{b}, {d}], got [{}, {}]",
-                    keys.rows, keys.cols
-                ),
+                format!("must have the shape of query [{b}, {d}], got [{}, {}]", keys.rows, keys.cols),
             ));
         }
         let (n, nn) = match negatives {
@@ -381,10 +365,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
                 if m.cols != d {
                     return Err(Error::shape(
                         "negatives",
-                        format!(
-                            "must have {d} columns like query, got shape [{}, {}]",
-                            m.rows, m.cols
-                        ),
+                        format!("must have {d} columns like query, got shape [{}, {}]", m.rows, m.cols),
                     ));
                 }
                 if m.rows > MAX_ROWS || m.rows.checked_mul(d) != Some(m.data.len()) {
@@ -400,17 +381,11 @@ impl<'a, T: Kernel> Problem<'a, T> {
         let w = b + nn;
         // Tiles index up to B·W elements when the logits are kept; make sure that count is representable.
         if b.checked_mul(w).and_then(|e| e.checked_mul(16)).is_none() {
-            return Err(Error::too_large(
-                "negatives",
-                format!("batch {b} with {nn} negatives"),
-            ));
+            return Err(Error::too_large("negatives", format!("batch {b} with {nn} negatives")));
         }
         let t = o.temperature;
         if !(t.is_finite() && t > 0.0) {
-            return Err(Error::value(
-                "temperature",
-                format!("must be finite and > 0, got {t}"),
-            ));
+            return Err(Error::value("temperature", format!("must be finite and > 0, got {t}")));
         }
         let scale = T::from_f64(1.0 / t);
         if !scale.is_finite() || scale == T::ZERO {
@@ -421,10 +396,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
         }
         let g = o.focal_gamma;
         if !(g.is_finite() && g >= 0.0) {
-            return Err(Error::value(
-                "focal_gamma",
-                format!("must be finite and >= 0, got {g}"),
-            ));
+            return Err(Error::value("focal_gamma", format!("must be finite and >= 0, got {g}")));
         }
         if let Some(x) = o.key_log_q {
             check_len(x, b, "key_log_q", "one per key")?;
@@ -485,19 +457,13 @@ impl<'a, T: Kernel> Problem<'a, T> {
     /// The column blocks of a logit row, (first column, width): keys in TJ chunks, then negatives.
     fn col_blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let keys = (0..self.b).step_by(TJ).map(|c| (c, TJ.min(self.b - c)));
-        let negs = (0..self.nn)
-            .step_by(TJ)
-            .map(|m| (self.b + m, TJ.min(self.nn - m)));
+        let negs = (0..self.nn).step_by(TJ).map(|m| (self.b + m, TJ.min(self.nn - m)));
         keys.chain(negs)
     }
 
     /// The embeddings behind columns c0..c0+nc (keys or negatives; blocks never straddle), as a view.
     fn cols(&self, c0: usize, nc: usize) -> Mat<'a, T> {
-        let (x, r0) = if c0 < self.b {
-            (self.k, c0)
-        } else {
-            (self.n, c0 - self.b)
-        };
+        let (x, r0) = if c0 < self.b { (self.k, c0) } else { (self.n, c0 - self.b) };
         Mat::new(&x[r0 * self.d..(r0 + nc) * self.d], nc, self.d)
     }
 
@@ -515,25 +481,14 @@ impl<'a, T: Kernel> Problem<'a, T> {
             self.cols(c0, nc),
             Op::T,
             T::ZERO,
-            MatMut {
-                data: out,
-                rows: ni,
-                cols: nc,
-                stride,
-            },
+            MatMut { data: out, rows: ni, cols: nc, stride },
         );
         let is_key = c0 < self.b;
         let (corr, ids) = if is_key {
-            (
-                self.kq.map(|x| &x[c0..c0 + nc]),
-                self.kid.map(|x| &x[c0..c0 + nc]),
-            )
+            (self.kq.map(|x| &x[c0..c0 + nc]), self.kid.map(|x| &x[c0..c0 + nc]))
         } else {
             let m0 = c0 - self.b;
-            (
-                self.nq.map(|x| &x[m0..m0 + nc]),
-                self.nid.map(|x| &x[m0..m0 + nc]),
-            )
+            (self.nq.map(|x| &x[m0..m0 + nc]), self.nid.map(|x| &x[m0..m0 + nc]))
         };
         for r in 0..ni {
             let row = &mut out[r * stride..r * stride + nc];
@@ -566,13 +521,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
     }
 
     /// The whole call: loss, and with `grad` the gradients, keeping the logits (`keep`) or not.
-    fn run(
-        &self,
-        keep: bool,
-        budget: usize,
-        grad_loss: Option<&[T]>,
-        grad: bool,
-    ) -> Result<InfoNceGrad<T>> {
+    fn run(&self, keep: bool, budget: usize, grad_loss: Option<&[T]>, grad: bool) -> Result<InfoNceGrad<T>> {
         let mut store = keep.then(|| take_spare::<T>(self.b * self.w));
         let r = self.run_with(store.as_deref_mut(), grad_loss, grad);
         give_back(store, budget);
@@ -591,9 +540,8 @@ impl<'a, T: Kernel> Problem<'a, T> {
         let (mut a, mut g_diag) = (zeros(b), zeros(b));
         let mut gq = zeros(if grad { b * d } else { 0 });
         let gq_rows = if grad { TI * d } else { 0 };
-        let mut stores = store
-            .map(|s| s.chunks_mut(TI * w).map(Some).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let mut stores =
+            store.map(|s| s.chunks_mut(TI * w).map(Some).collect::<Vec<_>>()).unwrap_or_default();
         let mut gq_chunks = gq.chunks_mut(gq_rows.max(1));
         let mut jobs: Vec<RowJob<'_, T>> = lse
             .chunks_mut(TI)
@@ -608,11 +556,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
                 loss,
                 a,
                 g_diag,
-                gq: if grad {
-                    gq_chunks.next().unwrap_or_default()
-                } else {
-                    Default::default()
-                },
+                gq: if grad { gq_chunks.next().unwrap_or_default() } else { Default::default() },
                 store: stores.get_mut(blk).and_then(Option::take),
                 shifts: None,
             })
@@ -675,8 +619,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
             }
             if grad {
                 let cols = Some((&lse_col[..], &a_col[..]));
-                jobs.par_iter_mut()
-                    .for_each(|j| self.backward_rows(j, cols));
+                jobs.par_iter_mut().for_each(|j| self.backward_rows(j, cols));
             }
         }
         let kept: Vec<Option<&[T]>> = jobs.iter().map(|j| j.store.as_deref()).collect();
@@ -684,18 +627,9 @@ impl<'a, T: Kernel> Problem<'a, T> {
         if grad {
             // The row statistics, now complete, for the column pass.
             let rows = RowStats {
-                lse: &jobs
-                    .iter()
-                    .flat_map(|j| j.lse.iter().copied())
-                    .collect::<Vec<_>>(),
-                a: &jobs
-                    .iter()
-                    .flat_map(|j| j.a.iter().copied())
-                    .collect::<Vec<_>>(),
-                g_diag: &jobs
-                    .iter()
-                    .flat_map(|j| j.g_diag.iter().copied())
-                    .collect::<Vec<_>>(),
+                lse: &jobs.iter().flat_map(|j| j.lse.iter().copied()).collect::<Vec<_>>(),
+                a: &jobs.iter().flat_map(|j| j.a.iter().copied()).collect::<Vec<_>>(),
+                g_diag: &jobs.iter().flat_map(|j| j.g_diag.iter().copied()).collect::<Vec<_>>(),
             };
             let cols = self.sym.then_some((&lse_col[..], &a_col[..]));
             (gk, gn) = (zeros(b * d), zeros(self.nn * d));
@@ -705,23 +639,14 @@ impl<'a, T: Kernel> Problem<'a, T> {
         }
         drop(kept);
         drop(jobs);
-        Ok(InfoNceGrad {
-            loss,
-            grad_query: gq,
-            grad_keys: gk,
-            grad_negatives: Some(gn),
-        })
+        Ok(InfoNceGrad { loss, grad_query: gq, grad_keys: gk, grad_negatives: Some(gn) })
     }
 
     /// The forward pass over one block of rows: each tile of logits (kept, or in a scratch tile), the rows'
     /// online log-sum-exp one column chunk at a time, and the target logits.
     fn forward_rows(&self, j: &mut RowJob<'_, T>) {
         let (i0, ni, b) = (j.i0, j.rows(), self.b);
-        let mut scratch = if j.store.is_some() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; TI * TJ]
-        };
+        let mut scratch = if j.store.is_some() { Vec::new() } else { vec![T::ZERO; TI * TJ] };
         let mut m = [T::NEG_INFINITY; TI];
         let mut s = [T::ZERO; TI];
         let nblocks = self.col_blocks().count();
@@ -738,9 +663,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
                     j.diag[r] = row[i - c0];
                 }
                 match j.shifts.as_deref_mut() {
-                    Some(sh) => {
-                        sh[r * nblocks + cb] = row_lse_update_exp(row, &mut m[r], &mut s[r])
-                    }
+                    Some(sh) => sh[r * nblocks + cb] = row_lse_update_exp(row, &mut m[r], &mut s[r]),
                     None => row_lse_update(row, &mut m[r], &mut s[r]),
                 }
             }
@@ -781,20 +704,10 @@ impl<'a, T: Kernel> Problem<'a, T> {
             let half = T::from_f64(0.5);
             let (fc, cc, uc) = focal(diag - lse_col, self.gamma);
             let (a, a_col) = (half * w * c, half * w * cc);
-            Coef {
-                loss: half * (f + fc),
-                a,
-                a_col,
-                g_diag: -(a * u) - a_col * uc,
-            }
+            Coef { loss: half * (f + fc), a, a_col, g_diag: -(a * u) - a_col * uc }
         } else {
             let a = w * c;
-            Coef {
-                loss: f,
-                a,
-                a_col: T::ZERO,
-                g_diag: -(a * u),
-            }
+            Coef { loss: f, a, a_col: T::ZERO, g_diag: -(a * u) }
         }
     }
 
@@ -833,11 +746,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
     fn backward_rows(&self, j: &mut RowJob<'_, T>, cols: Option<(&[T], &[T])>) {
         let (i0, ni, d) = (j.i0, j.rows(), self.d);
         let rows = (&j.lse[..], &j.a[..], &j.g_diag[..]);
-        let mut scratch = if j.store.is_some() {
-            Vec::new()
-        } else {
-            vec![T::ZERO; TI * TJ]
-        };
+        let mut scratch = if j.store.is_some() { Vec::new() } else { vec![T::ZERO; TI * TJ] };
         let nblocks = self.col_blocks().count();
         for (t, (c0, nc)) in self.col_blocks().enumerate() {
             let tile = match j.store.as_deref_mut() {
@@ -864,15 +773,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
             }
             let beta = if t == 0 { T::ZERO } else { T::ONE };
             let g = Mat::new(&tile[..], ni, nc);
-            matmul(
-                self.scale,
-                g,
-                Op::N,
-                self.cols(c0, nc),
-                Op::N,
-                beta,
-                MatMut::new(j.gq, ni, d),
-            );
+            matmul(self.scale, g, Op::N, self.cols(c0, nc), Op::N, beta, MatMut::new(j.gq, ni, d));
         }
     }
 
@@ -924,20 +825,11 @@ struct RowStats<'s, T> {
 }
 
 /// The outputs of the column-block tasks: (first column in the B+N row, rows of ∂k or ∂n it owns).
-fn col_jobs<'g, T>(
-    gk: &'g mut [T],
-    gn: &'g mut [T],
-    b: usize,
-    d: usize,
-) -> Vec<(usize, &'g mut [T])> {
+fn col_jobs<'g, T>(gk: &'g mut [T], gn: &'g mut [T], b: usize, d: usize) -> Vec<(usize, &'g mut [T])> {
     gk.chunks_mut(TJ * d)
         .enumerate()
         .map(|(j, c)| (j * TJ, c))
-        .chain(
-            gn.chunks_mut(TJ * d)
-                .enumerate()
-                .map(|(j, c)| (b + j * TJ, c)),
-        )
+        .chain(gn.chunks_mut(TJ * d).enumerate().map(|(j, c)| (b + j * TJ, c)))
         .collect()
 }
 
@@ -1091,14 +983,7 @@ fn grad_row_sym_body<T: Kernel>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col:
 /// One step of the online log-sum-exp of `nc` columns over the `ni` rows of the tile `z` (at `stride`):
 /// running maxima `cm`, sums of e^(z − cm) `cs`.
 #[inline(always)]
-fn col_lse_body<T: Kernel>(
-    z: &[T],
-    ni: usize,
-    nc: usize,
-    stride: usize,
-    cm: &mut [T],
-    cs: &mut [T],
-) {
+fn col_lse_body<T: Kernel>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mut [T], cs: &mut [T]) {
     let mut mx = [T::NEG_INFINITY; TJ];
     let mx = &mut mx[..nc];
     for r in 0..ni {
@@ -1217,11 +1102,7 @@ mod tests {
         for i in 0..b {
             for j in 0..w {
                 let (x, corr, id) = if j < b {
-                    (
-                        &k[j * d..(j + 1) * d],
-                        o.key_log_q.map_or(0.0, |v| v[j]),
-                        o.key_ids.map(|v| v[j]),
-                    )
+                    (&k[j * d..(j + 1) * d], o.key_log_q.map_or(0.0, |v| v[j]), o.key_ids.map(|v| v[j]))
                 } else {
                     let m = j - b;
                     (
@@ -1244,11 +1125,8 @@ mod tests {
             let p: Vec<f64> = v.iter().map(|x| (x - m).exp() / s).collect();
             let pt = p[tgt];
             let loss = -(1.0 - pt).powf(g) * pt.ln();
-            let c = if g == 0.0 {
-                1.0
-            } else {
-                (1.0 - pt).powf(g) - g * pt * (1.0 - pt).powf(g - 1.0) * pt.ln()
-            };
+            let c =
+                if g == 0.0 { 1.0 } else { (1.0 - pt).powf(g) - g * pt * (1.0 - pt).powf(g - 1.0) * pt.ln() };
             let grads = p
                 .iter()
                 .enumerate()
@@ -1288,10 +1166,7 @@ mod tests {
                 let (x, gx) = if j < b {
                     (&k[j * d..(j + 1) * d], &mut gk[j * d..(j + 1) * d])
                 } else {
-                    (
-                        &n[(j - b) * d..(j - b + 1) * d],
-                        &mut gn[(j - b) * d..(j - b + 1) * d],
-                    )
+                    (&n[(j - b) * d..(j - b + 1) * d], &mut gn[(j - b) * d..(j - b + 1) * d])
                 };
                 for p in 0..d {
                     gq[i * d + p] += gij * x[p];
@@ -1317,10 +1192,7 @@ mod tests {
     fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + y.abs()),
-                "{what}[{i}]: {x} vs {y}"
-            );
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
         }
     }
 
@@ -1369,24 +1241,17 @@ mod tests {
                             Some(&gl),
                         )
                         .unwrap();
-                        let what =
-                            format!("sym={sym} gamma={gamma} neg={with_neg} budget={budget}");
+                        let what = format!("sym={sym} gamma={gamma} neg={with_neg} budget={budget}");
                         close(&got.loss, &r.loss, 1e-10, &format!("loss {what}"));
                         close(&got.grad_query, &r.gq, 1e-10, &format!("gq {what}"));
                         close(&got.grad_keys, &r.gk, 1e-10, &format!("gk {what}"));
                         if with_neg {
-                            close(
-                                got.grad_negatives.as_ref().unwrap(),
-                                &r.gn,
-                                1e-10,
-                                &format!("gn {what}"),
-                            );
+                            close(got.grad_negatives.as_ref().unwrap(), &r.gn, 1e-10, &format!("gn {what}"));
                         } else {
                             assert!(got.grad_negatives.is_none());
                         }
                         let loss =
-                            info_nce_loss(Matrix::new(&q, b, d), Matrix::new(&k, b, d), negs, &o)
-                                .unwrap();
+                            info_nce_loss(Matrix::new(&q, b, d), Matrix::new(&k, b, d), negs, &o).unwrap();
                         assert_eq!(loss, got.loss, "{what}: loss alone");
                     }
                 }
@@ -1430,10 +1295,7 @@ mod tests {
             };
             c(&kept.grad_query, &recomputed.grad_query);
             c(&kept.grad_keys, &recomputed.grad_keys);
-            c(
-                kept.grad_negatives.as_ref().unwrap(),
-                recomputed.grad_negatives.as_ref().unwrap(),
-            );
+            c(kept.grad_negatives.as_ref().unwrap(), recomputed.grad_negatives.as_ref().unwrap());
         }
     }
 
@@ -1442,16 +1304,9 @@ mod tests {
         let (b, d) = (2 * TI + 3, 16);
         let q: Vec<f32> = data(b * d, 21).into_iter().map(|x| x as f32).collect();
         let k: Vec<f32> = data(b * d, 22).into_iter().map(|x| x as f32).collect();
-        let o = Options {
-            symmetric: true,
-            focal_gamma: 1.0,
-            max_logits_bytes: 0,
-            ..Options::default()
-        };
-        let run = || {
-            info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None)
-                .unwrap()
-        };
+        let o = Options { symmetric: true, focal_gamma: 1.0, max_logits_bytes: 0, ..Options::default() };
+        let run =
+            || info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None).unwrap();
         let before = threads::num_threads();
         threads::set_num_threads(1).unwrap();
         let one = run();
@@ -1467,13 +1322,8 @@ mod tests {
         let q = data(b * d, 31);
         let k = data(b * d, 32);
         let ids = [7i64, 7, 7, 7];
-        let o = Options {
-            key_ids: Some(&ids[..]),
-            ..Options::default()
-        };
-        let g =
-            info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None)
-                .unwrap();
+        let o = Options { key_ids: Some(&ids[..]), ..Options::default() };
+        let g = info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None).unwrap();
         assert!(g.loss.iter().all(|&l| l == 0.0), "{:?}", g.loss);
         assert!(g.grad_query.iter().chain(&g.grad_keys).all(|&x| x == 0.0));
     }
@@ -1485,10 +1335,7 @@ mod tests {
             let e32 = f32::exp_or_zero(x as f32) as f64;
             let want = (x as f32 as f64).exp();
             if x > -85.0 {
-                assert!(
-                    (e32 - want).abs() <= 3e-7 * want,
-                    "f32 exp({x}) = {e32}, want {want}"
-                );
+                assert!((e32 - want).abs() <= 3e-7 * want, "f32 exp({x}) = {e32}, want {want}");
             }
             let e64 = f64::exp_or_zero(x);
             assert!((e64 - x.exp()).abs() <= 1e-15 * x.exp());
@@ -1508,101 +1355,31 @@ mod tests {
         }
         let arg = |r: Result<Vec<f64>>| r.unwrap_err().arg();
         let dflt = Options::<f64>::default();
-        assert_eq!(
-            arg(info_nce_loss(m(&q, 3, 2), m(&k, 2, 3), None, &dflt)),
-            "keys"
-        );
-        assert_eq!(
-            arg(info_nce_loss(m(&[], 0, 2), m(&[], 0, 2), None, &dflt)),
-            "query"
-        );
-        assert_eq!(
-            arg(info_nce_loss(
-                m(&q, 3, 2),
-                m(&k, 3, 2),
-                Some(m(&k, 2, 3)),
-                &dflt
-            )),
-            "negatives"
-        );
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 2, 3), None, &dflt)), "keys");
+        assert_eq!(arg(info_nce_loss(m(&[], 0, 2), m(&[], 0, 2), None, &dflt)), "query");
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), Some(m(&k, 2, 3)), &dflt)), "negatives");
         for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            let o = Options {
-                temperature: t,
-                ..dflt
-            };
-            assert_eq!(
-                arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)),
-                "temperature"
-            );
+            let o = Options { temperature: t, ..dflt };
+            assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)), "temperature");
         }
         let short = [0.0f64; 2];
-        let o = Options {
-            key_log_q: Some(&short[..]),
-            ..dflt
-        };
-        assert_eq!(
-            arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)),
-            "key_log_q"
-        );
-        let o = Options {
-            negative_log_q: Some(&short[..]),
-            ..dflt
-        };
-        assert_eq!(
-            arg(info_nce_loss(
-                m(&q, 3, 2),
-                m(&k, 3, 2),
-                Some(m(&k, 3, 2)),
-                &o
-            )),
-            "negative_log_q"
-        );
+        let o = Options { key_log_q: Some(&short[..]), ..dflt };
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)), "key_log_q");
+        let o = Options { negative_log_q: Some(&short[..]), ..dflt };
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), Some(m(&k, 3, 2)), &o)), "negative_log_q");
         let ids = [1i64, 2];
-        let o = Options {
-            key_ids: Some(&ids[..]),
-            ..dflt
-        };
-        assert_eq!(
-            arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)),
-            "key_ids"
-        );
+        let o = Options { key_ids: Some(&ids[..]), ..dflt };
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)), "key_ids");
         let ids3 = [1i64, 2, 3];
-        let o = Options {
-            key_ids: Some(&ids3[..]),
-            negative_ids: Some(&ids[..]),
-            ..dflt
-        };
-        assert_eq!(
-            arg(info_nce_loss(
-                m(&q, 3, 2),
-                m(&k, 3, 2),
-                Some(m(&k, 3, 2)),
-                &o
-            )),
-            "negative_ids"
-        );
-        let o = Options {
-            focal_gamma: -1.0,
-            ..dflt
-        };
-        assert_eq!(
-            arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)),
-            "focal_gamma"
-        );
+        let o = Options { key_ids: Some(&ids3[..]), negative_ids: Some(&ids[..]), ..dflt };
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), Some(m(&k, 3, 2)), &o)), "negative_ids");
+        let o = Options { focal_gamma: -1.0, ..dflt };
+        assert_eq!(arg(info_nce_loss(m(&q, 3, 2), m(&k, 3, 2), None, &o)), "focal_gamma");
         let nan = [0.5, f64::NAN, 0.0, 0.0, 0.0, 0.0];
-        assert_eq!(
-            arg(info_nce_loss(m(&nan, 3, 2), m(&k, 3, 2), None, &dflt)),
-            "query"
-        );
+        assert_eq!(arg(info_nce_loss(m(&nan, 3, 2), m(&k, 3, 2), None, &dflt)), "query");
         let big = [1e300f64; 6];
-        let o = Options {
-            temperature: 1e-10,
-            ..dflt
-        };
-        assert_eq!(
-            arg(info_nce_loss(m(&big, 3, 2), m(&big, 3, 2), None, &o)),
-            "query"
-        );
+        let o = Options { temperature: 1e-10, ..dflt };
+        assert_eq!(arg(info_nce_loss(m(&big, 3, 2), m(&big, 3, 2), None, &o)), "query");
         let r = info_nce_loss_and_grad(m(&q, 3, 2), m(&k, 3, 2), None, &dflt, Some(&short[..]));
         assert_eq!(r.unwrap_err().arg(), "grad_loss");
     }

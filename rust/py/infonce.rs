@@ -5,9 +5,7 @@
 use super::{array2, err};
 use crate::loss::infonce::{self, Kernel, Matrix, Options};
 use numpy::ndarray::Array1;
-use numpy::{
-    Element, IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
-};
+use numpy::{Element, IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -15,22 +13,13 @@ use std::borrow::Cow;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(info_nce, m)?)?;
-    m.add(
-        "INFO_NCE_MAX_LOGITS_BYTES",
-        infonce::DEFAULT_MAX_LOGITS_BYTES,
-    )?;
+    m.add("INFO_NCE_MAX_LOGITS_BYTES", infonce::DEFAULT_MAX_LOGITS_BYTES)?;
     Ok(())
 }
 
-fn as2<'py, T: Element>(
-    a: &Bound<'py, PyAny>,
-    arg: &'static str,
-) -> PyResult<PyReadonlyArray2<'py, T>> {
+fn as2<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &'static str) -> PyResult<PyReadonlyArray2<'py, T>> {
     a.extract::<PyReadonlyArray2<'py, T>>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{arg}: expected a 2-D {} array",
-            std::any::type_name::<T>()
-        ))
+        PyTypeError::new_err(format!("{arg}: expected a 2-D {} array", std::any::type_name::<T>()))
     })
 }
 
@@ -40,10 +29,7 @@ fn as1<'py, T: Element>(
 ) -> PyResult<Option<PyReadonlyArray1<'py, T>>> {
     a.map(|a| {
         a.extract::<PyReadonlyArray1<'py, T>>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "{arg}: expected a 1-D {} array",
-                std::any::type_name::<T>()
-            ))
+            PyTypeError::new_err(format!("{arg}: expected a 1-D {} array", std::any::type_name::<T>()))
         })
     })
     .transpose()
@@ -107,14 +93,9 @@ fn run<'py, T: Kernel + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<
     };
     let query = Matrix::new(&qv[..], b, d);
     let keys = Matrix::new(&kv[..], kshape.0, kshape.1);
-    let negatives = nv
-        .as_deref()
-        .zip(nshape)
-        .map(|(v, (r, c))| Matrix::new(v, r, c));
+    let negatives = nv.as_deref().zip(nshape).map(|(v, (r, c))| Matrix::new(v, r, c));
     if !a.want_grad {
-        let loss = py
-            .detach(|| infonce::info_nce_loss(query, keys, negatives, &opts))
-            .map_err(err)?;
+        let loss = py.detach(|| infonce::info_nce_loss(query, keys, negatives, &opts)).map_err(err)?;
         return Ok(Array1::from_vec(loss).into_pyarray(py).into_any());
     }
     let g = py
@@ -174,8 +155,6 @@ fn info_nce<'py>(
     } else if query.cast::<PyArray2<f64>>().is_ok() {
         run::<f64>(py, args)
     } else {
-        Err(PyTypeError::new_err(
-            "query: expected a 2-D float32 or float64 array",
-        ))
+        Err(PyTypeError::new_err("query: expected a 2-D float32 or float64 array"))
     }
 }
