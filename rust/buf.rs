@@ -10,10 +10,15 @@ use crate::error::{Error, Result};
 pub unsafe trait Zeroable: Copy {}
 // SAFETY: zero bytes are 0 / 0.0 for each of these.
 unsafe impl Zeroable for u32 {}
+// SAFETY: as above.
 unsafe impl Zeroable for i32 {}
+// SAFETY: as above.
 unsafe impl Zeroable for u64 {}
+// SAFETY: as above.
 unsafe impl Zeroable for i64 {}
+// SAFETY: as above.
 unsafe impl Zeroable for f32 {}
+// SAFETY: as above.
 unsafe impl Zeroable for f64 {}
 
 /// A vector of `n` zeros, or an error naming `arg` when it cannot be allocated.
@@ -33,9 +38,136 @@ pub fn zeroed<T: Zeroable>(arg: &'static str, n: usize) -> Result<Vec<T>> {
     Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
+/// Requests below this many bytes are not checked: reading the system's limits costs a few system calls.
+const CHECK_ABOVE: u128 = 1 << 28;
+
+/// An error naming `arg` when a call would need `bytes` of new memory and the system cannot give that much.
+///
+/// Allocating first and failing later is not enough: Linux overcommits, so a large allocation usually
+/// succeeds and the process is killed (OOM) while the pages are being written, or an infallible allocation
+/// deep inside aborts. The limit is the smallest of: `MemAvailable + SwapFree` (/proc/meminfo), the free
+/// room under a cgroup memory limit, and the environment variable `ZIPFNCE_MAX_MEMORY` (bytes, or with a
+/// K/M/G/T suffix, powers of 1024), and the room under `ulimit -v`. Where none is known, nothing is checked.
+pub fn ensure_memory(arg: &'static str, bytes: u128) -> Result<()> {
+    if bytes < CHECK_ABOVE {
+        return Ok(());
+    }
+    match available_memory() {
+        Some(avail) if bytes > avail as u128 => Err(Error::too_large(
+            arg,
+            format!(
+                "the result needs {} MiB of memory but only {} MiB is available",
+                bytes >> 20,
+                avail >> 20
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A byte count with an optional binary suffix: "1048576", "512M", "4g".
+fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, shift) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 10),
+        'M' => (&t[..t.len() - 1], 20),
+        'G' => (&t[..t.len() - 1], 30),
+        'T' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+/// The memory a call may still take, if anything is known about it (see [`ensure_memory`]).
+pub fn available_memory() -> Option<u64> {
+    let mut limit: Option<u64> = std::env::var("ZIPFNCE_MAX_MEMORY").ok().and_then(|v| parse_bytes(&v));
+    let mut tighten = |x: Option<u64>| {
+        if let Some(x) = x {
+            limit = Some(limit.map_or(x, |l| l.min(x)));
+        }
+    };
+    tighten(system_available());
+    tighten(cgroup_room());
+    tighten(address_space_room());
+    limit
+}
+
+/// Room left under `ulimit -v` (RLIMIT_AS): its limit minus the address space in use.
+#[cfg(target_os = "linux")]
+fn address_space_room() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
+    let max: u64 = line["Max address space".len()..].split_whitespace().next()?.parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let used_kib: u64 = line["VmSize:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(max.saturating_sub(used_kib.saturating_mul(1024)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn address_space_room() -> Option<u64> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn system_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        kib.checked_mul(1024)
+    };
+    Some(field("MemAvailable:")?.saturating_add(field("SwapFree:").unwrap_or(0)))
+}
+
+#[cfg(target_os = "linux")]
+fn cgroup_room() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    // cgroup v2 ("max" when unlimited, which does not parse), then v1 (a huge number when unlimited).
+    let (max, used) = match read("/sys/fs/cgroup/memory.max") {
+        Some(max) => (max, read("/sys/fs/cgroup/memory.current")?),
+        None => (
+            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+            read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+        ),
+    };
+    Some(max.saturating_sub(used))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn system_available() -> Option<u64> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cgroup_room() -> Option<u64> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_parse() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes(" 512M "), Some(512 << 20));
+        assert_eq!(parse_bytes("4g"), Some(4 << 30));
+        assert_eq!(parse_bytes("x"), None);
+        assert_eq!(parse_bytes(""), None);
+        assert_eq!(parse_bytes("99999999999T"), None);
+    }
+
+    #[test]
+    fn impossible_requests_are_refused() {
+        assert!(ensure_memory("x", 1000).is_ok());
+        if cfg!(target_os = "linux") {
+            assert!(available_memory().is_some());
+            let e = ensure_memory("num_sampled", 1 << 80).unwrap_err();
+            assert_eq!(e.arg(), "num_sampled");
+            assert!(e.to_string().contains("memory"), "{e}");
+        }
+    }
 
     #[test]
     fn zeroed_vectors() {

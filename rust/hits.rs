@@ -33,7 +33,20 @@ pub fn accidental_hits(true_classes: &[i64], num_true: usize, candidates: &[i64]
     for (pos, &id) in candidates.iter().enumerate() {
         where_.entry(id).or_default().push(pos as i64);
     }
+    // Count first: repeated candidates can make the output far larger than the inputs (every row whose
+    // true class appears in every position), and growing a vector past the available memory would abort.
+    let mut total = 0u128;
+    for t in true_classes {
+        total += where_.get(t).map_or(0, |ps| ps.len()) as u128;
+    }
+    // Rows (i32) and positions (i64) here, the float32 weights in the binding.
+    crate::buf::ensure_memory("sampled_candidates", total * 16)?;
+    let total = usize::try_from(total)
+        .map_err(|_| Error::too_large("sampled_candidates", "too many accidental hits"))?;
     let mut hits = Hits::default();
+    let fail = |_| Error::too_large("sampled_candidates", format!("cannot allocate {total} accidental hits"));
+    hits.rows.try_reserve_exact(total).map_err(fail)?;
+    hits.positions.try_reserve_exact(total).map_err(fail)?;
     for r in 0..rows {
         for &t in &true_classes[r * num_true..(r + 1) * num_true] {
             if let Some(ps) = where_.get(&t) {
@@ -64,6 +77,16 @@ mod tests {
     fn duplicate_candidates_report_every_position() {
         let h = accidental_hits(&[4], 1, &[4, 0, 4]).unwrap();
         assert_eq!(h.positions, vec![0, 2]);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn too_many_hits_are_an_error_not_an_abort() {
+        // 2^17 rows whose class fills all 2^17 candidates: 2^34 hits, 256 GiB of output.
+        let truth = vec![7i64; 1 << 17];
+        let cands = vec![7i64; 1 << 17];
+        let e = accidental_hits(&truth, 1, &cands).unwrap_err();
+        assert_eq!(e.arg(), "sampled_candidates");
     }
 
     #[test]

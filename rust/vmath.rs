@@ -84,11 +84,26 @@ pub fn exp_m1(z: f64) -> f64 {
     }
 }
 
+/// The widest kernels the environment variable `ZIPFNCE_SIMD` allows: `baseline` (0), `avx2` (1) or
+/// anything else, the default (2: whatever the CPU has). Read once. It lets tests compare the kernels with
+/// each other and lets valgrind, which does not know AVX-512, run the baseline kernels too. All kernels give
+/// bit-identical results (see the module doc), so this never changes a value, only the speed.
+#[cfg(target_arch = "x86_64")]
+fn simd_cap() -> u8 {
+    static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("ZIPFNCE_SIMD").as_deref().map(str::trim) {
+        Ok("baseline") => 0,
+        Ok("avx2") => 1,
+        _ => 2,
+    })
+}
+
 /// AVX-512 (F, DQ, VL) with AVX2 and FMA, as the widest kernels of [`simd!`] need.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    simd_cap() >= 2
+        && std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512dq")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && has_avx2()
@@ -98,7 +113,9 @@ pub fn has_avx512() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    simd_cap() >= 1
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// Compile the body of a function three times (AVX-512, AVX2 + FMA, baseline) and dispatch at run time.

@@ -19,7 +19,16 @@ import numpy as np
 
 from . import _core
 from ._samplers import _unigram_source
-from ._validate import MAX_COUNT, MAX_RANGE, as_flag, as_float, as_int, as_seed, as_true_classes
+from ._validate import (
+    MAX_COUNT,
+    MAX_RANGE,
+    as_flag,
+    as_float,
+    as_int,
+    as_seed,
+    as_true_classes,
+    ensure_memory,
+)
 
 __all__ = [
     "log_uniform_candidate_sampler",
@@ -111,6 +120,7 @@ def all_candidate_sampler(
     if tc.size and (int(tc.min()) < 0 or int(tc.max()) >= n):
         bad = int(tc.min()) if int(tc.min()) < 0 else int(tc.max())
         raise ValueError(f"true_classes: class id {bad} is out of range [0, {n})")
+    ensure_memory("num_sampled", 12 * n + 4 * tc.size)
     return (
         np.arange(n, dtype=np.int64),
         np.ones(tc.shape, dtype=np.float32),

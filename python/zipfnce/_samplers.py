@@ -167,13 +167,16 @@ class ZipfSampler(_Sampler):
 def _read_vocab(vocab_file: Union[str, "os.PathLike[str]"]) -> np.ndarray:
     if not isinstance(vocab_file, (str, os.PathLike)):
         raise TypeError(f"vocab_file: expected a path, got {type(vocab_file).__name__}")
-    with open(vocab_file, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            text = f.read()
+    except ValueError as e:  # undecodable bytes, or a NUL in the path
+        raise ValueError(f"vocab_file: cannot be read: {e}") from None
     return _core.parse_vocab(text)
 
 
 def _unigram_source(unigrams: Any, vocab_file: Any) -> np.ndarray:
-    has_file = vocab_file is not None and vocab_file != ""
+    has_file = vocab_file is not None and not (isinstance(vocab_file, str) and vocab_file == "")
     has_uni = unigrams is not None and not (isinstance(unigrams, (tuple, list)) and len(unigrams) == 0)
     if has_file and has_uni:
         raise ValueError("unigrams: give either unigrams or vocab_file, not both")

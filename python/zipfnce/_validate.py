@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _core
+
 INT64_MAX = 2**63 - 1
 MAX_RANGE = 2**62
 MAX_COUNT = 2**36
@@ -36,7 +38,10 @@ def as_float(x: Any, name: str) -> float:
     """``x`` as a finite Python float (ints and floats; NaN and infinities are a ValueError)."""
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a number, got {type(x).__name__}")
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:  # an int beyond the float range, e.g. 10**400
+        raise ValueError(f"{name}: must be finite, got an integer too large for a float") from None
     if not np.isfinite(v):
         raise ValueError(f"{name}: must be finite, got {v}")
     return v
@@ -58,9 +63,23 @@ def as_seed(seed: Any) -> Optional[int]:
     return as_int(seed, "seed") % 2**64
 
 
+def as_array(x: Any, name: str) -> np.ndarray:
+    """``np.asarray(x)`` whose data is aligned for its dtype, with numpy's own complaints (ragged nested
+    lists, integers beyond every dtype) turned into errors that name the argument."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, OverflowError) as e:
+        raise ValueError(f"{name}: cannot be read as an array: {e}") from None
+    except TypeError as e:
+        raise TypeError(f"{name}: cannot be read as an array: {e}") from None
+    if not a.flags.aligned:
+        a = a.copy()  # a view at an odd byte offset: the native code needs aligned elements
+    return a
+
+
 def as_ids(x: Any, name: str) -> np.ndarray:
     """``x`` as an int64 array (any integer dtype; floats, bools and objects are a TypeError)."""
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.dtype != np.int64:
         kind = a.dtype.kind
         if kind == "u":
@@ -92,9 +111,21 @@ def as_true_classes(x: Any, num_true: Optional[int] = None) -> np.ndarray:
 
 def as_weights(x: Any, name: str) -> np.ndarray:
     """``x`` as a 1-D float64 array of weights (values are checked by the core)."""
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected numeric weights, got an array of dtype {a.dtype}")
     if a.ndim != 1:
         raise ValueError(f"{name}: must be one-dimensional, got shape {a.shape}")
     return a.astype(np.float64, copy=False)
+
+
+def ensure_memory(name: str, nbytes: int) -> None:
+    """A ValueError naming ``name`` when a result of ``nbytes`` cannot fit in the memory the system has left
+    (allocating it would end in a MemoryError or, with overcommit, an OOM kill)."""
+    if nbytes < 2**28:
+        return
+    avail = _core.available_memory()
+    if avail is not None and nbytes > avail:
+        raise ValueError(
+            f"{name}: the result needs {nbytes >> 20} MiB of memory but only {avail >> 20} MiB is available"
+        )

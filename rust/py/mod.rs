@@ -28,18 +28,32 @@ fn err(e: Error) -> PyErr {
     }
 }
 
-/// The elements of an array in C order: borrowed when contiguous, copied otherwise.
+/// Refuse an array whose data is not aligned for its element type. numpy allows such arrays (views at odd
+/// byte offsets), but an ndarray view or a slice over a misaligned pointer is undefined behaviour in Rust.
+/// The Python layer copies them first, so this only guards direct calls into `_core`.
+fn check_aligned(aligned: bool, arg: &str) -> PyResult<()> {
+    if aligned {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{arg}: the array's data is not aligned for its dtype (pass numpy.require(a, requirements='A'))"
+        )))
+    }
+}
+
+/// The elements of an array in C (row-major) order. `as_slice` also succeeds on Fortran-ordered arrays,
+/// whose memory is column-major, so the fast path is taken only for C-contiguous ones.
 fn to_vec<T: numpy::Element + Copy>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<T> {
     match a.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => a.as_array().iter().copied().collect(),
+        Ok(s) if a.is_c_contiguous() => s.to_vec(),
+        _ => a.as_array().iter().copied().collect(),
     }
 }
 
 fn to_vec2<T: numpy::Element + Copy>(a: &PyReadonlyArray2<'_, T>) -> Vec<T> {
     match a.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => a.as_array().iter().copied().collect(),
+        Ok(s) if a.is_c_contiguous() => s.to_vec(),
+        _ => a.as_array().iter().copied().collect(),
     }
 }
 
@@ -108,6 +122,7 @@ impl Sampler {
     #[staticmethod]
     #[pyo3(signature = (weights, seed=None))]
     fn unigram(py: Python<'_>, weights: PyReadonlyArray1<'_, f64>, seed: Option<u64>) -> PyResult<Self> {
+        check_aligned(weights.is_aligned(), "unigrams")?;
         let w = weights.as_array().to_vec();
         let u = py.detach(|| Unigram::from_weights(w, "unigrams")).map_err(err)?;
         Ok(Self::make(Arc::new(u), "unigram", seed))
@@ -126,6 +141,7 @@ impl Sampler {
         float32: bool,
         seed: Option<u64>,
     ) -> PyResult<Self> {
+        check_aligned(unigrams.is_aligned(), "unigrams")?;
         let w = unigrams.as_array().to_vec();
         let u = py
             .detach(|| Unigram::tf(&w, distortion, num_reserved_ids, num_shards, shard, float32))
@@ -149,6 +165,7 @@ impl Sampler {
         py: Python<'py>,
         ids: PyReadonlyArrayDyn<'py, i64>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+        check_aligned(ids.is_aligned(), "ids")?;
         let shape = ids.shape().to_vec();
         let v = to_vec(&ids);
         let dist = self.dist.clone();
@@ -165,6 +182,7 @@ impl Sampler {
         num_sampled: i64,
         num_tries: i64,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        check_aligned(ids.is_aligned(), "ids")?;
         let shape = ids.shape().to_vec();
         let v = to_vec(&ids);
         let dist = self.dist.clone();
@@ -187,6 +205,7 @@ impl Sampler {
         remove_true: bool,
         seed: Option<u64>,
     ) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
+        check_aligned(true_classes.as_ref().is_none_or(|t| t.is_aligned()), "true_classes")?;
         let shape = true_classes.as_ref().map(|t| (t.shape()[0], t.shape()[1]));
         let flat = true_classes.as_ref().map(to_vec2);
         let key = self.key(seed);
@@ -217,6 +236,7 @@ impl Sampler {
         remove_true: bool,
         seed: Option<u64>,
     ) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
+        check_aligned(true_classes.is_aligned(), "true_classes")?;
         let (b, t) = (true_classes.shape()[0], true_classes.shape()[1]);
         let flat = to_vec2(&true_classes);
         let key = self.key(seed);
@@ -251,6 +271,8 @@ fn compute_accidental_hits<'py>(
     sampled_candidates: PyReadonlyArray1<'py, i64>,
     num_true: usize,
 ) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
+    check_aligned(true_classes.is_aligned(), "true_classes")?;
+    check_aligned(sampled_candidates.is_aligned(), "sampled_candidates")?;
     let truth = to_vec2(&true_classes);
     let cands = sampled_candidates.as_array().to_vec();
     let h = py.detach(move || hits::accidental_hits(&truth, num_true, &cands)).map_err(err)?;
@@ -277,6 +299,12 @@ fn get_num_threads() -> usize {
     threads::num_threads()
 }
 
+/// The bytes of memory a call may still allocate (see `buf::ensure_memory`), or None when unknown.
+#[pyfunction]
+fn available_memory() -> Option<u64> {
+    crate::buf::available_memory()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sampler>()?;
@@ -284,6 +312,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute_accidental_hits, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(available_memory, m)?)?;
     m.add("MAX_RANGE", sampler::MAX_RANGE)?;
     infonce::register(m)?;
     Ok(())

@@ -13,7 +13,7 @@
 //! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
 
 use super::Distribution;
-use crate::buf::{fill_together, zeroed, Zeroable};
+use crate::buf::{ensure_memory, fill_together, zeroed, Zeroable};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
@@ -230,6 +230,10 @@ impl Collect {
     ) -> Result<()> {
         let mut buf: Vec<u64> = Vec::new();
         let (mut next_chunk, mut consumed) = (0u64, 0u64);
+        // When the reachability check below runs next (in draws consumed); it doubles, so it costs
+        // O(n log draws) in all.
+        let mut next_check = (4 * n as u64).saturating_add(1024);
+        let avoided_mass = avoid.map_or(0.0, |a| a.mass);
         while self.filled < n {
             // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
             // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
@@ -241,6 +245,20 @@ impl Collect {
             raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
             next_chunk += chunks as u64;
             consumed += self.consume::<S, AVOID>(&buf, avoid, seen, n);
+            if self.filled < n && consumed >= next_check {
+                next_check = consumed.saturating_mul(2);
+                let budget = MAX_TRIES.saturating_sub(consumed);
+                if out_of_reach(dist, &self.out[..self.filled], avoided_mass, n - self.filled, budget) {
+                    return Err(Error::TooFewClasses {
+                        arg: "num_sampled",
+                        msg: format!(
+                            "gave up after {consumed} draws with {} of {n} classes: the classes not drawn yet \
+                             carry too little probability to be found in {MAX_TRIES} draws",
+                            self.filled
+                        ),
+                    });
+                }
+            }
             if self.filled < n && consumed >= MAX_TRIES {
                 return Err(Error::TooFewClasses {
                     arg: "num_sampled",
@@ -380,6 +398,37 @@ fn draw(
     let mut out = c.out;
     out.truncate(n);
     Ok((out, if unique { tries } else { n as u64 }))
+}
+
+/// True when `missing` more accepted draws are hopeless within `budget` more raw draws: the probability
+/// that a raw draw is accepted, r = 1 - Σ P(avoided) - Σ P(collected), makes the expected number of draws
+/// at least `missing / r`, and that exceeds the budget a thousandfold (or r is zero up to rounding).
+///
+/// Without this, classes whose probability is positive in theory but negligible in practice (a weight of
+/// 1e-300 next to 1e300, a Zipf exponent of 50) would keep unique sampling busy for the whole `MAX_TRIES`
+/// draws: minutes of apparent hang before the error. The sum is compensated (Neumaier), so r is exact to
+/// about 1e-15, far below the thresholds that matter (>= 1 / 2^31 for a request that can succeed).
+fn out_of_reach(
+    dist: &dyn Distribution,
+    collected: &[u64],
+    avoided_mass: f64,
+    missing: usize,
+    budget: u64,
+) -> bool {
+    const BLOCK: usize = 1024;
+    let mut p = [0f64; BLOCK];
+    let (mut sum, mut comp) = (avoided_mass, 0.0f64);
+    for ids in collected.chunks(BLOCK) {
+        let p = &mut p[..ids.len()];
+        dist.prob_into(ids, p);
+        for &x in p.iter() {
+            let t = sum + x;
+            comp += if sum.abs() >= x.abs() { (sum - t) + x } else { (x - t) + sum };
+            sum = t;
+        }
+    }
+    let r = (1.0 - sum) - comp;
+    !(r > 0.0) || missing as f64 / r > 1000.0 * budget as f64
 }
 
 /// Above this P, ln(1 - P) leaves the series of [`count_kernel`] and is computed exactly, one by one.
@@ -547,6 +596,15 @@ pub fn sample(
         _ => None,
     };
     let parallel = n + truth.as_ref().map_or(0, |t| t.len()) >= PARALLEL_MIN;
+    // Bytes per candidate: ids and counts, plus the draw buffer without replacement or with exclusions,
+    // plus the hash set (up to 4n slots and n indices) of unique draws over large ranges.
+    let per_id: u128 = match (unique, avoid.is_some()) {
+        (false, false) => 12,
+        _ if unique && range > BITSET_MAX_RANGE => 60,
+        _ => 20,
+    };
+    let truth_len = truth.as_ref().map_or(0, |t| t.len()) as u128;
+    ensure_memory("num_sampled", n as u128 * per_id + truth_len * 4)?;
     let work = || -> Result<Sample> {
         if !unique && avoid.is_none() {
             return plain_sample(dist, key, n, truth.as_deref(), parallel);
@@ -610,6 +668,8 @@ pub fn sample_per_row(
             format!("rows × num_sampled = {total} is more than 2^36"),
         ));
     }
+    // Ids and counts of every row, the rows' counts and tries; each row's own scratch is small.
+    ensure_memory("num_sampled", total as u128 * 12 + truth.len() as u128 * 4 + rows as u128 * 8)?;
     let mut ids: Vec<i64> = zeroed("num_sampled", total)?;
     let mut sampled_expected: Vec<f32> = zeroed("num_sampled", total)?;
     let mut true_expected: Vec<f32> = zeroed("true_classes", truth.len())?;
@@ -752,6 +812,36 @@ mod tests {
         assert!(sample(&u, 1, 2, true, None, false).is_ok());
         assert!(matches!(sample(&u, 1, 3, true, None, false), Err(Error::TooFewClasses { .. })));
         assert!(matches!(sample(&u, 1, 1, false, Some(&[0, 2]), true), Err(Error::TooFewClasses { .. })));
+    }
+
+    /// The number of draws an impossible request reports having made before it gave up.
+    fn draws_before_giving_up(r: Result<impl std::fmt::Debug>) -> u64 {
+        match r {
+            Err(Error::TooFewClasses { msg, .. }) => {
+                let words: Vec<&str> = msg.split(' ').collect();
+                assert_eq!(words[..2], ["gave", "up"], "{msg}");
+                words[3].parse().unwrap()
+            }
+            other => panic!("expected TooFewClasses, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn negligible_classes_end_in_an_early_error() {
+        // Positive weights whose probabilities vanish in float64: before the mass check these ran the full
+        // 2^31 draws (45 s and over 5 minutes on the CI machine) before failing.
+        let u = Unigram::from_weights(vec![1e300, 1e-300, 5e-324, 0.0], "unigrams").unwrap();
+        assert!(draws_before_giving_up(sample(&u, 1, 3, true, None, false)) < 1 << 20);
+        let z = crate::sampler::Zipf::new(1_000_000_000, 50.0).unwrap();
+        assert!(draws_before_giving_up(sample(&z, 1, 20, true, None, false)) < 1 << 20);
+        let t = [0i64];
+        assert!(draws_before_giving_up(sample_per_row(&z, 1, &t, 1, 20, true, false)) < 1 << 20);
+        // All the mass removed, with replacement: every draw is avoided.
+        let z = crate::sampler::Zipf::new(10, 1e300).unwrap();
+        assert!(draws_before_giving_up(sample(&z, 1, 1, false, Some(&t), true)) < 1 << 20);
+        // A request that is merely slow still succeeds: all but one of 2^16 log-uniform classes.
+        let d = LogUniform::new(1 << 16).unwrap();
+        assert_eq!(sample(&d, 1, (1 << 16) - 1, true, None, false).unwrap().ids.len(), (1 << 16) - 1);
     }
 
     #[test]
