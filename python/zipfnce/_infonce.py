@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._validate import as_flag, as_float, as_ids, as_int
+from ._validate import as_array, as_flag, as_float, as_ids, as_int
 
 __all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
 
@@ -35,19 +35,22 @@ class InfoNCEGrad(NamedTuple):
 
 
 def _embeddings(x: Any, name: str, dtype: Optional[np.dtype]) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind != "f" or (dtype is None and a.dtype not in (np.float32, np.float64)):
+    """A C-ordered, aligned, native-byte-order float array of ``dtype`` (None: float32 or float64 as given)."""
+    a = as_array(x, name)
+    if a.dtype.kind != "f" or (dtype is None and a.dtype.itemsize not in (4, 8)):
         want = "float32 or float64" if dtype is None else "floating-point"
         raise TypeError(f"{name}: expected a {want} array, got dtype {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"{name}: must be two-dimensional [rows, dim], got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=a.dtype if dtype is None else dtype)
+    if dtype is None:
+        dtype = np.dtype(np.float32 if a.dtype.itemsize == 4 else np.float64)
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _per_item(x: Any, name: str, n: int, what: str, dtype: np.dtype) -> Optional[np.ndarray]:
     if x is None:
         return None
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
     if a.shape != (n,):
@@ -112,7 +115,7 @@ def _call(
     budget = min(budget, 2**63 - 1)
     gl = None
     if want_grad and grad_loss is not None:
-        a = np.asarray(grad_loss)
+        a = as_array(grad_loss, "grad_loss")
         if a.dtype.kind not in "fiu":
             raise TypeError(f"grad_loss: expected real numbers, got dtype {a.dtype}")
         if a.ndim == 0:

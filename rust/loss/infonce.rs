@@ -513,7 +513,8 @@ impl<'a, T: Kernel> Problem<'a, T> {
         Error::value(
             "query",
             format!(
-                "the logits overflow {}: embeddings too large for temperature {}",
+                "the logits or the loss overflow {}: embeddings too large for temperature {}, or log-q \
+                 corrections too large",
                 T::NAME,
                 1.0 / self.scale.to_f64()
             ),
@@ -583,6 +584,10 @@ impl<'a, T: Kernel> Problem<'a, T> {
                         let c = self.coef(j.diag[r], j.lse[r], T::ZERO, w_of(j.i0 + r));
                         (j.loss[r], j.a[r], j.g_diag[r]) = (c.loss, c.a, c.g_diag);
                     }
+                    // The loss itself can still overflow (z_ii − lse beyond the range: huge log-q).
+                    if !j.loss.iter().chain(j.a.iter()).all(|v| v.is_finite()) {
+                        return false;
+                    }
                     if grad {
                         self.backward_rows(j, None);
                     }
@@ -616,6 +621,10 @@ impl<'a, T: Kernel> Problem<'a, T> {
                     let c = self.coef(j.diag[r], j.lse[r], lse_col[i], w_of(i));
                     (j.loss[r], j.a[r], j.g_diag[r], a_col[i]) = (c.loss, c.a, c.g_diag, c.a_col);
                 }
+            }
+            let finite_coef = |j: &RowJob<'_, T>| j.loss.iter().chain(j.a.iter()).all(|v| v.is_finite());
+            if !jobs.iter().all(finite_coef) || !a_col.iter().all(|v| v.is_finite()) {
+                return Err(self.overflow());
             }
             if grad {
                 let cols = Some((&lse_col[..], &a_col[..]));

@@ -2,7 +2,7 @@
 //! every float argument to the dtype of `query` (float32 or float64), the ids to int64 and the arrays to C
 //! order, so this file only borrows them, releases the GIL and hands them to the core.
 
-use super::{array2, err};
+use super::{array2, check_aligned, err};
 use crate::loss::infonce::{self, Kernel, Matrix, Options};
 use numpy::ndarray::Array1;
 use numpy::{Element, IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -35,18 +35,19 @@ fn as1<'py, T: Element>(
     .transpose()
 }
 
-/// The elements in C order, borrowed in place when the array is contiguous.
+/// The elements in C order, borrowed in place when the array is C-contiguous (`as_slice` also accepts
+/// Fortran order, whose memory is column-major).
 fn view2<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
     match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+        Ok(s) if a.is_c_contiguous() => Cow::Borrowed(s),
+        _ => Cow::Owned(a.as_array().iter().copied().collect()),
     }
 }
 
 fn view1<'a, T: Element + Copy>(a: &'a Option<PyReadonlyArray1<'_, T>>) -> Option<Cow<'a, [T]>> {
     a.as_ref().map(|a| match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+        Ok(s) if a.is_c_contiguous() => Cow::Borrowed(s),
+        _ => Cow::Owned(a.as_array().iter().copied().collect()),
     })
 }
 
@@ -74,6 +75,15 @@ fn run<'py, T: Kernel + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<
     let kq = as1::<T>(a.key_log_q, "key_log_q")?;
     let nq = as1::<T>(a.negative_log_q, "negative_log_q")?;
     let gl = as1::<T>(a.grad_loss, "grad_loss")?;
+    // A slice over a misaligned pointer is undefined behaviour (the Python layer copies such views first).
+    check_aligned(q.is_aligned(), "query")?;
+    check_aligned(k.is_aligned(), "keys")?;
+    check_aligned(n.as_ref().is_none_or(|x| x.is_aligned()), "negatives")?;
+    check_aligned(kq.as_ref().is_none_or(|x| x.is_aligned()), "key_log_q")?;
+    check_aligned(nq.as_ref().is_none_or(|x| x.is_aligned()), "negative_log_q")?;
+    check_aligned(gl.as_ref().is_none_or(|x| x.is_aligned()), "grad_loss")?;
+    check_aligned(a.key_ids.as_ref().is_none_or(|x| x.is_aligned()), "key_ids")?;
+    check_aligned(a.negative_ids.as_ref().is_none_or(|x| x.is_aligned()), "negative_ids")?;
     let (b, d) = (q.shape()[0], q.shape()[1]);
     let kshape = (k.shape()[0], k.shape()[1]);
     let nshape = n.as_ref().map(|n| (n.shape()[0], n.shape()[1]));
