@@ -152,6 +152,285 @@ pub fn matmul<T: Float>(
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// Element-wise math for the losses: an `exp` that vectorises, and slice kernels compiled twice (baseline and
+// AVX2 + FMA) with a run-time choice. Rust never fuses `a * b + c` into an FMA by itself, so both versions give
+// bit-identical results, and every reduction below runs in a fixed order (a fixed number of partial sums),
+// whatever the machine or the thread count.
+// ---------------------------------------------------------------------------------------------------------
+
+/// The float math the loss kernels need beyond [`Float`], in a form the compiler can vectorise.
+pub trait FastMath: Float {
+    /// e^x within 2 ulp for x ≤ 0, exactly 0 below the underflow threshold (so e^(-inf) = 0). Arguments
+    /// above the overflow threshold are clamped (the losses call it with x ≤ 0 only).
+    fn exp_fast(self) -> Self;
+    /// ln(1 + y) for y in [0, 1].
+    fn ln_1p_fast(self) -> Self;
+}
+
+impl FastMath for f32 {
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        // 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer in the low mantissa bits.
+        const SHIFT: f32 = 12_582_912.0;
+        let x = self.min(88.0);
+        let t = x * std::f32::consts::LOG2_E + SHIFT;
+        let n = t - SHIFT;
+        let ni = t.to_bits().wrapping_sub(SHIFT.to_bits());
+        let r = (x - n * LN2_HI) - n * LN2_LO;
+        // Taylor series of e^r to degree 7 on |r| <= 0.347: error < r^8/8! < 6e-9.
+        let mut p = 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+        let y = f32::from_bits(p.to_bits().wrapping_add(ni << 23));
+        // Below -86 the scaling by 2^n would leave the normal range; e^-86 < 5e-38 counts as 0 here.
+        if x < -86.0 {
+            0.0
+        } else {
+            y
+        }
+    }
+    #[inline(always)]
+    fn ln_1p_fast(self) -> f32 {
+        crate::vmath::ln_1p(self as f64) as f32
+    }
+}
+
+impl FastMath for f64 {
+    #[inline(always)]
+    fn exp_fast(self) -> f64 {
+        let y = crate::vmath::exp(self);
+        if self < -700.0 {
+            0.0
+        } else {
+            y
+        }
+    }
+    #[inline(always)]
+    fn ln_1p_fast(self) -> f64 {
+        crate::vmath::ln_1p(self)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Define `pub fn name<T: FastMath>(..)` whose body is compiled twice, once with AVX2 + FMA, chosen at run
+/// time. Bodies must be plain safe code over their arguments.
+macro_rules! kernel {
+    ($(#[$m:meta])* pub fn $name:ident<T>($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        pub fn $name<T: FastMath>($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn body<T: FastMath>($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide<T: FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
+                if has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above), all that `wide` requires; it
+                    // runs the same safe code as `body`.
+                    return unsafe { wide::<T>($($a),*) };
+                }
+            }
+            body::<T>($($a),*)
+        }
+    };
+}
+
+/// Lanes of the partial sums in the reductions below (a fixed number: results do not depend on the SIMD
+/// width of the machine).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot_body<T: Float>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::ZERO; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += *x * *y;
+    }
+    fold(acc) + tail
+}
+
+/// Sum the lanes pairwise, in a fixed order.
+#[inline(always)]
+fn fold<T: Float>(mut acc: [T; LANES]) -> T {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] = acc[l] + acc[l + w];
+        }
+    }
+    acc[0]
+}
+
+kernel! {
+    /// Σ a[i]·b[i] over the shorter length.
+    pub fn dot<T>(a: &[T], b: &[T]) -> T {
+        dot_body(a, b)
+    }
+}
+
+kernel! {
+    /// `out[r] = a[r]·x` for the rows of `a` (row-major, `x.len()` columns).
+    pub fn gemv<T>(a: &[T], x: &[T], out: &mut [T]) {
+        let d = x.len().max(1);
+        for (row, o) in a.chunks_exact(d).zip(out.iter_mut()) {
+            *o = dot_body(row, x);
+        }
+    }
+}
+
+kernel! {
+    /// `y += Σ_r g[r]·a[r]` for the rows of `a` (row-major, `y.len()` columns), rows in order.
+    pub fn gemv_t_acc<T>(a: &[T], g: &[T], y: &mut [T]) {
+        let d = y.len().max(1);
+        for (row, &c) in a.chunks_exact(d).zip(g) {
+            if c != T::ZERO {
+                for (o, &v) in y.iter_mut().zip(row) {
+                    *o += c * v;
+                }
+            }
+        }
+    }
+}
+
+kernel! {
+    /// `y += c·x`.
+    pub fn axpy<T>(c: T, x: &[T], y: &mut [T]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o += c * v;
+        }
+    }
+}
+
+kernel! {
+    /// The largest element (-inf for an empty slice; NaN-free input assumed).
+    pub fn max<T>(x: &[T]) -> T {
+        let mut acc = [T::NEG_INFINITY; LANES];
+        let mut c = x.chunks_exact(LANES);
+        for v in &mut c {
+            for l in 0..LANES {
+                acc[l] = if v[l] > acc[l] { v[l] } else { acc[l] };
+            }
+        }
+        let mut m = T::NEG_INFINITY;
+        for &v in c.remainder().iter().chain(acc.iter()) {
+            m = if v > m { v } else { m };
+        }
+        m
+    }
+}
+
+kernel! {
+    /// Σ e^(x[i] - m), with e^(-inf) = 0: one piece of an online log-sum-exp.
+    pub fn sum_exp<T>(x: &[T], m: T) -> T {
+        let mut acc = [T::ZERO; LANES];
+        let mut c = x.chunks_exact(LANES);
+        for v in &mut c {
+            for l in 0..LANES {
+                acc[l] += (v[l] - m).exp_fast();
+            }
+        }
+        let mut tail = T::ZERO;
+        for &v in c.remainder() {
+            tail += (v - m).exp_fast();
+        }
+        fold(acc) + tail
+    }
+}
+
+kernel! {
+    /// `x[i] = c · e^(x[i] - lse)`: softmax probabilities scaled by `c` (0 where x is -inf).
+    pub fn scale_exp<T>(x: &mut [T], lse: T, c: T) {
+        for v in x.iter_mut() {
+            *v = c * (*v - lse).exp_fast();
+        }
+    }
+}
+
+/// One piece of the log-sum-exp of a row, kept as (max, Σ e^(x - max)), merged in a fixed order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lse<T> {
+    pub max: T,
+    pub sum: T,
+}
+
+impl<T: FastMath> Lse<T> {
+    pub const EMPTY: Lse<T> = Lse {
+        max: T::NEG_INFINITY,
+        sum: T::ZERO,
+    };
+    /// The piece of the slice `x` (-inf entries count as absent).
+    pub fn of(x: &[T]) -> Self {
+        let m = max(x);
+        if m == T::NEG_INFINITY {
+            return Self::EMPTY;
+        }
+        Lse {
+            max: m,
+            sum: sum_exp(x, m),
+        }
+    }
+    /// The piece of both.
+    pub fn merge(self, o: Self) -> Self {
+        if o.sum == T::ZERO {
+            return self;
+        }
+        if self.sum == T::ZERO {
+            return o;
+        }
+        let m = if o.max > self.max { o.max } else { self.max };
+        Lse {
+            max: m,
+            sum: self.sum * (self.max - m).exp_fast() + o.sum * (o.max - m).exp_fast(),
+        }
+    }
+    /// ln Σ e^x.
+    pub fn value(self) -> T {
+        self.max + self.sum.ln()
+    }
+}
+
+/// Transpose the row-major `rows × cols` block `a` into `out` (`cols × rows`), in 8 × 8 tiles.
+pub fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, out: &mut [T]) {
+    const TB: usize = 8;
+    assert!(a.len() >= rows * cols && out.len() >= rows * cols, "transpose: sizes");
+    for i0 in (0..rows).step_by(TB) {
+        let i1 = (i0 + TB).min(rows);
+        for j0 in (0..cols).step_by(TB) {
+            let j1 = (j0 + TB).min(cols);
+            for i in i0..i1 {
+                let src = &a[i * cols + j0..i * cols + j1];
+                for (j, &v) in (j0..j1).zip(src) {
+                    out[j * rows + i] = v;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +510,67 @@ mod tests {
             let r = &a[i * 6..i * 6 + 3];
             assert_eq!(c[i * 2], r[0] + r[2]);
             assert_eq!(c[i * 2 + 1], r[1] + r[2]);
+        }
+    }
+
+    #[test]
+    fn exp_fast_is_accurate_and_underflows_to_zero() {
+        let mut x = -90.0f64;
+        while x < 80.0 {
+            let a = (x as f32).exp_fast() as f64;
+            let b = (x as f32 as f64).exp();
+            if x < -86.0 {
+                assert_eq!(a, 0.0);
+            } else {
+                assert!(((a - b) / b).abs() < 3e-7, "f32 exp({x}) = {a}, want {b}");
+            }
+            let c = x.exp_fast();
+            if x >= -700.0 {
+                assert!(((c - x.exp()) / x.exp()).abs() < 1e-14);
+            }
+            x += 0.0137;
+        }
+        assert_eq!(f32::NEG_INFINITY.exp_fast(), 0.0);
+        assert_eq!(f64::NEG_INFINITY.exp_fast(), 0.0);
+        assert_eq!(0.0f32.exp_fast(), 1.0);
+        assert!((0.5f32.ln_1p_fast() - 0.5f32.ln_1p()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn reductions_match_naive_sums() {
+        let x: Vec<f64> = (0..103).map(|i| (i as f64 * 0.77).sin() * 5.0).collect();
+        let y: Vec<f64> = (0..103).map(|i| (i as f64 * 0.31).cos()).collect();
+        let want: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert!((dot(&x, &y) - want).abs() < 1e-12);
+        let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(max(&x), m);
+        let se: f64 = x.iter().map(|v| (v - m).exp()).sum();
+        assert!((sum_exp(&x, m) - se).abs() < 1e-12);
+        // Online log-sum-exp over pieces equals the whole.
+        let whole = Lse::of(&x).value();
+        let pieces = Lse::of(&x[..40]).merge(Lse::of(&x[40..])).merge(Lse::<f64>::EMPTY);
+        assert!((pieces.value() - whole).abs() < 1e-12);
+        assert!((whole - (m + se.ln())).abs() < 1e-12);
+        let mut z = vec![f64::NEG_INFINITY, 0.0];
+        scale_exp(&mut z, 0.0, 2.0);
+        assert_eq!(z, vec![0.0, 2.0]);
+        let mut out = vec![0.0; 3];
+        gemv(&x[..6], &y[..2], &mut out);
+        assert!((out[1] - (x[2] * y[0] + x[3] * y[1])).abs() < 1e-15);
+        let mut acc = vec![1.0; 2];
+        gemv_t_acc(&x[..6], &[1.0, 0.0, 2.0], &mut acc);
+        assert!((acc[0] - (1.0 + x[0] + 2.0 * x[4])).abs() < 1e-15);
+    }
+
+    #[test]
+    fn transpose_blocks() {
+        let a: Vec<u32> = (0..13 * 9).collect();
+        let mut t = vec![0; 13 * 9];
+        transpose(&a, 13, 9, &mut t);
+        for i in 0..13 {
+            for j in 0..9 {
+                assert_eq!(t[j * 13 + i], a[i * 9 + j]);
+            }
         }
     }
 }
