@@ -152,7 +152,6 @@ pub fn matmul<T: Float>(
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------------------
 // Element-wise math for the losses: an `exp` that vectorises, and slice kernels compiled twice (baseline and
 // AVX2 + FMA) with a run-time choice. Rust never fuses `a * b + c` into an FMA by itself, so both versions give
@@ -279,7 +278,7 @@ fn fold<T: Float>(mut acc: [T; LANES]) -> T {
     while w > 1 {
         w /= 2;
         for l in 0..w {
-            acc[l] = acc[l] + acc[l + w];
+            acc[l] += acc[l + w];
         }
     }
     acc[0]
@@ -416,7 +415,10 @@ impl<T: FastMath> Lse<T> {
 /// Transpose the row-major `rows × cols` block `a` into `out` (`cols × rows`), in 8 × 8 tiles.
 pub fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, out: &mut [T]) {
     const TB: usize = 8;
-    assert!(a.len() >= rows * cols && out.len() >= rows * cols, "transpose: sizes");
+    assert!(
+        a.len() >= rows * cols && out.len() >= rows * cols,
+        "transpose: sizes"
+    );
     for i0 in (0..rows).step_by(TB) {
         let i1 = (i0 + TB).min(rows);
         for j0 in (0..cols).step_by(TB) {
@@ -548,7 +550,9 @@ mod tests {
         assert!((sum_exp(&x, m) - se).abs() < 1e-12);
         // Online log-sum-exp over pieces equals the whole.
         let whole = Lse::of(&x).value();
-        let pieces = Lse::of(&x[..40]).merge(Lse::of(&x[40..])).merge(Lse::<f64>::EMPTY);
+        let pieces = Lse::of(&x[..40])
+            .merge(Lse::of(&x[40..]))
+            .merge(Lse::<f64>::EMPTY);
         assert!((pieces.value() - whole).abs() < 1e-12);
         assert!((whole - (m + se.ln())).abs() < 1e-12);
         let mut z = vec![f64::NEG_INFINITY, 0.0];
