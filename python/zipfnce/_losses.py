@@ -80,7 +80,7 @@ def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     ok = "f" if name != "grad_loss" else "fiu"
     if a.dtype.kind not in ok:
         raise TypeError(f"{name}: expected floats, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.asarray(a, dtype=dtype, order="C")
 
 
 def _triple(sampled_values: Any) -> Tuple[Any, Any, Any]:
