@@ -513,23 +513,54 @@ fn piece<T: FastMath>(k: &Consts<T>, z: &[T]) -> (T, T) {
     }
 }
 
-fn nce_pieces_sum<T: FastMath>(z: &[T], k: &Consts<T>) -> T {
-    let mut acc = T::ZERO;
-    for &v in z {
-        acc += nce_neg_loss(v, k);
+tile::kernel! {
+    /// Σ of the NCE candidate losses of a row (masked −∞ entries add 0).
+    fn nce_pieces_sum<T>(z: &[T], k: &Consts<T>) -> T {
+        let mut acc = [T::ZERO; 16];
+        let mut c = z.chunks_exact(16);
+        for v in &mut c {
+            for l in 0..16 {
+                acc[l] += nce_neg_loss(v[l], k);
+            }
+        }
+        let mut tail = T::ZERO;
+        for &v in c.remainder() {
+            tail += nce_neg_loss(v, k);
+        }
+        tile::sum_body(&acc) + tail
     }
-    acc
+}
+
+tile::kernel! {
+    /// `acc[i] += ` the NCE candidate loss of `z[i]`: one more candidate for a run of rows.
+    fn nce_loss_acc<T>(acc: &mut [T], z: &[T], k: &Consts<T>) {
+        for (a, &v) in acc.iter_mut().zip(z) {
+            *a += nce_neg_loss(v, k);
+        }
+    }
+}
+
+tile::kernel! {
+    /// `z[i] = c[i] · dL/dz` of NCE candidate logits (one coefficient per entry, or `c` of length 1).
+    fn nce_grad<T>(z: &mut [T], c: &[T], k: &Consts<T>) {
+        if c.len() == 1 {
+            let c0 = c[0];
+            for v in z.iter_mut() {
+                *v = c0 * nce_neg_grad(*v, k);
+            }
+        } else {
+            for (v, &ci) in z.iter_mut().zip(c) {
+                *v = ci * nce_neg_grad(*v, k);
+            }
+        }
+    }
 }
 
 /// Turn a row's candidate logits into dL/dz in place.
 fn to_grad<T: FastMath>(k: &Consts<T>, z: &mut [T], st: &RowStat<T>) {
     match k.kind {
         Kind::SampledSoftmax => tile::scale_exp(z, st.lse, st.coef),
-        Kind::Nce => {
-            for v in z.iter_mut() {
-                *v = st.coef * nce_neg_grad(*v, k);
-            }
-        }
+        Kind::Nce => nce_grad(z, &[st.coef], k),
     }
 }
 
@@ -597,7 +628,7 @@ struct Block<T> {
     off_q: Vec<T>,
     /// Accidental hits in this block: (row, column within the block), by row.
     hits: Vec<(usize, usize)>,
-    /// Logits, then dL/dz, of the current row chunk `[rows, w]`.
+    /// Logits, then dL/dz, of the current row chunk, candidate-major: `[w, rows]`.
     z: Vec<T>,
     /// dL/dW rows of this block's candidates `[w, d]`, accumulated over row chunks; dL/db.
     gw: Vec<T>,
@@ -717,33 +748,36 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
         }
         // Backward: each block turns its logits into dL/dz and does its two products.
         let first = r0 == 0;
+        let lse: Vec<T> = stats.iter().map(|s| s.lse).collect();
+        let coef: Vec<T> = stats.iter().map(|s| s.coef).collect();
         let parts: Vec<Result<Vec<T>>> = blocks
             .par_iter_mut()
-            .map(|blk| backward_block(blk, x, &stats, &k, first))
+            .map(|blk| backward_block(blk, x, &lse, &coef, &k, first))
             .collect();
         let parts = first_err(parts)?;
-        // dL/dx of the chunk: the blocks' pieces in block order, then the true columns.
+        // dL/dx of the chunk: the blocks' pieces (dᵀ-major [d, rows]) in block order, transposed, then the
+        // true columns.
+        let mut sum_t: Vec<T> = try_vec("inputs", d * n)?;
+        sum_t.par_chunks_mut(n).enumerate().for_each(|(j, out)| {
+            out.copy_from_slice(&parts[0][j * n..(j + 1) * n]);
+            for p in &parts[1..] {
+                tile::axpy(T::ONE, &p[j * n..(j + 1) * n], out);
+            }
+        });
+        tile::transpose(&sum_t, d, n, &mut gx[r0 * d..(r0 + n) * d]);
         gx[r0 * d..(r0 + n) * d]
             .par_chunks_mut(ROW_TASK * d)
             .enumerate()
-            .try_for_each(|(task, out)| -> Result<()> {
+            .for_each(|(task, out)| {
                 let mut w = vec![T::ZERO; d];
                 for (i, o) in out.chunks_mut(d).enumerate() {
-                    let r = task * ROW_TASK + i;
-                    o.copy_from_slice(&parts[0][r * d..(r + 1) * d]);
-                    for p in &parts[1..] {
-                        for (v, &q) in o.iter_mut().zip(&p[r * d..(r + 1) * d]) {
-                            *v += q;
-                        }
-                    }
                     for t in 0..nt {
-                        let e = (r0 + r) * nt + t;
+                        let e = (r0 + task * ROW_TASK + i) * nt + t;
                         a.weights.row_into(a.labels[e] as usize, &mut w);
                         tile::axpy(gt[e], &w, o);
                     }
                 }
-                Ok(())
-            })?;
+            });
     }
     let Some(_) = c else {
         return Ok(Out { loss, grad: None });
@@ -786,7 +820,8 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
     })
 }
 
-/// Logits of a block for rows `r0..r0 + x.rows` (with biases, ln q and masks), and each row's piece.
+/// Logits of a block for rows `r0..r0 + x.rows` (with biases, ln q and masks), kept candidate-major
+/// (`[w, rows]`), and each row's piece.
 fn forward_block<T: FastMath>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
@@ -797,74 +832,103 @@ fn forward_block<T: FastMath>(
     if blk.z.len() != n * w {
         blk.z = try_vec("num_sampled", n * w)?;
     }
+    // zᵀ = W_block · Xᵀ: the left operand is row-major, which the product handles best.
     tile::matmul(
         T::ONE,
-        x,
-        Op::N,
         Mat::new(&blk.rows, w, d),
+        Op::N,
+        x,
         Op::T,
         T::ZERO,
-        MatMut::new(&mut blk.z, n, w),
+        MatMut::new(&mut blk.z, w, n),
     );
-    for (i, row) in blk.z.chunks_mut(w).enumerate() {
-        for ((z, &bb), &q) in row.iter_mut().zip(&blk.off_b).zip(&blk.off_q) {
-            *z = (*z + bb) - q;
-        }
-        if row.iter().any(|z| !z.is_finite()) {
-            return Err(overflow(r0 + i));
-        }
+    for ((col, &bb), &q) in blk.z.chunks_mut(n).zip(&blk.off_b).zip(&blk.off_q) {
+        tile::add_offsets(col, bb, q);
     }
     let lo = blk.hits.partition_point(|h| h.0 < r0);
     for &(r, j) in &blk.hits[lo..] {
         if r >= r0 + n {
             break;
         }
-        blk.z[(r - r0) * w + j] = T::NEG_INFINITY;
+        blk.z[j * n + (r - r0)] = T::NEG_INFINITY;
     }
-    Ok(blk.z.chunks(w).map(|row| piece(k, row)).collect())
+    // Column-wise (per row of the batch) reductions over the block's candidates, in candidate order.
+    let pieces: Vec<(T, T)> = match k.kind {
+        Kind::SampledSoftmax => {
+            let mut m = vec![T::NEG_INFINITY; n];
+            for col in blk.z.chunks(n) {
+                tile::vmax(&mut m, col);
+            }
+            let mut sum = vec![T::ZERO; n];
+            for col in blk.z.chunks(n) {
+                tile::vsum_exp(&mut sum, col, &m);
+            }
+            m.into_iter().zip(sum).collect()
+        }
+        Kind::Nce => {
+            let mut acc = vec![T::ZERO; n];
+            for col in blk.z.chunks(n) {
+                nce_loss_acc(&mut acc, col, k);
+            }
+            acc.into_iter().map(|v| (v, T::ZERO)).collect()
+        }
+    };
+    // A logit that overflowed (+inf, or NaN from inf − inf) shows in its row's piece; −inf ones are
+    // harmless (probability 0, like a masked column).
+    if let Some(i) = pieces
+        .iter()
+        .position(|&(m, s)| m.is_nan() || (m > T::ZERO && !m.is_finite()) || !s.is_finite())
+    {
+        return Err(overflow(r0 + i));
+    }
+    Ok(pieces)
 }
 
-/// Turn a block's logits into dL/dz; return its piece of dL/dx `[rows, d]` and add its rows' dL/dW, dL/db.
+/// Turn a block's logits into dL/dz; return its piece of dL/dx, transposed (`[d, rows]`), and add its
+/// rows' dL/dW and dL/db.
 fn backward_block<T: FastMath>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
-    stats: &[RowStat<T>],
+    lse: &[T],
+    coef: &[T],
     k: &Consts<T>,
     first: bool,
 ) -> Result<Vec<T>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
-    for (row, st) in blk.z.chunks_mut(w).zip(stats) {
-        to_grad(k, row, st);
+    for col in blk.z.chunks_mut(n) {
+        match k.kind {
+            Kind::SampledSoftmax => tile::vscale_exp(col, lse, coef),
+            Kind::Nce => nce_grad(col, coef, k),
+        }
     }
-    let mut gx: Vec<T> = try_vec("inputs", n * d)?;
-    let g = Mat::new(&blk.z, n, w);
-    tile::matmul(
-        T::ONE,
-        g,
-        Op::N,
-        Mat::new(&blk.rows, w, d),
-        Op::N,
-        T::ZERO,
-        MatMut::new(&mut gx, n, d),
-    );
-    // dL/dW_block = Gᵀ X, with Gᵀ made explicit (the product runs far faster on a row-major left operand).
-    let mut gt: Vec<T> = try_vec("num_sampled", w * n)?;
-    tile::transpose(&blk.z, n, w, &mut gt);
+    let g = Mat::new(&blk.z, w, n);
+    // dL/dW_block = Gᵀ-major block · X.
     let beta = if first { T::ZERO } else { T::ONE };
     tile::matmul(
         T::ONE,
-        Mat::new(&gt, w, n),
+        g,
         Op::N,
         x,
         Op::N,
         beta,
         MatMut::new(&mut blk.gw, w, d),
     );
-    for (j, col) in gt.chunks(n.max(1)).enumerate() {
-        let s: T = col.iter().copied().sum();
+    for (j, col) in blk.z.chunks(n).enumerate() {
+        let s = tile::sum(col);
         blk.gb[j] = if first { s } else { blk.gb[j] + s };
     }
-    Ok(gx)
+    // (dL/dx)ᵀ piece = W_blockᵀ · G-block.
+    let mut gxt: Vec<T> = try_vec("inputs", d * n)?;
+    tile::matmul(
+        T::ONE,
+        Mat::new(&blk.rows, w, d),
+        Op::T,
+        g,
+        Op::N,
+        T::ZERO,
+        MatMut::new(&mut gxt, d, n),
+    );
+    Ok(gxt)
 }
 
 /// Per-row candidates: row b has its own `s` candidates.

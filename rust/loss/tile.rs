@@ -221,23 +221,23 @@ impl FastMath for f64 {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// Define `pub fn name<T: FastMath>(..)` whose body is compiled twice, once with AVX2 + FMA, chosen at run
 /// time. Bodies must be plain safe code over their arguments.
 macro_rules! kernel {
-    ($(#[$m:meta])* pub fn $name:ident<T>($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<T>($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
-        pub fn $name<T: FastMath>($($a: $t),*) $(-> $r)? {
+        $vis fn $name<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? {
             #[inline(always)]
-            fn body<T: FastMath>($($a: $t),*) $(-> $r)? $body
+            fn body<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide<T: FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
-                if has_avx2() {
+                unsafe fn wide<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
+                if $crate::loss::tile::has_avx2() {
                     // SAFETY: the CPU has AVX2 and FMA (checked just above), all that `wide` requires; it
                     // runs the same safe code as `body`.
                     return unsafe { wide::<T>($($a),*) };
@@ -247,6 +247,8 @@ macro_rules! kernel {
         }
     };
 }
+
+pub(crate) use kernel;
 
 /// Lanes of the partial sums in the reductions below (a fixed number: results do not depend on the SIMD
 /// width of the machine).
@@ -282,6 +284,66 @@ fn fold<T: Float>(mut acc: [T; LANES]) -> T {
         }
     }
     acc[0]
+}
+
+/// Σ x in a fixed order (LANES partial sums, folded pairwise).
+#[inline(always)]
+pub(crate) fn sum_body<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for v in &mut c {
+        for l in 0..LANES {
+            acc[l] += v[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for &v in c.remainder() {
+        tail += v;
+    }
+    fold(acc) + tail
+}
+
+kernel! {
+    /// Σ x[i], in a fixed order.
+    pub fn sum<T>(x: &[T]) -> T {
+        sum_body(x)
+    }
+}
+
+kernel! {
+    /// `x[i] = (x[i] + b) − q`: a column's bias and log-correction, in TensorFlow's order.
+    pub fn add_offsets<T>(x: &mut [T], b: T, q: T) {
+        for v in x.iter_mut() {
+            *v = (*v + b) - q;
+        }
+    }
+}
+
+kernel! {
+    /// `m[i] = max(m[i], x[i])`: one more row of a column-wise running maximum.
+    pub fn vmax<T>(m: &mut [T], x: &[T]) {
+        for (a, &v) in m.iter_mut().zip(x) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+}
+
+kernel! {
+    /// `s[i] += e^(x[i] − m[i])` (e^(−inf) = 0): one more row of column-wise sums of exponentials.
+    pub fn vsum_exp<T>(s: &mut [T], x: &[T], m: &[T]) {
+        for ((a, &v), &mx) in s.iter_mut().zip(x).zip(m) {
+            *a += (v - mx).exp_fast();
+        }
+    }
+}
+
+kernel! {
+    /// `x[i] = c[i] · e^(x[i] − lse[i])`: softmax probabilities of a row of columns, scaled per column.
+    pub fn vscale_exp<T>(x: &mut [T], lse: &[T], c: &[T]) {
+        for ((v, &l), &ci) in x.iter_mut().zip(lse).zip(c) {
+            *v = ci * (*v - l).exp_fast();
+        }
+    }
 }
 
 kernel! {
