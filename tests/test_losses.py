@@ -107,6 +107,18 @@ def test_parity_with_tensorflow(tf, kind, nt, hits, unique, dtype):
     _check_against_tf(tf, kind, w, bias, labels, x, sv, nt, hits, c, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["softmax", "nce"])
+def test_parity_with_tensorflow_over_several_blocks_and_tiles(tf, kind, dtype):
+    # 700 rows and 1300 candidates: several candidate blocks and row sub-tiles in the kernel.
+    v, ns, nt = 5000, 1300, 2
+    w, bias, x, labels = _problem(dtype, v=v, d=40, b=700, nt=nt, seed=8)
+    sv = tuple(t.numpy() for t in tf.random.log_uniform_candidate_sampler(labels, nt, ns, True, v, seed=2))
+    assert np.isin(labels, sv[0]).any()
+    c = np.random.default_rng(4).uniform(0, 1, 700).astype(dtype)
+    _check_against_tf(tf, kind, w, bias, labels, x, sv, nt, True, c, dtype)
+
+
 @pytest.mark.parametrize("kind", ["softmax", "nce"])
 def test_parity_at_large_logits(tf, kind):
     # Logits in the thousands: no overflow on either side, and float32 still matches TensorFlow.

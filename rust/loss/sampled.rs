@@ -142,9 +142,18 @@ pub struct LossAndGrad<T> {
 
 /// Bytes the kept logit block (plus the per-block pieces of dL/dx) may use; above it the batch is cut into
 /// row chunks that run one after the other.
+#[cfg(not(test))]
 const LOGIT_BUDGET: usize = 256 << 20;
+/// Unit tests use tiny budgets so that every test runs through several row chunks and sub-tiles.
+#[cfg(test)]
+const LOGIT_BUDGET: usize = 64 << 10;
 /// Width in bytes of a column block of candidates (512 float32 or 256 float64 columns).
 const BLOCK_BYTES: usize = 2048;
+/// Bytes of a block's sub-tile of logits (kept in the per-core L2 cache while it is worked on).
+#[cfg(not(test))]
+const SUBTILE_BYTES: usize = 512 << 10;
+#[cfg(test)]
+const SUBTILE_BYTES: usize = 16 << 10;
 /// Rows per task in row-parallel passes.
 const ROW_TASK: usize = 16;
 
@@ -628,8 +637,10 @@ struct Block<T> {
     off_q: Vec<T>,
     /// Accidental hits in this block: (row, column within the block), by row.
     hits: Vec<(usize, usize)>,
-    /// Logits, then dL/dz, of the current row chunk, candidate-major: `[w, rows]`.
+    /// Logits, then dL/dz, of the current row chunk, candidate-major: `[w, rows]`. Softmax keeps
+    /// e^(z − m) between the two passes instead of z, with `m` the block's maximum per row.
     z: Vec<T>,
+    m: Vec<T>,
     /// dL/dW rows of this block's candidates `[w, d]`, accumulated over row chunks; dL/db.
     gw: Vec<T>,
     gb: Vec<T>,
@@ -693,6 +704,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
                 off_q,
                 hits,
                 z: Vec::new(),
+                m: Vec::new(),
                 gw: if grad {
                     try_vec("num_sampled", w * d)?
                 } else {
@@ -820,8 +832,15 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
     })
 }
 
+/// Batch rows per sub-tile of a block: the block's `w × rows` sub-tile of logits stays in L2 (about
+/// 512 KiB) while its passes run.
+fn sub_rows<T>(w: usize) -> usize {
+    ((SUBTILE_BYTES / std::mem::size_of::<T>()) / w.max(1)).clamp(16, 4096)
+}
+
 /// Logits of a block for rows `r0..r0 + x.rows` (with biases, ln q and masks), kept candidate-major
-/// (`[w, rows]`), and each row's piece.
+/// (`[w, rows]`), and each row's piece. Works in sub-tiles of rows so that the product and the passes over
+/// its output run on data in cache.
 fn forward_block<T: FastMath>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
@@ -832,47 +851,63 @@ fn forward_block<T: FastMath>(
     if blk.z.len() != n * w {
         blk.z = try_vec("num_sampled", n * w)?;
     }
-    // zᵀ = W_block · Xᵀ: the left operand is row-major, which the product handles best.
-    tile::matmul(
-        T::ONE,
-        Mat::new(&blk.rows, w, d),
-        Op::N,
-        x,
-        Op::T,
-        T::ZERO,
-        MatMut::new(&mut blk.z, w, n),
-    );
-    for ((col, &bb), &q) in blk.z.chunks_mut(n).zip(&blk.off_b).zip(&blk.off_q) {
-        tile::add_offsets(col, bb, q);
-    }
-    let lo = blk.hits.partition_point(|h| h.0 < r0);
-    for &(r, j) in &blk.hits[lo..] {
-        if r >= r0 + n {
-            break;
+    let mut m = vec![T::NEG_INFINITY; n];
+    let mut acc = vec![T::ZERO; n];
+    let hits_lo = blk.hits.partition_point(|h| h.0 < r0);
+    let nr = sub_rows::<T>(w);
+    for i0 in (0..n).step_by(nr) {
+        let i1 = (i0 + nr).min(n);
+        let xs = Mat::new(&x.data[i0 * d..i1 * d], i1 - i0, d);
+        // zᵀ = W_block · Xᵀ into columns i0..i1 of the block: the left operand is row-major, which the
+        // product handles best.
+        tile::matmul(
+            T::ONE,
+            Mat::new(&blk.rows, w, d),
+            Op::N,
+            xs,
+            Op::T,
+            T::ZERO,
+            MatMut {
+                data: &mut blk.z[i0..],
+                rows: w,
+                cols: i1 - i0,
+                stride: n,
+            },
+        );
+        for ((col, &bb), &q) in blk.z.chunks_mut(n).zip(&blk.off_b).zip(&blk.off_q) {
+            tile::add_offsets(&mut col[i0..i1], bb, q);
         }
-        blk.z[j * n + (r - r0)] = T::NEG_INFINITY;
+        for &(r, j) in &blk.hits[hits_lo..] {
+            if r >= r0 + i1 {
+                break;
+            }
+            if r >= r0 + i0 {
+                blk.z[j * n + (r - r0)] = T::NEG_INFINITY;
+            }
+        }
+        // Per batch row, reductions over the block's candidates, in candidate order.
+        let (ms, accs) = (&mut m[i0..i1], &mut acc[i0..i1]);
+        match k.kind {
+            Kind::SampledSoftmax => {
+                for col in blk.z.chunks(n) {
+                    tile::vmax(ms, &col[i0..i1]);
+                }
+                for col in blk.z.chunks_mut(n) {
+                    tile::vexp_sum(accs, &mut col[i0..i1], ms);
+                }
+            }
+            Kind::Nce => {
+                for col in blk.z.chunks(n) {
+                    nce_loss_acc(accs, &col[i0..i1], k);
+                }
+            }
+        }
     }
-    // Column-wise (per row of the batch) reductions over the block's candidates, in candidate order.
     let pieces: Vec<(T, T)> = match k.kind {
-        Kind::SampledSoftmax => {
-            let mut m = vec![T::NEG_INFINITY; n];
-            for col in blk.z.chunks(n) {
-                tile::vmax(&mut m, col);
-            }
-            let mut sum = vec![T::ZERO; n];
-            for col in blk.z.chunks(n) {
-                tile::vsum_exp(&mut sum, col, &m);
-            }
-            m.into_iter().zip(sum).collect()
-        }
-        Kind::Nce => {
-            let mut acc = vec![T::ZERO; n];
-            for col in blk.z.chunks(n) {
-                nce_loss_acc(&mut acc, col, k);
-            }
-            acc.into_iter().map(|v| (v, T::ZERO)).collect()
-        }
+        Kind::SampledSoftmax => m.iter().copied().zip(acc).collect(),
+        Kind::Nce => acc.into_iter().map(|v| (v, T::ZERO)).collect(),
     };
+    blk.m = m;
     // A logit that overflowed (+inf, or NaN from inf − inf) shows in its row's piece; −inf ones are
     // harmless (probability 0, like a masked column).
     if let Some(i) = pieces
@@ -885,7 +920,7 @@ fn forward_block<T: FastMath>(
 }
 
 /// Turn a block's logits into dL/dz; return its piece of dL/dx, transposed (`[d, rows]`), and add its
-/// rows' dL/dW and dL/db.
+/// rows' dL/dW and dL/db. Sub-tiles of rows as in [`forward_block`], in a fixed order.
 fn backward_block<T: FastMath>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
@@ -895,39 +930,64 @@ fn backward_block<T: FastMath>(
     first: bool,
 ) -> Result<Vec<T>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
-    for col in blk.z.chunks_mut(n) {
-        match k.kind {
-            Kind::SampledSoftmax => tile::vscale_exp(col, lse, coef),
-            Kind::Nce => nce_grad(col, coef, k),
+    let mut gxt: Vec<T> = try_vec("inputs", d * n)?;
+    // Softmax: p = e^(z − m) · e^(m − lse), times the row's coefficient.
+    let f: Vec<T> = match k.kind {
+        Kind::SampledSoftmax => (blk.m.iter().zip(lse).zip(coef))
+            .map(|((&m, &l), &c)| c * (m - l).exp_fast())
+            .collect(),
+        Kind::Nce => Vec::new(),
+    };
+    let nr = sub_rows::<T>(w);
+    let mut gb = vec![T::ZERO; w];
+    for i0 in (0..n).step_by(nr) {
+        let i1 = (i0 + nr).min(n);
+        for col in blk.z.chunks_mut(n) {
+            match k.kind {
+                Kind::SampledSoftmax => tile::vmul(&mut col[i0..i1], &f[i0..i1]),
+                Kind::Nce => nce_grad(&mut col[i0..i1], &coef[i0..i1], k),
+            }
+        }
+        let g = Mat {
+            data: &blk.z[i0..],
+            rows: w,
+            cols: i1 - i0,
+            stride: n,
+        };
+        let xs = Mat::new(&x.data[i0 * d..i1 * d], i1 - i0, d);
+        // dL/dW_block += G-sub-tile · X-sub-tile.
+        let beta = if first && i0 == 0 { T::ZERO } else { T::ONE };
+        tile::matmul(
+            T::ONE,
+            g,
+            Op::N,
+            xs,
+            Op::N,
+            beta,
+            MatMut::new(&mut blk.gw, w, d),
+        );
+        // (dL/dx)ᵀ columns i0..i1 = W_blockᵀ · G-sub-tile.
+        tile::matmul(
+            T::ONE,
+            Mat::new(&blk.rows, w, d),
+            Op::T,
+            g,
+            Op::N,
+            T::ZERO,
+            MatMut {
+                data: &mut gxt[i0..],
+                rows: d,
+                cols: i1 - i0,
+                stride: n,
+            },
+        );
+        for (j, col) in blk.z.chunks(n).enumerate() {
+            gb[j] += tile::sum(&col[i0..i1]);
         }
     }
-    let g = Mat::new(&blk.z, w, n);
-    // dL/dW_block = Gᵀ-major block · X.
-    let beta = if first { T::ZERO } else { T::ONE };
-    tile::matmul(
-        T::ONE,
-        g,
-        Op::N,
-        x,
-        Op::N,
-        beta,
-        MatMut::new(&mut blk.gw, w, d),
-    );
-    for (j, col) in blk.z.chunks(n).enumerate() {
-        let s = tile::sum(col);
-        blk.gb[j] = if first { s } else { blk.gb[j] + s };
+    for (o, v) in blk.gb.iter_mut().zip(gb) {
+        *o = if first { v } else { *o + v };
     }
-    // (dL/dx)ᵀ piece = W_blockᵀ · G-block.
-    let mut gxt: Vec<T> = try_vec("inputs", d * n)?;
-    tile::matmul(
-        T::ONE,
-        Mat::new(&blk.rows, w, d),
-        Op::T,
-        g,
-        Op::N,
-        T::ZERO,
-        MatMut::new(&mut gxt, d, n),
-    );
     Ok(gxt)
 }
 
@@ -1216,8 +1276,9 @@ mod tests {
                         .iter()
                         .map(|&(z, y)| {
                             let sg = 1.0 / (1.0 + (-z).exp());
-                            -(y * (1.0 - sg).powf(g) * sg.ln()
-                                + (1.0 - y) * sg.powf(g) * (1.0 - sg).ln())
+                            // ln σ and ln(1 − σ) without cancellation.
+                            let (ln_s, ln_1s) = (-(-z).exp().ln_1p(), -z.exp().ln_1p());
+                            -(y * (1.0 - sg).powf(g) * ln_s + (1.0 - y) * sg.powf(g) * ln_1s)
                         })
                         .sum(),
                 }
@@ -1340,6 +1401,72 @@ mod tests {
             })
         };
         assert_eq!(run(1), run(3));
+    }
+
+    /// Shared candidates over many row chunks and sub-tiles (the test budgets are tiny) agree with the
+    /// per-row path given the same candidates in every row, and with the definition of the loss.
+    #[test]
+    fn chunked_shared_path_matches_per_row_path() {
+        let (v, d, b, nt, s) = (700, 9, 150, 2, 600);
+        let w: Vec<f64> = (0..v * d).map(|i| (i as f64 * 0.013).sin()).collect();
+        let bias: Vec<f64> = (0..v).map(|i| (i as f64 * 0.7).cos() * 0.3).collect();
+        let x: Vec<f64> = (0..b * d).map(|i| (i as f64 * 0.029).cos() * 2.0).collect();
+        let labels: Vec<i64> = (0..b * nt).map(|i| (i * 31 % v) as i64).collect();
+        let sampled: Vec<i64> = (0..s).map(|i| (i * 17 % v) as i64).collect();
+        let te: Vec<f64> = (0..b * nt).map(|i| 0.01 + 0.001 * (i % 7) as f64).collect();
+        let se: Vec<f64> = (0..s).map(|i| 0.02 + 0.001 * (i % 5) as f64).collect();
+        let tiled_ids: Vec<i64> = (0..b).flat_map(|_| sampled.iter().copied()).collect();
+        let tiled_se: Vec<f64> = (0..b).flat_map(|_| se.iter().copied()).collect();
+        let c: Vec<f64> = (0..b).map(|i| 0.5 + (i % 3) as f64).collect();
+        for kind in [Kind::SampledSoftmax, Kind::Nce] {
+            let a = Args {
+                kind,
+                weights: Weights::contiguous(&w, v, d),
+                biases: Some(&bias),
+                labels: &labels,
+                num_true: nt,
+                inputs: &x,
+                sampled: &sampled,
+                per_row: false,
+                true_expected: &te,
+                sampled_expected: &se,
+                remove_accidental_hits: true,
+                subtract_log_q: true,
+                focal_gamma: 0.0,
+            };
+            let dims = check(&a, None).unwrap();
+            let per_row_bytes = (dims.s + 3 * d) * 8;
+            assert!(
+                LOGIT_BUDGET / per_row_bytes < b / 3,
+                "the test should use several chunks"
+            );
+            let shared = loss_and_grad(&a, Some(&c)).unwrap();
+            let pr = Args {
+                sampled: &tiled_ids,
+                sampled_expected: &tiled_se,
+                per_row: true,
+                ..a
+            };
+            let rowwise = loss_and_grad(&pr, Some(&c)).unwrap();
+            for (p, q) in shared.loss.iter().zip(naive(&a).iter()) {
+                assert!(close(*p, *q, 1e-12), "{kind:?} loss {p} vs naive {q}");
+            }
+            for (p, q) in [
+                (&shared.loss, &rowwise.loss),
+                (&shared.grad_inputs, &rowwise.grad_inputs),
+                (&shared.grad_weights.values, &rowwise.grad_weights.values),
+                (
+                    &shared.grad_biases.as_ref().unwrap().values,
+                    &rowwise.grad_biases.as_ref().unwrap().values,
+                ),
+            ] {
+                assert_eq!(p.len(), q.len());
+                for (u, v) in p.iter().zip(q.iter()) {
+                    assert!(close(*u, *v, 1e-11), "{kind:?}: {u} vs {v}");
+                }
+            }
+            assert_eq!(shared.grad_weights.indices, rowwise.grad_weights.indices);
+        }
     }
 
     #[test]

@@ -329,19 +329,21 @@ kernel! {
 }
 
 kernel! {
-    /// `s[i] += e^(x[i] − m[i])` (e^(−inf) = 0): one more row of column-wise sums of exponentials.
-    pub fn vsum_exp<T>(s: &mut [T], x: &[T], m: &[T]) {
-        for ((a, &v), &mx) in s.iter_mut().zip(x).zip(m) {
-            *a += (v - mx).exp_fast();
+    /// `x[i] = e^(x[i] − m[i])` and `s[i] += x[i]` (e^(−inf) = 0): exponentiate one more row in place and
+    /// add it to column-wise sums.
+    pub fn vexp_sum<T>(s: &mut [T], x: &mut [T], m: &[T]) {
+        for ((a, v), &mx) in s.iter_mut().zip(x.iter_mut()).zip(m) {
+            *v = (*v - mx).exp_fast();
+            *a += *v;
         }
     }
 }
 
 kernel! {
-    /// `x[i] = c[i] · e^(x[i] − lse[i])`: softmax probabilities of a row of columns, scaled per column.
-    pub fn vscale_exp<T>(x: &mut [T], lse: &[T], c: &[T]) {
-        for ((v, &l), &ci) in x.iter_mut().zip(lse).zip(c) {
-            *v = ci * (*v - l).exp_fast();
+    /// `x[i] *= f[i]`.
+    pub fn vmul<T>(x: &mut [T], f: &[T]) {
+        for (v, &c) in x.iter_mut().zip(f) {
+            *v *= c;
         }
     }
 }
