@@ -46,7 +46,7 @@ pub struct Weights<'a, T> {
     pub col_stride: usize,
 }
 
-impl<'a, T: Float> Weights<'a, T> {
+impl<'a, T: FastMath> Weights<'a, T> {
     /// A C-contiguous `[rows, cols]` matrix.
     pub fn contiguous(data: &'a [T], rows: usize, cols: usize) -> Self {
         Weights {
@@ -83,16 +83,40 @@ impl<'a, T: Float> Weights<'a, T> {
 
     /// Copy row `i` into `out` (`cols` long) and say whether it is all finite.
     #[inline]
-    fn row_into(&self, i: usize, out: &mut [T]) -> bool {
+    fn row_into(&self, i: usize, out: &mut [T]) -> bool
+    where
+        T: FastMath,
+    {
         let base = i * self.row_stride;
         if self.col_stride == 1 {
-            out.copy_from_slice(&self.data[base..base + self.cols]);
+            tile::copy_finite(&self.data[base..base + self.cols], out)
         } else {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = self.data[base + j * self.col_stride];
             }
+            out.iter().all(|v| v.is_finite())
         }
-        out.iter().all(|v| v.is_finite())
+    }
+
+    /// Ask the CPU to start loading row `i` (a hint: gathers of random rows wait on memory otherwise).
+    #[inline(always)]
+    fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let base = i * self.row_stride;
+            let bytes = ((self.cols - 1) * self.col_stride + 1) * std::mem::size_of::<T>();
+            if let Some(row) = self.data.get(base..) {
+                let p = row.as_ptr() as *const i8;
+                for off in (0..bytes).step_by(64) {
+                    // SAFETY: a prefetch is only a hint; it never faults or changes memory, whatever the
+                    // address (and these addresses lie within the row anyway).
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
     }
 }
 
@@ -154,6 +178,8 @@ const BLOCK_BYTES: usize = 2048;
 const SUBTILE_BYTES: usize = 512 << 10;
 #[cfg(test)]
 const SUBTILE_BYTES: usize = 16 << 10;
+/// How many rows ahead a gather prefetches.
+const PREFETCH: usize = 8;
 /// Rows per task in row-parallel passes.
 const ROW_TASK: usize = 16;
 
@@ -685,6 +711,9 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
             let mut off_b = vec![T::ZERO; w];
             let mut off_q = vec![T::ZERO; w];
             for j in 0..w {
+                if let Some(&ahead) = a.sampled.get(c0 + j + PREFETCH) {
+                    a.weights.prefetch(ahead as usize);
+                }
                 let id = a.sampled[c0 + j];
                 if !a
                     .weights
@@ -1026,53 +1055,60 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
             .zip(gx_chunks.par_iter_mut())
             .zip(g_chunks.par_iter_mut())
             .enumerate()
-            .map(|(task, (((l, gtc), gxc), gc))| {
-                let mut rows: Vec<T> = try_vec("sampled_values", s * d)?;
-                let mut z = vec![T::ZERO; s];
-                let mut wt = vec![T::ZERO; d];
-                for (i, li) in l.iter_mut().enumerate() {
-                    let r = task * row_task + i;
-                    let ids = &a.sampled[r * s..(r + 1) * s];
-                    let labels = &a.labels[r * nt..(r + 1) * nt];
-                    for (j, &id) in ids.iter().enumerate() {
-                        if !a
-                            .weights
-                            .row_into(id as usize, &mut rows[j * d..(j + 1) * d])
-                        {
-                            return Err(not_finite_row(id));
+            .map_init(
+                || (Vec::new(), vec![T::ZERO; s], vec![T::ZERO; d]),
+                |(rows, z, wt), (task, (((l, gtc), gxc), gc))| {
+                    if rows.len() != s * d {
+                        *rows = try_vec("sampled_values", s * d)?;
+                    }
+                    for (i, li) in l.iter_mut().enumerate() {
+                        let r = task * row_task + i;
+                        let ids = &a.sampled[r * s..(r + 1) * s];
+                        let labels = &a.labels[r * nt..(r + 1) * nt];
+                        let next = &a.sampled[(r * s + PREFETCH).min(a.sampled.len())..];
+                        for (j, &id) in ids.iter().enumerate() {
+                            if let Some(&ahead) = next.get(j) {
+                                a.weights.prefetch(ahead as usize);
+                            }
+                            if !a
+                                .weights
+                                .row_into(id as usize, &mut rows[j * d..(j + 1) * d])
+                            {
+                                return Err(not_finite_row(id));
+                            }
+                        }
+                        let xr = &a.inputs[r * d..(r + 1) * d];
+                        tile::gemv(rows, xr, z);
+                        for (j, (zj, &id)) in z.iter_mut().zip(ids).enumerate() {
+                            *zj = (*zj + bias_of(a.biases, id)?)
+                                - T::from_f64(dims.lq_sampled[r * s + j]);
+                            if !zj.is_finite() {
+                                return Err(overflow(r));
+                            }
+                            if a.remove_accidental_hits && labels.contains(&id) {
+                                *zj = T::NEG_INFINITY;
+                            }
+                        }
+                        let p = piece(&k, &z);
+                        let ci = c.map_or(T::ONE, |c| c[r]);
+                        let gti = &mut gtc[i * nt..(i + 1) * nt];
+                        let st = combine(&k, &[p], &zt[r * nt..(r + 1) * nt], ci, gti);
+                        *li = st.loss;
+                        if grad {
+                            to_grad(&k, z, &st);
+                            let o = &mut gxc[i * d..(i + 1) * d];
+                            o.fill(T::ZERO);
+                            tile::gemv_t_acc(&rows, &z, o);
+                            for (t, &id) in labels.iter().enumerate() {
+                                a.weights.row_into(id as usize, wt);
+                                tile::axpy(gti[t], &wt, o);
+                            }
+                            gc[i * s..(i + 1) * s].copy_from_slice(&z);
                         }
                     }
-                    let xr = &a.inputs[r * d..(r + 1) * d];
-                    tile::gemv(&rows, xr, &mut z);
-                    for (j, (zj, &id)) in z.iter_mut().zip(ids).enumerate() {
-                        *zj = (*zj + bias_of(a.biases, id)?)
-                            - T::from_f64(dims.lq_sampled[r * s + j]);
-                        if !zj.is_finite() {
-                            return Err(overflow(r));
-                        }
-                        if a.remove_accidental_hits && labels.contains(&id) {
-                            *zj = T::NEG_INFINITY;
-                        }
-                    }
-                    let p = piece(&k, &z);
-                    let ci = c.map_or(T::ONE, |c| c[r]);
-                    let gti = &mut gtc[i * nt..(i + 1) * nt];
-                    let st = combine(&k, &[p], &zt[r * nt..(r + 1) * nt], ci, gti);
-                    *li = st.loss;
-                    if grad {
-                        to_grad(&k, &mut z, &st);
-                        let o = &mut gxc[i * d..(i + 1) * d];
-                        o.fill(T::ZERO);
-                        tile::gemv_t_acc(&rows, &z, o);
-                        for (t, &id) in labels.iter().enumerate() {
-                            a.weights.row_into(id as usize, &mut wt);
-                            tile::axpy(gti[t], &wt, o);
-                        }
-                        gc[i * s..(i + 1) * s].copy_from_slice(&z);
-                    }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
             .collect();
         first_err(res)?;
     }

@@ -311,6 +311,28 @@ kernel! {
 }
 
 kernel! {
+    /// Copy `src` into `dst` and say whether every element is finite (no branch per element: a NaN or an
+    /// infinity turns `v · 0` into NaN).
+    pub fn copy_finite<T>(src: &[T], dst: &mut [T]) -> bool {
+        let mut acc = [T::ZERO; LANES];
+        let mut s = src.chunks_exact(LANES);
+        let mut o = dst.chunks_exact_mut(LANES);
+        for (x, y) in (&mut s).zip(&mut o) {
+            for l in 0..LANES {
+                y[l] = x[l];
+                acc[l] += x[l] * T::ZERO;
+            }
+        }
+        let mut tail = T::ZERO;
+        for (x, y) in s.remainder().iter().zip(o.into_remainder()) {
+            *y = *x;
+            tail += *x * T::ZERO;
+        }
+        fold(acc) + tail == T::ZERO
+    }
+}
+
+kernel! {
     /// `x[i] = (x[i] + b) − q`: a column's bias and log-correction, in TensorFlow's order.
     pub fn add_offsets<T>(x: &mut [T], b: T, q: T) {
         for v in x.iter_mut() {
