@@ -567,6 +567,20 @@ tile::kernel! {
 }
 
 tile::kernel! {
+    /// Plain NCE, candidates: `acc[i] += softplus(z[i])` (the loss of label 0) and `z[i] = σ(z[i])`, what
+    /// the backward pass needs. A masked −∞ adds 0 and becomes 0.
+    fn nce_loss_sigmoid<T>(acc: &mut [T], z: &mut [T]) {
+        for (a, v) in acc.iter_mut().zip(z.iter_mut()) {
+            let x = *v;
+            let e = (-x.abs()).exp_fast();
+            *a += x.max(T::ZERO) + e.ln_1p_fast();
+            let inv = T::ONE / (T::ONE + e);
+            *v = if x >= T::ZERO { inv } else { e * inv };
+        }
+    }
+}
+
+tile::kernel! {
     /// `acc[i] += ` the NCE candidate loss of `z[i]`: one more candidate for a run of rows.
     fn nce_loss_acc<T>(acc: &mut [T], z: &[T], k: &Consts<T>) {
         for (a, &v) in acc.iter_mut().zip(z) {
@@ -663,8 +677,8 @@ struct Block<T> {
     off_q: Vec<T>,
     /// Accidental hits in this block: (row, column within the block), by row.
     hits: Vec<(usize, usize)>,
-    /// Logits, then dL/dz, of the current row chunk, candidate-major: `[w, rows]`. Softmax keeps
-    /// e^(z − m) between the two passes instead of z, with `m` the block's maximum per row.
+    /// Logits, then dL/dz, of the current row chunk, candidate-major: `[w, rows]`. Between the passes,
+    /// softmax keeps e^(z − m) instead of z, with `m` the block's maximum per row; plain NCE keeps σ(z).
     z: Vec<T>,
     m: Vec<T>,
     /// dL/dW rows of this block's candidates `[w, d]`, accumulated over row chunks; dL/db.
@@ -925,6 +939,12 @@ fn forward_block<T: FastMath>(
                     tile::vexp_sum(accs, &mut col[i0..i1], ms);
                 }
             }
+            // Plain NCE keeps σ(z) for the backward pass; focal NCE keeps z.
+            Kind::Nce if !k.focal => {
+                for col in blk.z.chunks_mut(n) {
+                    nce_loss_sigmoid(accs, &mut col[i0..i1]);
+                }
+            }
             Kind::Nce => {
                 for col in blk.z.chunks(n) {
                     nce_loss_acc(accs, &col[i0..i1], k);
@@ -974,6 +994,7 @@ fn backward_block<T: FastMath>(
         for col in blk.z.chunks_mut(n) {
             match k.kind {
                 Kind::SampledSoftmax => tile::vmul(&mut col[i0..i1], &f[i0..i1]),
+                Kind::Nce if !k.focal => tile::vmul(&mut col[i0..i1], &coef[i0..i1]),
                 Kind::Nce => nce_grad(&mut col[i0..i1], &coef[i0..i1], k),
             }
         }
