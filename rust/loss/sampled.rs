@@ -20,7 +20,7 @@
 //! Per-row candidates ([B, S]) are processed row by row: gather, gemv, softmax, gemv back.
 //! Weight and bias gradients come back sparse: the sorted unique ids touched, rows summed over duplicates.
 
-use super::tile::{self, FastMath, Lse, Mat, MatMut, Op};
+use super::tile::{self, FastMath, Lse, Mat, MatMut, Op, Scratch};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::sampler::unique::try_vec;
@@ -809,17 +809,18 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
             .par_iter_mut()
             .map(|blk| backward_block(blk, x, &lse, &coef, &k, first))
             .collect();
-        let parts = first_err(parts)?;
-        // dL/dx of the chunk: the blocks' pieces (dᵀ-major [d, rows]) in block order, transposed, then the
-        // true columns.
-        let mut sum_t: Vec<T> = try_vec("inputs", d * n)?;
-        sum_t.par_chunks_mut(n).enumerate().for_each(|(j, out)| {
-            out.copy_from_slice(&parts[0][j * n..(j + 1) * n]);
-            for p in &parts[1..] {
-                tile::axpy(T::ONE, &p[j * n..(j + 1) * n], out);
-            }
-        });
-        tile::transpose(&sum_t, d, n, &mut gx[r0 * d..(r0 + n) * d]);
+        let mut parts = first_err(parts)?;
+        // dL/dx of the chunk: the blocks' pieces (dᵀ-major [d, rows]) summed in block order, transposed,
+        // then the true columns.
+        if let Some((sum_t, rest)) = parts.split_first_mut() {
+            sum_t.par_chunks_mut(n).enumerate().for_each(|(j, out)| {
+                for p in rest.iter() {
+                    tile::axpy(T::ONE, &p[j * n..(j + 1) * n], out);
+                }
+            });
+            tile::transpose(sum_t, d, n, &mut gx[r0 * d..(r0 + n) * d]);
+        }
+        parts.into_iter().for_each(Scratch::give);
         gx[r0 * d..(r0 + n) * d]
             .par_chunks_mut(ROW_TASK * d)
             .enumerate()
@@ -833,6 +834,9 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
                     }
                 }
             });
+    }
+    for blk in &mut blocks {
+        Scratch::give(std::mem::take(&mut blk.z));
     }
     let Some(_) = c else {
         return Ok(Out { loss, grad: None });
@@ -892,7 +896,8 @@ fn forward_block<T: FastMath>(
 ) -> Result<Vec<(T, T)>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
     if blk.z.len() != n * w {
-        blk.z = try_vec("num_sampled", n * w)?;
+        Scratch::give(std::mem::take(&mut blk.z));
+        blk.z = Scratch::take("num_sampled", n * w)?;
     }
     let mut m = vec![T::NEG_INFINITY; n];
     let mut acc = vec![T::ZERO; n];
@@ -979,7 +984,7 @@ fn backward_block<T: FastMath>(
     first: bool,
 ) -> Result<Vec<T>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
-    let mut gxt: Vec<T> = try_vec("inputs", d * n)?;
+    let mut gxt: Vec<T> = Scratch::take("inputs", d * n)?;
     // Softmax: p = e^(z − m) · e^(m − lse), times the row's coefficient.
     let f: Vec<T> = match k.kind {
         Kind::SampledSoftmax => (blk.m.iter().zip(lse).zip(coef))
@@ -1110,7 +1115,7 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
                                 *zj = T::NEG_INFINITY;
                             }
                         }
-                        let p = piece(&k, &z);
+                        let p = piece(&k, z);
                         let ci = c.map_or(T::ONE, |c| c[r]);
                         let gti = &mut gtc[i * nt..(i + 1) * nt];
                         let st = combine(&k, &[p], &zt[r * nt..(r + 1) * nt], ci, gti);
@@ -1119,12 +1124,12 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
                             to_grad(&k, z, &st);
                             let o = &mut gxc[i * d..(i + 1) * d];
                             o.fill(T::ZERO);
-                            tile::gemv_t_acc(&rows, &z, o);
+                            tile::gemv_t_acc(rows, z, o);
                             for (t, &id) in labels.iter().enumerate() {
                                 a.weights.row_into(id as usize, wt);
-                                tile::axpy(gti[t], &wt, o);
+                                tile::axpy(gti[t], wt, o);
                             }
-                            gc[i * s..(i + 1) * s].copy_from_slice(&z);
+                            gc[i * s..(i + 1) * s].copy_from_slice(z);
                         }
                     }
                     Ok(())
@@ -1306,11 +1311,8 @@ mod tests {
                         - q.ln()
                 };
                 let mut cols: Vec<(f64, f64)> = Vec::new(); // (z, y); masked columns dropped
-                for t in 0..nt {
-                    cols.push((
-                        logit(labels[t], a.true_expected[r * nt + t]),
-                        1.0 / nt as f64,
-                    ));
+                for (t, &label) in labels.iter().enumerate() {
+                    cols.push((logit(label, a.true_expected[r * nt + t]), 1.0 / nt as f64));
                 }
                 for j in 0..s {
                     let e = if a.per_row { r * s + j } else { j };

@@ -3,6 +3,7 @@
 //! themselves, in the library's pool, so that results never depend on the thread count.
 
 use crate::float::Float;
+use std::sync::Mutex;
 
 /// A row-major matrix view: `rows × cols`, element (i, j) at `data[i * stride + j]`.
 #[derive(Clone, Copy, Debug)]
@@ -166,9 +167,51 @@ pub trait FastMath: Float {
     fn exp_fast(self) -> Self;
     /// ln(1 + y) for y in [0, 1].
     fn ln_1p_fast(self) -> Self;
+    /// Buffers kept between calls (see [`Scratch`]).
+    fn scratch() -> &'static Mutex<Vec<Vec<Self>>>;
+}
+
+/// Large work buffers reused from call to call: a fresh allocation of tens of MiB costs a page fault and
+/// a zeroing per 4 KiB page, which is a noticeable part of a loss step. At most [`Scratch::KEEP`] bytes
+/// stay cached. The contents of a taken buffer are stale: callers overwrite every element before reading.
+pub struct Scratch;
+
+impl Scratch {
+    pub const KEEP: usize = 96 << 20;
+
+    /// A buffer of `len` elements (stale contents), or an error if memory runs out.
+    pub fn take<T: FastMath>(arg: &'static str, len: usize) -> crate::Result<Vec<T>> {
+        // try_lock: never wait (and never deadlock in a forked child whose parent held the lock).
+        let cached = T::scratch().try_lock().ok().and_then(|mut p| {
+            let i = p.iter().position(|v| v.capacity() >= len)?;
+            Some(p.swap_remove(i))
+        });
+        match cached {
+            Some(mut v) => {
+                v.truncate(len);
+                v.resize(len, T::ZERO);
+                Ok(v)
+            }
+            None => crate::sampler::unique::try_vec(arg, len),
+        }
+    }
+
+    /// Return a buffer to the cache (dropped if the cache is full).
+    pub fn give<T: FastMath>(v: Vec<T>) {
+        if let Ok(mut p) = T::scratch().try_lock() {
+            let held: usize = p.iter().map(|b| b.capacity()).sum();
+            if (held + v.capacity()) * std::mem::size_of::<T>() <= Self::KEEP {
+                p.push(v);
+            }
+        }
+    }
 }
 
 impl FastMath for f32 {
+    fn scratch() -> &'static Mutex<Vec<Vec<f32>>> {
+        static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+        &POOL
+    }
     #[inline(always)]
     fn exp_fast(self) -> f32 {
         const LN2_HI: f32 = 0.693_145_75;
@@ -224,6 +267,10 @@ impl FastMath for f32 {
 }
 
 impl FastMath for f64 {
+    fn scratch() -> &'static Mutex<Vec<Vec<f64>>> {
+        static POOL: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+        &POOL
+    }
     #[inline(always)]
     fn exp_fast(self) -> f64 {
         let y = crate::vmath::exp(self);
@@ -338,8 +385,8 @@ kernel! {
         let mut s = src.chunks_exact(LANES);
         let mut o = dst.chunks_exact_mut(LANES);
         for (x, y) in (&mut s).zip(&mut o) {
+            y.copy_from_slice(x);
             for l in 0..LANES {
-                y[l] = x[l];
                 acc[l] += x[l] * T::ZERO;
             }
         }
