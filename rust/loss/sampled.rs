@@ -922,9 +922,7 @@ fn forward_block<T: FastMath>(
                 stride: n,
             },
         );
-        for ((col, &bb), &q) in blk.z.chunks_mut(n).zip(&blk.off_b).zip(&blk.off_q) {
-            tile::add_offsets(&mut col[i0..i1], bb, q);
-        }
+        // Masks first: −∞ stays −∞ when the offsets are added.
         for &(r, j) in &blk.hits[hits_lo..] {
             if r >= r0 + i1 {
                 break;
@@ -933,26 +931,28 @@ fn forward_block<T: FastMath>(
                 blk.z[j * n + (r - r0)] = T::NEG_INFINITY;
             }
         }
+        let offsets = blk.off_b.iter().zip(&blk.off_q);
         // Per batch row, reductions over the block's candidates, in candidate order.
         let (ms, accs) = (&mut m[i0..i1], &mut acc[i0..i1]);
         match k.kind {
             Kind::SampledSoftmax => {
-                for col in blk.z.chunks(n) {
-                    tile::vmax(ms, &col[i0..i1]);
+                for (col, (&bb, &q)) in blk.z.chunks_mut(n).zip(offsets) {
+                    tile::add_offsets_vmax(&mut col[i0..i1], bb, q, ms);
                 }
                 for col in blk.z.chunks_mut(n) {
                     tile::vexp_sum(accs, &mut col[i0..i1], ms);
                 }
             }
             // Plain NCE keeps σ(z) for the backward pass; focal NCE keeps z.
-            Kind::Nce if !k.focal => {
-                for col in blk.z.chunks_mut(n) {
-                    nce_loss_sigmoid(accs, &mut col[i0..i1]);
-                }
-            }
             Kind::Nce => {
-                for col in blk.z.chunks(n) {
-                    nce_loss_acc(accs, &col[i0..i1], k);
+                for (col, (&bb, &q)) in blk.z.chunks_mut(n).zip(offsets) {
+                    let col = &mut col[i0..i1];
+                    tile::add_offsets(col, bb, q);
+                    if k.focal {
+                        nce_loss_acc(accs, col, k);
+                    } else {
+                        nce_loss_sigmoid(accs, col);
+                    }
                 }
             }
         }
@@ -996,12 +996,17 @@ fn backward_block<T: FastMath>(
     let mut gb = vec![T::ZERO; w];
     for i0 in (0..n).step_by(nr) {
         let i1 = (i0 + nr).min(n);
-        for col in blk.z.chunks_mut(n) {
-            match k.kind {
-                Kind::SampledSoftmax => tile::vmul(&mut col[i0..i1], &f[i0..i1]),
-                Kind::Nce if !k.focal => tile::vmul(&mut col[i0..i1], &coef[i0..i1]),
-                Kind::Nce => nce_grad(&mut col[i0..i1], &coef[i0..i1], k),
-            }
+        // dL/dz in place, and its sum per candidate (dL/db).
+        for (col, gbj) in blk.z.chunks_mut(n).zip(gb.iter_mut()) {
+            let col = &mut col[i0..i1];
+            *gbj += match k.kind {
+                Kind::SampledSoftmax => tile::vmul_sum(col, &f[i0..i1]),
+                Kind::Nce if !k.focal => tile::vmul_sum(col, &coef[i0..i1]),
+                Kind::Nce => {
+                    nce_grad(col, &coef[i0..i1], k);
+                    tile::sum(col)
+                }
+            };
         }
         let g = Mat {
             data: &blk.z[i0..],
@@ -1036,9 +1041,6 @@ fn backward_block<T: FastMath>(
                 stride: n,
             },
         );
-        for (j, col) in blk.z.chunks(n).enumerate() {
-            gb[j] += tile::sum(&col[i0..i1]);
-        }
     }
     for (o, v) in blk.gb.iter_mut().zip(gb) {
         *o = if first { v } else { *o + v };

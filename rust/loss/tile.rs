@@ -409,11 +409,23 @@ kernel! {
 }
 
 kernel! {
-    /// `m[i] = max(m[i], x[i])`: one more row of a column-wise running maximum.
-    pub fn vmax<T>(m: &mut [T], x: &[T]) {
-        for (a, &v) in m.iter_mut().zip(x) {
-            *a = if v > *a { v } else { *a };
+    /// `x[i] = (x[i] + b) − q` and `m[i] = max(m[i], x[i])` in one pass: offsets and a column-wise maximum.
+    pub fn add_offsets_vmax<T>(x: &mut [T], b: T, q: T, m: &mut [T]) {
+        for (v, a) in x.iter_mut().zip(m.iter_mut()) {
+            let y = (*v + b) - q;
+            *v = y;
+            *a = if y > *a { y } else { *a };
         }
+    }
+}
+
+kernel! {
+    /// `x[i] *= f[i]`, returning Σ x[i] afterwards (in a fixed order).
+    pub fn vmul_sum<T>(x: &mut [T], f: &[T]) -> T {
+        for (v, &c) in x.iter_mut().zip(f) {
+            *v *= c;
+        }
+        sum_body(x)
     }
 }
 
@@ -424,15 +436,6 @@ kernel! {
         for ((a, v), &mx) in s.iter_mut().zip(x.iter_mut()).zip(m) {
             *v = (*v - mx).exp_fast();
             *a += *v;
-        }
-    }
-}
-
-kernel! {
-    /// `x[i] *= f[i]`.
-    pub fn vmul<T>(x: &mut [T], f: &[T]) {
-        for (v, &c) in x.iter_mut().zip(f) {
-            *v *= c;
         }
     }
 }
