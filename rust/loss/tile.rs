@@ -288,12 +288,18 @@ impl FastMath for f64 {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
+pub(crate) fn has_avx512() -> bool {
+    has_avx2() && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
 pub(crate) fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// Define `pub fn name<T: FastMath>(..)` whose body is compiled twice, once with AVX2 + FMA, chosen at run
-/// time. Bodies must be plain safe code over their arguments.
+/// Define `fn name<T: FastMath>(..)` whose body is compiled three times (baseline, AVX2 + FMA, AVX-512),
+/// the widest the CPU has chosen at run time. Bodies must be plain safe code over their arguments.
 macro_rules! kernel {
     ($(#[$m:meta])* $vis:vis fn $name:ident<T>($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
@@ -302,6 +308,13 @@ macro_rules! kernel {
             fn body<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wider<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
+                if $crate::loss::tile::has_avx512() {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above), all that `wider`
+                    // requires; it runs the same safe code as `body`.
+                    return unsafe { wider::<T>($($a),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
                 if $crate::loss::tile::has_avx2() {
