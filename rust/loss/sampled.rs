@@ -973,8 +973,12 @@ fn forward_block<T: FastMath>(
     Ok(pieces)
 }
 
-/// Turn a block's logits into dL/dz; return its piece of dL/dx, transposed (`[d, rows]`), and add its
-/// rows' dL/dW and dL/db. Sub-tiles of rows as in [`forward_block`], in a fixed order.
+/// The backward pass of a block: its piece of dL/dx, transposed (`[d, rows]`), returned, and its rows'
+/// dL/dW and dL/db added. Sub-tiles of rows as in [`forward_block`], in a fixed order.
+///
+/// dL/dz is `E ⊙ f` with one factor per batch row: softmax keeps E = e^(z − m) and f = c·e^(m − lse),
+/// plain NCE E = σ(z) and f = c. The block is never rewritten: the factor goes onto the small operands,
+/// dL/dW = E·(diag(f) X), (dL/dx)ᵀ = (Wᵀ E)·diag(f), dL/db = E f. Focal NCE turns z into dL/dz in place.
 fn backward_block<T: FastMath>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
@@ -985,53 +989,59 @@ fn backward_block<T: FastMath>(
 ) -> Result<Vec<T>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
     let mut gxt: Vec<T> = Scratch::take("inputs", d * n)?;
-    // Softmax: p = e^(z − m) · e^(m − lse), times the row's coefficient.
+    let focal_nce = k.kind == Kind::Nce && k.focal;
     let f: Vec<T> = match k.kind {
         Kind::SampledSoftmax => (blk.m.iter().zip(lse).zip(coef))
             .map(|((&m, &l), &c)| c * (m - l).exp_fast())
             .collect(),
-        Kind::Nce => Vec::new(),
+        Kind::Nce if focal_nce => vec![T::ONE; n],
+        Kind::Nce => coef.to_vec(),
     };
     let nr = sub_rows::<T>(w);
     let mut gb = vec![T::ZERO; w];
+    let mut fx: Vec<T> = vec![T::ZERO; nr.min(n) * d];
     for i0 in (0..n).step_by(nr) {
         let i1 = (i0 + nr).min(n);
-        // dL/dz in place, and its sum per candidate (dL/db).
-        for (col, gbj) in blk.z.chunks_mut(n).zip(gb.iter_mut()) {
-            let col = &mut col[i0..i1];
-            *gbj += match k.kind {
-                Kind::SampledSoftmax => tile::vmul_sum(col, &f[i0..i1]),
-                Kind::Nce if !k.focal => tile::vmul_sum(col, &coef[i0..i1]),
-                Kind::Nce => {
-                    nce_grad(col, &coef[i0..i1], k);
-                    tile::sum(col)
-                }
-            };
+        let fs = &f[i0..i1];
+        if focal_nce {
+            for col in blk.z.chunks_mut(n) {
+                nce_grad(&mut col[i0..i1], &coef[i0..i1], k);
+            }
         }
-        let g = Mat {
+        let e = Mat {
             data: &blk.z[i0..],
             rows: w,
             cols: i1 - i0,
             stride: n,
         };
-        let xs = Mat::new(&x.data[i0 * d..i1 * d], i1 - i0, d);
-        // dL/dW_block += G-sub-tile · X-sub-tile.
+        // diag(f) X for the sub-tile.
+        let fx = &mut fx[..(i1 - i0) * d];
+        for ((o, xr), &c) in fx
+            .chunks_mut(d)
+            .zip(x.data[i0 * d..i1 * d].chunks(d))
+            .zip(fs)
+        {
+            for (a, &v) in o.iter_mut().zip(xr) {
+                *a = c * v;
+            }
+        }
+        // dL/dW_block += E-sub-tile · diag(f) X-sub-tile.
         let beta = if first && i0 == 0 { T::ZERO } else { T::ONE };
         tile::matmul(
             T::ONE,
-            g,
+            e,
             Op::N,
-            xs,
+            Mat::new(fx, i1 - i0, d),
             Op::N,
             beta,
             MatMut::new(&mut blk.gw, w, d),
         );
-        // (dL/dx)ᵀ columns i0..i1 = W_blockᵀ · G-sub-tile.
+        // (dL/dx)ᵀ columns i0..i1 = (W_blockᵀ · E-sub-tile) · diag(f).
         tile::matmul(
             T::ONE,
             Mat::new(&blk.rows, w, d),
             Op::T,
-            g,
+            e,
             Op::N,
             T::ZERO,
             MatMut {
@@ -1041,6 +1051,13 @@ fn backward_block<T: FastMath>(
                 stride: n,
             },
         );
+        for row in gxt.chunks_mut(n) {
+            tile::vmul(&mut row[i0..i1], fs);
+        }
+        // dL/db += E f.
+        for (col, gbj) in blk.z.chunks(n).zip(gb.iter_mut()) {
+            *gbj += tile::dot(&col[i0..i1], fs);
+        }
     }
     for (o, v) in blk.gb.iter_mut().zip(gb) {
         *o = if first { v } else { *o + v };

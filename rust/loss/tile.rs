@@ -384,13 +384,6 @@ pub(crate) fn sum_body<T: Float>(x: &[T]) -> T {
 }
 
 kernel! {
-    /// Σ x[i], in a fixed order.
-    pub fn sum<T>(x: &[T]) -> T {
-        sum_body(x)
-    }
-}
-
-kernel! {
     /// Copy `src` into `dst` and say whether every element is finite (no branch per element: a NaN or an
     /// infinity turns `v · 0` into NaN).
     pub fn copy_finite<T>(src: &[T], dst: &mut [T]) -> bool {
@@ -433,12 +426,11 @@ kernel! {
 }
 
 kernel! {
-    /// `x[i] *= f[i]`, returning Σ x[i] afterwards (in a fixed order).
-    pub fn vmul_sum<T>(x: &mut [T], f: &[T]) -> T {
+    /// `x[i] *= f[i]`.
+    pub fn vmul<T>(x: &mut [T], f: &[T]) {
         for (v, &c) in x.iter_mut().zip(f) {
             *v *= c;
         }
-        sum_body(x)
     }
 }
 
