@@ -113,17 +113,30 @@ def tf_step(case: Case):
     return run
 
 
-def measure(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, the functions interleaved in every repeat (the machine is shared)."""
+def _cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(fns: dict, repeats: int, cpu: dict | None = None) -> dict:
+    """Median wall seconds of each function, the functions interleaved in every repeat (the machine is
+    shared). With ``cpu``, also the median process CPU seconds per call, into it."""
     for f in fns.values():
         f()
         f()
     times: dict = {k: [] for k in fns}
+    cpus: dict = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            c = _cpu()
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
+            cpus[k].append(_cpu() - c)
+    if cpu is not None:
+        cpu.update({k: statistics.median(v) for k, v in cpus.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -139,18 +152,20 @@ def main() -> None:
         "numpy_bound_row": case.numpy_bound_row,
         "numpy_gather_row": case.numpy_gather_row,
     }
+    cpu: dict = {}
     zn.set_num_threads(1)
-    one = measure({"zn_softmax_1t": case.zn_softmax}, args.repeats)
+    one = measure({"zn_softmax_1t": case.zn_softmax}, args.repeats, cpu)
     zn.set_num_threads(args.threads)
     fns.update(zn_softmax=case.zn_softmax, zn_nce=case.zn_nce, zn_per_row=case.zn_per_row)
     if not args.no_tf:
         fns["tf"] = tf_step(case)
-    t = measure(fns, args.repeats)
+    t = measure(fns, args.repeats, cpu)
     t.update(one)
     ms = {k: v * 1e3 for k, v in t.items()}
-    print(f"threads={args.threads} repeats={args.repeats} (medians, ms)")
+    print(f"threads={args.threads} repeats={args.repeats} load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'':18s} {'wall ms':>8s} {'cpu ms':>8s}   (medians; cpu = process CPU time per call)")
     for k, v in sorted(ms.items()):
-        print(f"  {k:18s} {v:8.2f}")
+        print(f"  {k:18s} {v:8.2f} {cpu[k] * 1e3:8.2f}")
     print("ratios:")
     if "tf" in ms:
         print(f"  TF / zipfnce softmax step          {ms['tf'] / ms['zn_softmax']:6.2f}x  (target >= 5)")
