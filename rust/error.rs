@@ -13,11 +13,7 @@ pub enum Error {
     /// Two arguments' shapes disagree, or one has the wrong number of dimensions.
     Shape { arg: &'static str, msg: String },
     /// A class id is negative or not below the sampler's `range_max`.
-    IdOutOfRange {
-        arg: &'static str,
-        id: i64,
-        range_max: u64,
-    },
+    IdOutOfRange { arg: &'static str, id: i64, range_max: u64 },
     /// Unique sampling cannot collect `num_sampled` distinct ids: not enough classes with non-zero
     /// probability remain (after exclusions), or the draws needed exceed the library's bound.
     TooFewClasses { arg: &'static str, msg: String },
@@ -29,28 +25,16 @@ pub enum Error {
 
 impl Error {
     pub fn value(arg: &'static str, msg: impl Into<String>) -> Self {
-        Error::Value {
-            arg,
-            msg: msg.into(),
-        }
+        Error::Value { arg, msg: msg.into() }
     }
     pub fn ty(arg: &'static str, msg: impl Into<String>) -> Self {
-        Error::Type {
-            arg,
-            msg: msg.into(),
-        }
+        Error::Type { arg, msg: msg.into() }
     }
     pub fn shape(arg: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape {
-            arg,
-            msg: msg.into(),
-        }
+        Error::Shape { arg, msg: msg.into() }
     }
     pub fn too_large(arg: &'static str, msg: impl Into<String>) -> Self {
-        Error::TooLarge {
-            arg,
-            msg: msg.into(),
-        }
+        Error::TooLarge { arg, msg: msg.into() }
     }
     /// The argument at fault (empty for errors that concern no argument).
     pub fn arg(&self) -> &'static str {

@@ -21,10 +21,7 @@ pub fn accidental_hits(true_classes: &[i64], num_true: usize, candidates: &[i64]
     if true_classes.len() % num_true != 0 {
         return Err(Error::shape(
             "true_classes",
-            format!(
-                "length {} is not a multiple of num_true {num_true}",
-                true_classes.len()
-            ),
+            format!("length {} is not a multiple of num_true {num_true}", true_classes.len()),
         ));
     }
     let rows = true_classes.len() / num_true;

@@ -10,6 +10,7 @@
 //! - [`float`]: the trait that makes float kernels generic over f32 and f64.
 //! - [`loss`]: fused losses and their dense building blocks.
 
+pub mod buf;
 pub mod error;
 pub mod float;
 pub mod hits;

@@ -1,17 +1,21 @@
-//! Counter-based random streams.
+//! Random streams keyed by (seed, stream index).
 //!
-//! Every random number the library uses is a pure function of `(key, counter)`, where `key` is derived from the
-//! user's seed and a stream index (the call, the row, the chunk of draws). Work is cut into fixed-size chunks,
-//! each with its own stream, so results never depend on how many threads ran them or in which order.
+//! Every random number the library uses comes from a [`Stream`] whose key is derived from the user's seed
+//! and the indices of the call, the row and the chunk of draws ([`derive`] is a keyed hash). Work is cut into
+//! fixed-size chunks, each with its own stream, so results never depend on how many threads ran them or in
+//! which order: the randomness is a pure function of (seed, stream indices, position in the stream).
 //!
-//! The bit generator is SplitMix64 (Steele, Lea & Flood 2014) read as a counter-based generator: output `i` of a
-//! stream is the 64-bit finaliser applied to `key + i * GAMMA`. It passes BigCrush, costs a handful of integer
-//! operations per draw and vectorises, because no output depends on the one before it.
+//! Within a stream the bits come from four interleaved xoshiro256++ generators (Blackman & Vigna 2018),
+//! seeded from the key with SplitMix64. Four lanes step in lockstep, which the compiler turns into
+//! SIMD code: about a third of a nanosecond per 64-bit word.
 
 /// Odd Weyl increment of SplitMix64 (2^64 / golden ratio).
 const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+const LANES: usize = 4;
 
-/// The 64-bit finaliser (Stafford's "mix13"): a bijection with full avalanche.
+use crate::vmath::simd;
+
+/// The 64-bit finaliser of SplitMix64 (Stafford's "mix13"): a bijection with full avalanche.
 #[inline(always)]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -22,41 +26,61 @@ pub fn mix64(mut z: u64) -> u64 {
 /// The key of sub-stream `index` of the stream with key `key`. Distinct indices give unrelated keys.
 #[inline(always)]
 pub fn derive(key: u64, index: u64) -> u64 {
-    mix64(
-        key ^ mix64(
-            index
-                .wrapping_mul(GAMMA)
-                .wrapping_add(0x6a09_e667_f3bc_c909),
-        ),
-    )
+    mix64(key ^ mix64(index.wrapping_mul(GAMMA).wrapping_add(0x6a09_e667_f3bc_c909)))
 }
 
-/// A stream of random 64-bit words: the pure function `(key, counter) -> bits`, with a cursor.
+/// A stream of random 64-bit words determined by its key.
 #[derive(Clone, Debug)]
 pub struct Stream {
-    key: u64,
-    counter: u64,
+    s: [[u64; LANES]; 4],
+    buf: [u64; LANES],
+    pos: usize,
 }
 
 impl Stream {
     pub fn new(key: u64) -> Self {
-        Stream { key, counter: 0 }
+        let mut s = [[0u64; LANES]; 4];
+        let mut z = key;
+        for word in s.iter_mut() {
+            for lane in word.iter_mut() {
+                z = z.wrapping_add(GAMMA);
+                *lane = mix64(z);
+            }
+        }
+        // SplitMix64 outputs are distinct, so no lane starts in xoshiro's all-zero state.
+        Stream { s, buf: [0; LANES], pos: LANES }
     }
 
-    /// Word `i` of the stream with key `key`, without a cursor.
+    /// Advance all lanes once and return their outputs.
     #[inline(always)]
-    pub fn at(key: u64, i: u64) -> u64 {
-        mix64(key.wrapping_add(i.wrapping_add(1).wrapping_mul(GAMMA)))
+    fn step(&mut self) -> [u64; LANES] {
+        let [s0, s1, s2, s3] = &mut self.s;
+        let mut out = [0u64; LANES];
+        for l in 0..LANES {
+            out[l] = s0[l].wrapping_add(s3[l]).rotate_left(23).wrapping_add(s0[l]);
+            let t = s1[l] << 17;
+            s2[l] ^= s0[l];
+            s3[l] ^= s1[l];
+            s1[l] ^= s2[l];
+            s0[l] ^= s3[l];
+            s2[l] ^= t;
+            s3[l] = s3[l].rotate_left(45);
+        }
+        out
     }
 
     #[inline(always)]
     pub fn next_u64(&mut self) -> u64 {
-        let x = Self::at(self.key, self.counter);
-        self.counter = self.counter.wrapping_add(1);
+        if self.pos == LANES {
+            self.buf = self.step();
+            self.pos = 0;
+        }
+        let x = self.buf[self.pos];
+        self.pos += 1;
         x
     }
 
-    /// A uniform double in [0, 1) with 53 random bits.
+    /// A uniform double in [0, 1) with 52 random bits.
     #[inline(always)]
     pub fn next_f64(&mut self) -> f64 {
         unit_f64(self.next_u64())
@@ -76,20 +100,47 @@ impl Stream {
         (m >> 64) as u64
     }
 
-    /// Fill `out` with the next `out.len()` words. A plain loop over a pure function: it vectorises.
+    /// Fill `out` with the next `out.len()` words: the same words as that many calls of `next_u64`.
     pub fn fill_u64(&mut self, out: &mut [u64]) {
-        let (key, base) = (self.key, self.counter);
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = Self::at(key, base.wrapping_add(i as u64));
+        let mut i = 0;
+        while self.pos < LANES && i < out.len() {
+            out[i] = self.buf[self.pos];
+            self.pos += 1;
+            i += 1;
         }
-        self.counter = base.wrapping_add(out.len() as u64);
+        let whole = (out.len() - i) / LANES * LANES;
+        fill_kernel(&mut self.s, &mut out[i..i + whole]);
+        for o in &mut out[i + whole..] {
+            *o = self.next_u64();
+        }
     }
 }
 
-/// The top 53 bits of `x` as a double in [0, 1).
+simd! {
+    /// Step the four lanes `out.len() / 4` times, writing their outputs in order.
+    fn fill_kernel(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
+        let [mut s0, mut s1, mut s2, mut s3] = *s;
+        for b in out.chunks_exact_mut(LANES) {
+            for l in 0..LANES {
+                b[l] = s0[l].wrapping_add(s3[l]).rotate_left(23).wrapping_add(s0[l]);
+                let t = s1[l] << 17;
+                s2[l] ^= s0[l];
+                s3[l] ^= s1[l];
+                s1[l] ^= s2[l];
+                s0[l] ^= s3[l];
+                s2[l] ^= t;
+                s3[l] = s3[l].rotate_left(45);
+            }
+        }
+        *s = [s0, s1, s2, s3];
+    }
+}
+
+/// The top 52 bits of `x` as a double in [0, 1) (placed in the mantissa of a double in [1, 2), then
+/// shifted down: two integer operations and a subtraction, which vectorise everywhere).
 #[inline(always)]
 pub fn unit_f64(x: u64) -> f64 {
-    (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    f64::from_bits((x >> 12) | 0x3ff0_0000_0000_0000) - 1.0
 }
 
 /// A fresh seed from the operating system's entropy (through the standard library's hasher keys),
@@ -114,16 +165,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_is_a_pure_function_of_key_and_counter() {
+    fn fill_matches_next_whatever_the_split() {
         let mut a = Stream::new(42);
-        let words: Vec<u64> = (0..10).map(|_| a.next_u64()).collect();
-        let mut b = Stream::new(42);
-        let mut buf = [0u64; 10];
-        b.fill_u64(&mut buf);
-        assert_eq!(words, buf.to_vec());
-        for (i, w) in words.iter().enumerate() {
-            assert_eq!(*w, Stream::at(42, i as u64));
+        let words: Vec<u64> = (0..103).map(|_| a.next_u64()).collect();
+        for first in [0, 1, 3, 4, 5, 50] {
+            let mut b = Stream::new(42);
+            let mut buf = vec![0u64; 103];
+            let (x, y) = buf.split_at_mut(first);
+            b.fill_u64(x);
+            b.fill_u64(y);
+            assert_eq!(words, buf, "split at {first}");
         }
+        assert_ne!(words[..4], Stream::new(43).fill_first4());
+    }
+
+    impl Stream {
+        fn fill_first4(mut self) -> [u64; 4] {
+            let mut o = [0; 4];
+            self.fill_u64(&mut o);
+            o
+        }
+    }
+
+    const PINNED: [u64; 3] = [2219875553976118995, 5662599722749637117, 2163073493252918917];
+
+    #[test]
+    fn value_stability() {
+        // Pinned so that a change of the generator is deliberate (the values of every seeded call follow).
+        let mut s = Stream::new(0);
+        let got: Vec<u64> = (0..3).map(|_| s.next_u64()).collect();
+        assert_eq!(got, PINNED);
     }
 
     #[test]
@@ -134,6 +205,20 @@ mod tests {
     }
 
     #[test]
+    fn bits_are_balanced() {
+        let mut s = Stream::new(5);
+        let mut ones = [0u32; 64];
+        for _ in 0..20_000 {
+            let x = s.next_u64();
+            for (b, o) in ones.iter_mut().enumerate() {
+                *o += ((x >> b) & 1) as u32;
+            }
+        }
+        // Binomial(20000, 1/2) per bit: 6 standard deviations is 424.
+        assert!(ones.iter().all(|&o| (o as i64 - 10_000).abs() < 424), "{ones:?}");
+    }
+
+    #[test]
     fn below_is_in_range_and_roughly_uniform() {
         let mut s = Stream::new(1);
         let mut counts = [0u32; 7];
@@ -141,10 +226,7 @@ mod tests {
             counts[s.below(7) as usize] += 1;
         }
         // chi-square with 6 degrees of freedom; 22.46 is the 0.999 quantile.
-        let chi: f64 = counts
-            .iter()
-            .map(|&c| (c as f64 - 10_000.0).powi(2) / 10_000.0)
-            .sum();
+        let chi: f64 = counts.iter().map(|&c| (c as f64 - 10_000.0).powi(2) / 10_000.0).sum();
         assert!(chi < 22.46, "chi-square {chi}");
         let big = (1u64 << 62) + 12345;
         for _ in 0..1000 {

@@ -33,9 +33,7 @@ fn default_threads() -> usize {
     {
         return n.min(MAX_THREADS);
     }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The number of threads the library's calls use.
@@ -46,10 +44,7 @@ pub fn num_threads() -> usize {
 /// Set the number of threads of the library's pool (takes effect at the next call).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 || n > MAX_THREADS {
-        return Err(Error::value(
-            "n",
-            format!("must be between 1 and {MAX_THREADS}, got {n}"),
-        ));
+        return Err(Error::value("n", format!("must be between 1 and {MAX_THREADS}, got {n}")));
     }
     *lock(&REQUESTED) = Some(n);
     Ok(())
@@ -77,11 +72,7 @@ fn pool() -> Result<Arc<rayon::ThreadPool>> {
         .build()
         .map_err(|e| Error::Threads { msg: e.to_string() })?;
     let pool = Arc::new(pool);
-    *guard = Some(Pool {
-        pid,
-        threads: want,
-        pool: pool.clone(),
-    });
+    *guard = Some(Pool { pid, threads: want, pool: pool.clone() });
     Ok(pool)
 }
 

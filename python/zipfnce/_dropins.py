@@ -1,8 +1,9 @@
 """Drop-ins for TensorFlow's candidate samplers (API.md section 2): same argument names, order and defaults as
 ``tf.random.*_candidate_sampler`` and ``tf.nn.compute_accidental_hits``, NumPy arrays in and out.
 
-Probabilities and expected counts follow TensorFlow's kernels (``range_sampler.cc``): P(k) is rounded to
-float32; expected counts are ``P * num_sampled`` when no draw was rejected, else
+Probabilities and expected counts follow TensorFlow's kernels (``range_sampler.cc``): the log-uniform P(k)
+is computed with TensorFlow's expression ``log((k+2)/(k+1)) / log1p(range_max)`` (whose rounding the
+``LogUniformSampler`` class avoids) and rounded to float32; expected counts are ``P * num_sampled`` when no draw was rejected, else
 ``-expm1(num_tries * log1p(-P))``; the fixed unigram sampler raises counts to ``distortion`` in float32 and
 normalises by a float32 running total, with its rules for reserved ids and shards. The random draws
 themselves differ from TensorFlow's (another generator), and ``seed`` means: None, fresh randomness each
@@ -48,7 +49,7 @@ def log_uniform_candidate_sampler(
     sampled_expected_count float32[S])``.
     """
     r = as_int(range_max, "range_max", lo=1, hi=MAX_RANGE)
-    return _run(_core.Sampler.log_uniform(r, None), true_classes, num_true, num_sampled, unique, seed)
+    return _run(_core.Sampler.log_uniform(r, None, True), true_classes, num_true, num_sampled, unique, seed)
 
 
 def uniform_candidate_sampler(

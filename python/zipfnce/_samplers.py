@@ -62,6 +62,15 @@ class _Sampler:
         """P(k) for each id (float64, same shape as ``ids``). Ids outside ``[0, range_max)`` raise ValueError."""
         return self._s.probability(as_ids(ids, "ids"))
 
+    def expected_count(self, ids: Any, num_sampled: int, num_tries: Optional[int] = None) -> np.ndarray:
+        """Expected counts (float32, shape of ``ids``) of classes after a draw of ``num_sampled`` candidates
+        that took ``num_tries`` draws: ``P(k) * num_sampled`` when ``num_tries`` is None or equals
+        ``num_sampled`` (draws with replacement), else ``-expm1(num_tries * log1p(-P(k)))``.
+        """
+        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
+        t = n if num_tries is None else as_int(num_tries, "num_tries", lo=n, hi=2**63 - 1)
+        return self._s.expected_count(as_ids(ids, "ids"), n, t)
+
     def sample(
         self,
         num_sampled: int,

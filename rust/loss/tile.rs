@@ -25,41 +25,22 @@ pub struct MatMut<'a, T> {
 
 impl<'a, T> Mat<'a, T> {
     pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Mat {
-            data,
-            rows,
-            cols,
-            stride: cols,
-        }
+        Mat { data, rows, cols, stride: cols }
     }
     fn check(&self) {
-        assert!(
-            self.cols <= self.stride || self.rows <= 1,
-            "Mat: stride smaller than a row"
-        );
+        assert!(self.cols <= self.stride || self.rows <= 1, "Mat: stride smaller than a row");
         if self.rows > 0 && self.cols > 0 {
-            assert!(
-                (self.rows - 1) * self.stride + self.cols <= self.data.len(),
-                "Mat: view past its data"
-            );
+            assert!((self.rows - 1) * self.stride + self.cols <= self.data.len(), "Mat: view past its data");
         }
     }
 }
 
 impl<'a, T> MatMut<'a, T> {
     pub fn new(data: &'a mut [T], rows: usize, cols: usize) -> Self {
-        MatMut {
-            data,
-            rows,
-            cols,
-            stride: cols,
-        }
+        MatMut { data, rows, cols, stride: cols }
     }
     fn check(&self) {
-        assert!(
-            self.cols <= self.stride || self.rows <= 1,
-            "MatMut: stride smaller than a row"
-        );
+        assert!(self.cols <= self.stride || self.rows <= 1, "MatMut: stride smaller than a row");
         if self.rows > 0 && self.cols > 0 {
             assert!(
                 (self.rows - 1) * self.stride + self.cols <= self.data.len(),
@@ -620,21 +601,10 @@ mod tests {
         let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
         let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let av = if ta {
-                Mat::new(&a, k, m)
-            } else {
-                Mat::new(&a, m, k)
-            };
-            let bv = if tb {
-                Mat::new(&b, n, k)
-            } else {
-                Mat::new(&b, k, n)
-            };
+            let av = if ta { Mat::new(&a, k, m) } else { Mat::new(&a, m, k) };
+            let bv = if tb { Mat::new(&b, n, k) } else { Mat::new(&b, k, n) };
             let mut c = vec![f64::NAN; m * n];
-            let (oa, ob) = (
-                if ta { Op::T } else { Op::N },
-                if tb { Op::T } else { Op::N },
-            );
+            let (oa, ob) = (if ta { Op::T } else { Op::N }, if tb { Op::T } else { Op::N });
             matmul(2.0, av, oa, bv, ob, 0.0, MatMut::new(&mut c, m, n));
             let want = naive(&a, &b, m, k, n, ta, tb);
             for (x, y) in c.iter().zip(&want) {
@@ -654,21 +624,8 @@ mod tests {
         let a: Vec<f32> = (0..24).map(|i| i as f32).collect();
         let b: Vec<f32> = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let mut c = vec![0f32; 8];
-        let av = Mat {
-            data: &a,
-            rows: 4,
-            cols: 3,
-            stride: 6,
-        };
-        matmul(
-            1.0,
-            av,
-            Op::N,
-            Mat::new(&b, 3, 2),
-            Op::N,
-            0.0,
-            MatMut::new(&mut c, 4, 2),
-        );
+        let av = Mat { data: &a, rows: 4, cols: 3, stride: 6 };
+        matmul(1.0, av, Op::N, Mat::new(&b, 3, 2), Op::N, 0.0, MatMut::new(&mut c, 4, 2));
         for i in 0..4 {
             let r = &a[i * 6..i * 6 + 3];
             assert_eq!(c[i * 2], r[0] + r[2]);

@@ -13,8 +13,7 @@ use crate::threads;
 use numpy::ndarray::{Array1, Array2, ArrayD, IxDyn};
 use numpy::PyUntypedArrayMethods;
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2,
-    PyReadonlyArrayDyn,
+    IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -50,8 +49,7 @@ fn array2<T: numpy::Element>(
     rows: usize,
     cols: usize,
 ) -> PyResult<Bound<'_, PyArray2<T>>> {
-    let a = Array2::from_shape_vec((rows, cols), v)
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let a = Array2::from_shape_vec((rows, cols), v).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(a.into_pyarray(py))
 }
 
@@ -73,12 +71,7 @@ struct Sampler {
 impl Sampler {
     fn make(dist: Arc<dyn Distribution>, kind: &'static str, seed: Option<u64>) -> Self {
         let base = mix64(seed.unwrap_or_else(os_seed) ^ 0x1319_8a2e_0370_7344);
-        Sampler {
-            dist,
-            kind,
-            base,
-            calls: AtomicU64::new(0),
-        }
+        Sampler { dist, kind, base, calls: AtomicU64::new(0) }
     }
 
     fn key(&self, seed: Option<u64>) -> u64 {
@@ -92,23 +85,16 @@ impl Sampler {
 #[pymethods]
 impl Sampler {
     #[staticmethod]
-    #[pyo3(signature = (range_max, seed=None))]
-    fn log_uniform(range_max: i64, seed: Option<u64>) -> PyResult<Self> {
-        Ok(Self::make(
-            Arc::new(LogUniform::new(range_max).map_err(err)?),
-            "log_uniform",
-            seed,
-        ))
+    #[pyo3(signature = (range_max, seed=None, tf_formula=false))]
+    fn log_uniform(range_max: i64, seed: Option<u64>, tf_formula: bool) -> PyResult<Self> {
+        let d = if tf_formula { LogUniform::tf(range_max) } else { LogUniform::new(range_max) };
+        Ok(Self::make(Arc::new(d.map_err(err)?), "log_uniform", seed))
     }
 
     #[staticmethod]
     #[pyo3(signature = (range_max, seed=None))]
     fn uniform(range_max: i64, seed: Option<u64>) -> PyResult<Self> {
-        Ok(Self::make(
-            Arc::new(Uniform::new(range_max).map_err(err)?),
-            "uniform",
-            seed,
-        ))
+        Ok(Self::make(Arc::new(Uniform::new(range_max).map_err(err)?), "uniform", seed))
     }
 
     #[staticmethod]
@@ -121,15 +107,9 @@ impl Sampler {
     /// P(k) ∝ weights[k] (float64, validated in the core).
     #[staticmethod]
     #[pyo3(signature = (weights, seed=None))]
-    fn unigram(
-        py: Python<'_>,
-        weights: PyReadonlyArray1<'_, f64>,
-        seed: Option<u64>,
-    ) -> PyResult<Self> {
+    fn unigram(py: Python<'_>, weights: PyReadonlyArray1<'_, f64>, seed: Option<u64>) -> PyResult<Self> {
         let w = weights.as_array().to_vec();
-        let u = py
-            .detach(|| Unigram::from_weights(w, "unigrams"))
-            .map_err(err)?;
+        let u = py.detach(|| Unigram::from_weights(w, "unigrams")).map_err(err)?;
         Ok(Self::make(Arc::new(u), "unigram", seed))
     }
 
@@ -172,11 +152,26 @@ impl Sampler {
         let shape = ids.shape().to_vec();
         let v = to_vec(&ids);
         let dist = self.dist.clone();
-        let p = py
-            .detach(move || sampler::probability(dist.as_ref(), &v))
+        let p = py.detach(move || sampler::probability(dist.as_ref(), &v)).map_err(err)?;
+        let a = ArrayD::from_shape_vec(IxDyn(&shape), p).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+
+    /// Expected counts (float32, same shape as `ids`) after `num_sampled` candidates took `num_tries` draws.
+    fn expected_count<'py>(
+        &self,
+        py: Python<'py>,
+        ids: PyReadonlyArrayDyn<'py, i64>,
+        num_sampled: i64,
+        num_tries: i64,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let shape = ids.shape().to_vec();
+        let v = to_vec(&ids);
+        let dist = self.dist.clone();
+        let e = py
+            .detach(move || sampler::expected_counts_for(dist.as_ref(), &v, num_sampled, num_tries))
             .map_err(err)?;
-        let a = ArrayD::from_shape_vec(IxDyn(&shape), p)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let a = ArrayD::from_shape_vec(IxDyn(&shape), e).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(a.into_pyarray(py))
     }
 
@@ -192,28 +187,19 @@ impl Sampler {
         remove_true: bool,
         seed: Option<u64>,
     ) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
-        let truth = true_classes
-            .as_ref()
-            .map(|t| (to_vec2(t), t.shape()[0], t.shape()[1]));
+        let shape = true_classes.as_ref().map(|t| (t.shape()[0], t.shape()[1]));
+        let flat = true_classes.as_ref().map(to_vec2);
         let key = self.key(seed);
         let dist = self.dist.clone();
-        let flat = truth.as_ref().map(|t| t.0.clone());
         let s = py
             .detach(move || {
-                sampler::sample(
-                    dist.as_ref(),
-                    key,
-                    num_sampled,
-                    unique,
-                    flat.as_deref(),
-                    remove_true,
-                )
+                sampler::sample(dist.as_ref(), key, num_sampled, unique, flat.as_deref(), remove_true)
             })
             .map_err(err)?;
         let ids = Array1::from_vec(s.ids).into_pyarray(py);
         let sampled = Array1::from_vec(s.sampled_expected).into_pyarray(py);
-        let true_ec = match (s.true_expected, truth) {
-            (Some(te), Some((_, b, t))) => array2(py, te, b, t)?.into_any(),
+        let true_ec = match (s.true_expected, shape) {
+            (Some(te), Some((b, t))) => array2(py, te, b, t)?.into_any(),
             _ => py.None().into_bound(py),
         };
         (ids, true_ec, sampled, s.num_tries).into_pyobject(py)
@@ -237,22 +223,10 @@ impl Sampler {
         let dist = self.dist.clone();
         let s = py
             .detach(move || {
-                sampler::sample_per_row(
-                    dist.as_ref(),
-                    key,
-                    &flat,
-                    t,
-                    num_sampled,
-                    unique,
-                    remove_true,
-                )
+                sampler::sample_per_row(dist.as_ref(), key, &flat, t, num_sampled, unique, remove_true)
             })
             .map_err(err)?;
-        let cols = if b == 0 {
-            num_sampled.max(0) as usize
-        } else {
-            s.ids.len() / b
-        };
+        let cols = if b == 0 { num_sampled.max(0) as usize } else { s.ids.len() / b };
         let ids = array2(py, s.ids, b, cols)?;
         let se = array2(py, s.sampled_expected, b, cols)?;
         let te = array2(py, s.true_expected, b, t)?;
@@ -265,9 +239,7 @@ impl Sampler {
 #[pyfunction]
 fn parse_vocab<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let owned = text.to_owned();
-    let c = py
-        .detach(move || unigram::read_vocab_counts(&owned))
-        .map_err(err)?;
+    let c = py.detach(move || unigram::read_vocab_counts(&owned)).map_err(err)?;
     Ok(Array1::from_vec(c).into_pyarray(py))
 }
 
@@ -281,9 +253,7 @@ fn compute_accidental_hits<'py>(
 ) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
     let truth = to_vec2(&true_classes);
     let cands = sampled_candidates.as_array().to_vec();
-    let h = py
-        .detach(move || hits::accidental_hits(&truth, num_true, &cands))
-        .map_err(err)?;
+    let h = py.detach(move || hits::accidental_hits(&truth, num_true, &cands)).map_err(err)?;
     let n = h.rows.len();
     let rows = Array1::from_vec(h.rows).into_pyarray(py);
     let pos = Array1::from_vec(h.positions).into_pyarray(py);

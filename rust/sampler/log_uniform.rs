@@ -2,38 +2,109 @@
 //! `LogUniformSampler`. A draw is floor(e^(u ln(range_max + 1))) - 1 for u uniform in [0, 1): the discretised
 //! continuous log-uniform law on [1, range_max + 1), whose mass on [k + 1, k + 2) is exactly P(k).
 
-use super::{check_range, spread_large, Distribution};
+use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::{unit_f64, Stream};
 use crate::vmath::{self, simd};
+use std::sync::OnceLock;
 
 #[derive(Clone, Debug)]
 pub struct LogUniform {
     range_max: u64,
     log_range: f64,
+    /// Compute P(k) with TensorFlow's expression `log((k + 2.0) / (k + 1.0)) / log1p(range_max)`, whose
+    /// quotient rounds before the logarithm (a relative error near 1e-16 * k), for bit parity with it.
+    tf_formula: bool,
 }
 
 impl LogUniform {
     pub fn new(range_max: i64) -> Result<Self> {
         let range_max = check_range(range_max)?;
-        Ok(LogUniform {
-            range_max,
-            log_range: (range_max as f64).ln_1p(),
-        })
+        Ok(LogUniform { range_max, log_range: (range_max as f64).ln_1p(), tf_formula: false })
+    }
+
+    /// The same distribution, with P(k) computed exactly as TensorFlow's kernel does.
+    pub fn tf(range_max: i64) -> Result<Self> {
+        Ok(LogUniform { tf_formula: true, ..Self::new(range_max)? })
+    }
+
+    fn tf_prob(&self, k: u64) -> f64 {
+        ((k as f64 + 2.0) / (k as f64 + 1.0)).ln() / self.log_range
+    }
+
+    #[cfg(test)]
+    fn tf_prob_fast(&self, k: u64) -> f64 {
+        let mut o = [0.0];
+        tf_prob_kernel(&[k], &mut o, 1.0 / self.log_range);
+        o[0]
     }
 }
 
+/// ln(1 + 1/(k+1)) for the most frequent ids, where the series below would be inaccurate.
+const HEAD: usize = 1 << 15;
+
+fn head_table() -> &'static [f64; HEAD] {
+    static TABLE: OnceLock<Box<[f64; HEAD]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0.0; HEAD]);
+        for (k, v) in t.iter_mut().enumerate() {
+            *v = (1.0 / (k as f64 + 1.0)).ln_1p();
+        }
+        t
+    })
+}
+
+/// `k` as a double (correctly rounded), in operations that vectorise without AVX-512.
+#[inline(always)]
+fn u64_to_f64(k: u64) -> f64 {
+    const TWO52: f64 = 4_503_599_627_370_496.0;
+    let hi = f64::from_bits((k >> 32) | 0x4330_0000_0000_0000) - TWO52;
+    let lo = f64::from_bits((k & 0xffff_ffff) | 0x4330_0000_0000_0000) - TWO52;
+    hi * 4_294_967_296.0 + lo
+}
+
 simd! {
-    /// P(k) for each id: ln(1 + 1/(k+1)) / ln(range_max + 1).
-    fn prob_kernel(ids: &[u64], out: &mut [f64], inv_log_range: f64) {
+    /// P(k) = ln(1 + x) / ln(range_max + 1) with x = 1/(k+1): a table for k < 2^15, beyond it the series
+    /// x - x²/2 + x³/3 - x⁴/4 (x <= 2^-15, so the first omitted term is below 1e-18 relative).
+    fn prob_kernel(ids: &[u64], out: &mut [f64], inv_log_range: f64, head: &[f64; HEAD]) {
         for (o, &k) in out.iter_mut().zip(ids) {
-            *o = vmath::ln_1p(1.0 / (k as f64 + 1.0)) * inv_log_range;
+            let x = 1.0 / (u64_to_f64(k) + 1.0);
+            let series = x * (1.0 - x * (0.5 - x * (1.0 / 3.0 - x * 0.25)));
+            let table = head[k.min(HEAD as u64 - 1) as usize];
+            *o = if k < HEAD as u64 { table } else { series } * inv_log_range;
+        }
+    }
+}
+
+/// Ranges below this draw through 32-bit conversions, which vectorise.
+const SMALL_RANGE: u64 = 1 << 30;
+
+simd! {
+    /// P(k) with TensorFlow's expression ln((k + 2) / (k + 1)) / ln(range_max + 1) (see `tf_formula`).
+    fn tf_prob_kernel(ids: &[u64], out: &mut [f64], inv_log_range: f64) {
+        for (o, &k) in out.iter_mut().zip(ids) {
+            let kf = u64_to_f64(k);
+            *o = vmath::ln((kf + 2.0) / (kf + 1.0)) * inv_log_range;
         }
     }
 }
 
 simd! {
-    /// Turn raw words into the continuous log-uniform value e^(u L) in [1, range_max + 1).
+    /// Draws for ranges below 2^30: id = trunc(e^(u L)) - 1, clamped to the last id.
+    fn draw_small_kernel(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
+        for (o, &w) in out.iter_mut().zip(words) {
+            // u L <= ln(2^30 + 1) and exp is clamped, so v is finite and in [1, 2^30 + 2).
+            let v = vmath::exp(unit_f64(w) * log_range).clamp(1.0, 2_000_000_000.0);
+            // SAFETY: v is finite and within [1, 2e9], inside i32's range, so the unchecked conversion
+            // (a single truncating instruction, unlike the saturating `as`) is defined.
+            let t = unsafe { v.to_int_unchecked::<i32>() };
+            *o = (t as i64 - 1).min(last) as u64;
+        }
+    }
+}
+
+simd! {
+    /// The continuous log-uniform value e^(u L) in [1, range_max + 1), for huge ranges.
     fn draw_kernel(words: &[u64], out: &mut [f64], log_range: f64) {
         for (o, &w) in out.iter_mut().zip(words) {
             *o = vmath::exp(unit_f64(w) * log_range);
@@ -47,25 +118,42 @@ impl Distribution for LogUniform {
     }
 
     fn prob(&self, k: u64) -> f64 {
+        if self.tf_formula {
+            return self.tf_prob(k);
+        }
         (1.0 / (k as f64 + 1.0)).ln_1p() / self.log_range
     }
 
     fn prob_into(&self, ids: &[u64], out: &mut [f64]) {
-        prob_kernel(ids, out, 1.0 / self.log_range)
+        if self.tf_formula {
+            tf_prob_kernel(ids, out, 1.0 / self.log_range)
+        } else {
+            prob_kernel(ids, out, 1.0 / self.log_range, head_table())
+        }
     }
 
     fn draw(&self, stream: &mut Stream, out: &mut [u64]) {
         const BLOCK: usize = 512;
         let mut words = [0u64; BLOCK];
-        let mut vals = [0f64; BLOCK];
         let last = self.range_max - 1;
+        if self.range_max < SMALL_RANGE {
+            for piece in out.chunks_mut(BLOCK) {
+                let n = piece.len();
+                stream.fill_u64(&mut words[..n]);
+                draw_small_kernel(&words[..n], piece, self.log_range, last as i64);
+            }
+            return;
+        }
+        let mut vals = [0f64; BLOCK];
         for piece in out.chunks_mut(BLOCK) {
             let n = piece.len();
             stream.fill_u64(&mut words[..n]);
             draw_kernel(&words[..n], &mut vals[..n], self.log_range);
             for (o, &v) in piece.iter_mut().zip(&vals[..n]) {
+                // u has 52 bits, so v = e^(u L) stands for the cell [v, v e^(L 2^-52)).
+                let width = v * self.log_range * f64::EPSILON / 2.0;
                 // v >= 1, so the id is >= 0; rounding at the very top may reach range_max: clamp it.
-                *o = (spread_large(v, stream) - 1).min(last);
+                *o = (refine(v, width, stream).max(1) - 1).min(last);
             }
         }
     }
@@ -81,28 +169,44 @@ mod tests {
         let d = LogUniform::new(1000).unwrap();
         let total: f64 = (0..1000).map(|k| d.prob(k)).sum();
         assert!((total - 1.0).abs() < 1e-12);
-        let ids: Vec<u64> = (0..1000).collect();
-        let mut fast = vec![0.0; 1000];
+        // The vectorised path (table, then series) agrees with the direct formula everywhere.
+        let d = LogUniform::new(1 << 62).unwrap();
+        let mut ids: Vec<u64> = (0..70_000).collect();
+        ids.extend([1 << 20, (1 << 32) + 7, 1 << 52, (1 << 53) + 1, (1 << 62) - 1]);
+        let mut fast = vec![0.0; ids.len()];
         d.prob_into(&ids, &mut fast);
-        for k in 0..1000 {
-            assert!((fast[k] - d.prob(k as u64)).abs() <= 1e-15 * d.prob(k as u64));
+        for (&k, &f) in ids.iter().zip(&fast) {
+            assert!((f - d.prob(k)).abs() <= 1e-15 * d.prob(k), "k={k}");
         }
     }
 
     #[test]
     fn goodness_of_fit_small_and_large_ranges() {
-        for (range, bins) in [
-            (10i64, 10u64),
-            (1000, 1000),
-            (100_000_000, 2000),
-            (1 << 62, 2000),
-        ] {
+        for (range, bins) in [(10i64, 10u64), (1000, 1000), (100_000_000, 2000), (1 << 62, 2000)] {
             let d = LogUniform::new(range).unwrap();
             let (chi, df) = chi_square(&d, 11, 400_000, bins);
-            assert!(
-                chi < chi_square_bound(df),
-                "range {range}: chi2 {chi} df {df}"
-            );
+            assert!(chi < chi_square_bound(df), "range {range}: chi2 {chi} df {df}");
+        }
+    }
+
+    #[test]
+    fn tensorflow_expression_in_float32() {
+        let d = LogUniform::tf(1 << 40).unwrap();
+        for k in (0..2000u64).chain((0..2000).map(|i| i * 549_755_813 + 12_345)) {
+            assert_eq!(d.tf_prob_fast(k) as f32, d.tf_prob(k) as f32, "k={k}");
+        }
+    }
+
+    #[test]
+    fn goodness_of_fit_over_octaves() {
+        for range in [1u64 << 62, 1 << 40, 100_000_000, (1 << 30) - 1, 1 << 30] {
+            let d = LogUniform::new(range as i64).unwrap();
+            let mut edges: Vec<u64> = (0..63).map(|j| (1u64 << j) - 1).take_while(|&e| e < range).collect();
+            edges.push(range);
+            let l = (range as f64).ln_1p();
+            let mass = |lo: u64, hi: u64| ((hi as f64 + 1.0) / (lo as f64 + 1.0)).ln() / l;
+            let (chi, df) = chi_square_edges(&d, 29, 300_000, &edges, mass);
+            assert!(chi < chi_square_bound(df), "range {range}: chi2 {chi} df {df}");
         }
     }
 

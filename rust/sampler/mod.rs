@@ -10,7 +10,7 @@ pub mod zipf;
 pub use log_uniform::LogUniform;
 pub use uniform::Uniform;
 pub use unigram::Unigram;
-pub use unique::{expected_counts, sample, sample_per_row, PerRowSample, Sample};
+pub use unique::{expected_counts, expected_counts_for, sample, sample_per_row, PerRowSample, Sample};
 pub use zipf::Zipf;
 
 use crate::error::{Error, Result};
@@ -46,16 +46,10 @@ pub trait Distribution: Send + Sync {
 /// Check that `range_max` is a usable number of classes.
 pub fn check_range(range_max: i64) -> Result<u64> {
     if range_max <= 0 {
-        return Err(Error::value(
-            "range_max",
-            format!("must be positive, got {range_max}"),
-        ));
+        return Err(Error::value("range_max", format!("must be positive, got {range_max}")));
     }
     if range_max as u64 > MAX_RANGE {
-        return Err(Error::value(
-            "range_max",
-            format!("must be at most 2^62, got {range_max}"),
-        ));
+        return Err(Error::value("range_max", format!("must be at most 2^62, got {range_max}")));
     }
     Ok(range_max as u64)
 }
@@ -80,20 +74,21 @@ pub fn probability(dist: &dyn Distribution, ids: &[i64]) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// Spread a draw that was computed in floating point over the integers it stands for.
+/// `floor(y)` for a point `y` uniform in `[x, x + width)`, exact in integers even where doubles are sparse.
 ///
-/// Above 2^53 consecutive integers are no longer all doubles: a draw `x` there stands for the `ulp(x)`
-/// integers starting at `floor(x)`, over which the target densities here are flat to within 1e-15.
-/// Picking one of them uniformly makes every id reachable. Below 2^53 this returns `floor(x)` unchanged.
+/// Draws computed in floating point from a 52-bit uniform sit on a grid: the continuous value they stand for
+/// lies somewhere in `[x, x + width)`, where `width` is the grid's spacing there. Where that spacing reaches
+/// whole ids (far tails of huge ranges) flooring `x` would leave ids unreachable; placing the point uniformly
+/// in its cell (over which the densities here are flat to ~1e-14) reaches them all with the right mass.
+/// Cells narrower than 2^-10 of an id are floored directly.
 #[inline]
-pub(crate) fn spread_large(x: f64, stream: &mut Stream) -> u64 {
-    const TWO53: f64 = 9_007_199_254_740_992.0;
-    let k = x as u64;
-    if x < TWO53 {
-        return k;
+pub(crate) fn refine(x: f64, width: f64, stream: &mut Stream) -> u64 {
+    if width < 1.0 / 1024.0 {
+        return x as u64;
     }
-    let ulp = (f64::from_bits(x.to_bits() + 1) - x) as u64;
-    k.saturating_add(stream.below(ulp.max(1)))
+    let base = x.floor();
+    let offset = (x - base) + width * stream.next_f64();
+    (base as u64).saturating_add(offset as u64)
 }
 
 #[cfg(test)]
@@ -105,34 +100,57 @@ pub(crate) mod testutil {
     /// range lumped into one more bin. Returns (statistic, degrees of freedom).
     pub fn chi_square(dist: &dyn Distribution, seed: u64, n: usize, bins: u64) -> (f64, usize) {
         let bins = bins.min(dist.range_max());
-        let mut counts = vec![0u64; bins as usize + 1];
-        let mut s = Stream::new(seed);
-        let mut buf = vec![0u64; n];
-        dist.draw(&mut s, &mut buf);
-        for &k in &buf {
-            assert!(k < dist.range_max(), "draw {k} out of range");
-            counts[(k.min(bins)) as usize] += 1;
+        let mut edges: Vec<u64> = (0..=bins).collect();
+        if bins < dist.range_max() {
+            edges.push(dist.range_max());
         }
-        let mut stat = 0.0;
-        let mut head = 0.0;
-        let mut df = 0;
-        for k in 0..bins {
-            let p = dist.prob(k);
-            head += p;
-            let e = p * n as f64;
-            if e > 0.0 {
-                stat += (counts[k as usize] as f64 - e).powi(2) / e;
-                df += 1;
+        let head: f64 = (0..bins).map(|k| dist.prob(k)).sum();
+        let mass = |lo: u64, hi: u64| {
+            if lo >= bins {
+                (1.0 - head).max(0.0)
             } else {
-                assert_eq!(counts[k as usize], 0, "drew id {k} of probability 0");
+                (lo..hi).map(|k| dist.prob(k)).sum()
+            }
+        };
+        chi_square_edges(dist, seed, n, &edges, mass)
+    }
+
+    /// Pearson's chi-square of `n` draws over the bins `[edges[i], edges[i+1])` (edges from 0 to range_max),
+    /// with `mass(lo, hi)` the probability of a bin. Adjacent bins are merged until each expects at least 5
+    /// draws, as the test requires. Returns (statistic, degrees of freedom).
+    pub fn chi_square_edges(
+        dist: &dyn Distribution,
+        seed: u64,
+        n: usize,
+        edges: &[u64],
+        mass: impl Fn(u64, u64) -> f64,
+    ) -> (f64, usize) {
+        let mut buf = vec![0u64; n];
+        dist.draw(&mut Stream::new(seed), &mut buf);
+        buf.sort_unstable();
+        assert!(buf.last().map_or(true, |&k| k < dist.range_max()), "draw out of range");
+        let count =
+            |lo: u64, hi: u64| (buf.partition_point(|&k| k < hi) - buf.partition_point(|&k| k < lo)) as f64;
+        let (mut stat, mut cells) = (0.0, 0usize);
+        let (mut lo, mut acc_e) = (edges[0], 0.0);
+        for w in edges.windows(2) {
+            let e = mass(w[0], w[1]) * n as f64;
+            if e == 0.0 {
+                assert_eq!(count(w[0], w[1]), 0.0, "drew from [{}, {}) of probability 0", w[0], w[1]);
+            }
+            acc_e += e;
+            let last = w[1] == *edges.last().unwrap_or(&0);
+            if acc_e >= 5.0 || last {
+                let o = count(lo, w[1]);
+                if acc_e > 0.0 {
+                    stat += (o - acc_e).powi(2) / acc_e;
+                    cells += 1;
+                }
+                lo = w[1];
+                acc_e = 0.0;
             }
         }
-        let e = (1.0 - head).max(0.0) * n as f64;
-        if e > 1e-9 {
-            stat += (counts[bins as usize] as f64 - e).powi(2) / e;
-            df += 1;
-        }
-        (stat, df.max(2) - 1)
+        (stat, cells.max(2) - 1)
     }
 
     /// A generous upper quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty, z = 4.75,

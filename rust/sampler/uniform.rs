@@ -11,9 +11,7 @@ pub struct Uniform {
 
 impl Uniform {
     pub fn new(range_max: i64) -> Result<Self> {
-        Ok(Uniform {
-            range_max: check_range(range_max)?,
-        })
+        Ok(Uniform { range_max: check_range(range_max)? })
     }
 }
 

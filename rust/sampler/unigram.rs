@@ -28,34 +28,22 @@ impl Unigram {
     pub fn from_weights(weights: Vec<f64>, arg: &'static str) -> Result<Self> {
         let n = weights.len();
         if n == 0 {
-            return Err(Error::value(
-                arg,
-                "is empty: the sampler needs at least one class",
-            ));
+            return Err(Error::value(arg, "is empty: the sampler needs at least one class"));
         }
         if n > MAX_UNIGRAM {
-            return Err(Error::too_large(
-                arg,
-                format!("has {n} entries, more than {MAX_UNIGRAM}"),
-            ));
+            return Err(Error::too_large(arg, format!("has {n} entries, more than {MAX_UNIGRAM}")));
         }
         let mut total = 0.0;
         let mut support = 0u64;
         for (i, &w) in weights.iter().enumerate() {
             if !w.is_finite() || w < 0.0 {
-                return Err(Error::value(
-                    arg,
-                    format!("weight {i} is {w}: weights must be finite and >= 0"),
-                ));
+                return Err(Error::value(arg, format!("weight {i} is {w}: weights must be finite and >= 0")));
             }
             total += w;
             support += (w > 0.0) as u64;
         }
         if !(total > 0.0) || !total.is_finite() {
-            return Err(Error::value(
-                arg,
-                format!("weights sum to {total}: need a positive, finite total"),
-            ));
+            return Err(Error::value(arg, format!("weights sum to {total}: need a positive, finite total")));
         }
         // Vose's construction: scale weights to mean 1, pair each column below 1 with one above.
         let scale = n as f64 / total;
@@ -87,14 +75,7 @@ impl Unigram {
             keep[i as usize] = u64::MAX;
             alias[i as usize] = i;
         }
-        Ok(Unigram {
-            weights,
-            total,
-            support,
-            keep,
-            alias,
-            total_f32: None,
-        })
+        Ok(Unigram { weights, total, support, keep, alias, total_f32: None })
     }
 
     /// TensorFlow's `FixedUnigramSampler` rules: the ids are `0..num_reserved_ids` (reserved, weight 0) followed
@@ -114,35 +95,20 @@ impl Unigram {
         float32: bool,
     ) -> Result<Self> {
         if !distortion.is_finite() {
-            return Err(Error::value(
-                "distortion",
-                format!("must be finite, got {distortion}"),
-            ));
+            return Err(Error::value("distortion", format!("must be finite, got {distortion}")));
         }
         if num_reserved_ids < 0 {
-            return Err(Error::value(
-                "num_reserved_ids",
-                format!("must be >= 0, got {num_reserved_ids}"),
-            ));
+            return Err(Error::value("num_reserved_ids", format!("must be >= 0, got {num_reserved_ids}")));
         }
         if num_shards < 1 {
-            return Err(Error::value(
-                "num_shards",
-                format!("must be >= 1, got {num_shards}"),
-            ));
+            return Err(Error::value("num_shards", format!("must be >= 1, got {num_shards}")));
         }
         if shard < 0 || shard >= num_shards {
-            return Err(Error::value(
-                "shard",
-                format!("must be in [0, {num_shards}), got {shard}"),
-            ));
+            return Err(Error::value("shard", format!("must be in [0, {num_shards}), got {shard}")));
         }
         let total = (num_reserved_ids as u128) + unigrams.len() as u128;
         if total > MAX_UNIGRAM as u128 {
-            return Err(Error::too_large(
-                "num_reserved_ids",
-                "reserved ids plus unigrams exceed 2^32 - 1",
-            ));
+            return Err(Error::too_large("num_reserved_ids", "reserved ids plus unigrams exceed 2^32 - 1"));
         }
         for (i, &w) in unigrams.iter().enumerate() {
             if !w.is_finite() || w < 0.0 {
@@ -154,9 +120,7 @@ impl Unigram {
         }
         let (ns, sh) = (num_shards as u64, shard as u64);
         let mut weights = Vec::new();
-        let reserved = (0..num_reserved_ids as u64)
-            .filter(|id| id % ns == sh)
-            .count();
+        let reserved = (0..num_reserved_ids as u64).filter(|id| id % ns == sh).count();
         weights.resize(reserved, 0.0);
         // TensorFlow numbers the unigrams from the count of reserved ids this shard kept.
         let first = reserved as u64;
@@ -221,11 +185,7 @@ impl Distribution for Unigram {
             let m = stream.next_u64() as u128 * n;
             let col = (m >> 64) as usize;
             let coin = m as u64;
-            *o = if coin < self.keep[col] {
-                col as u64
-            } else {
-                self.alias[col] as u64
-            };
+            *o = if coin < self.keep[col] { col as u64 } else { self.alias[col] as u64 };
         }
     }
 }
@@ -241,10 +201,7 @@ pub fn read_vocab_counts(text: &str) -> Result<Vec<f64>> {
         }
         let field = line.rsplit(',').next().unwrap_or("").trim();
         let w: f64 = field.parse().map_err(|_| {
-            Error::value(
-                "vocab_file",
-                format!("line {}: last field {field:?} is not a number", i + 1),
-            )
+            Error::value("vocab_file", format!("line {}: last field {field:?} is not a number", i + 1))
         })?;
         counts.push(w);
     }
@@ -270,9 +227,7 @@ mod tests {
 
     #[test]
     fn goodness_of_fit_skewed() {
-        let w: Vec<f64> = (0..5000)
-            .map(|k| 1.0 / (k as f64 + 1.0).powf(1.1))
-            .collect();
+        let w: Vec<f64> = (0..5000).map(|k| 1.0 / (k as f64 + 1.0).powf(1.1)).collect();
         let d = Unigram::from_weights(w, "unigrams").unwrap();
         let (chi, df) = chi_square(&d, 4, 500_000, 500);
         assert!(chi < chi_square_bound(df), "chi2 {chi} df {df}");

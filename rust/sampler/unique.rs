@@ -13,6 +13,7 @@
 //! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
 
 use super::Distribution;
+use crate::buf::{fill_together, zeroed, Zeroable};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
@@ -24,7 +25,9 @@ pub const MAX_TRIES: u64 = 1 << 31;
 /// The most candidates one call may ask for.
 pub const MAX_SAMPLED: u64 = 1 << 36;
 /// Below this many draws a call stays on the caller's thread.
-const PARALLEL_MIN: usize = 1 << 15;
+const PARALLEL_MIN: usize = 1 << 13;
+/// Expected counts are computed in pieces of this many ids (in parallel for large requests).
+const COUNT_PIECE: usize = 2048;
 
 /// A set of candidates shared by a batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,15 +52,6 @@ fn chunk_len(n: usize) -> usize {
     n.saturating_add(n / 4).clamp(64, 4096).next_power_of_two()
 }
 
-/// A vector of `n` default values, or an error (instead of an abort) when memory runs out.
-pub(crate) fn try_vec<T: Clone + Default>(arg: &'static str, n: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
-    v.resize(n, T::default());
-    Ok(v)
-}
-
 /// An open-addressing hash set of ids (linear probing, multiplicative hashing).
 pub(crate) struct IdSet {
     slots: Vec<u64>,
@@ -70,11 +64,7 @@ const EMPTY: u64 = u64::MAX;
 impl IdSet {
     pub fn with_capacity(n: usize) -> Self {
         let cap = (2 * n.max(8)).next_power_of_two();
-        IdSet {
-            slots: vec![EMPTY; cap],
-            used: Vec::with_capacity(n),
-            mask: cap - 1,
-        }
+        IdSet { slots: vec![EMPTY; cap], used: Vec::with_capacity(n), mask: cap - 1 }
     }
 
     #[inline]
@@ -138,6 +128,151 @@ impl IdSet {
     }
 }
 
+/// Ranges up to this size de-duplicate with a bitset (at most 8 MiB of scratch per thread) when the bitset
+/// is not much larger than the draw (at most 16 words per id); others use a hash set, which stays in cache.
+const BITSET_MAX_RANGE: u64 = 1 << 26;
+
+/// Per-thread scratch bitset: all zero between uses unless `dirty` (a use that did not finish).
+#[derive(Default)]
+struct Scratch {
+    bits: Vec<u64>,
+    dirty: bool,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Where draws go: a membership test that also inserts.
+trait Seen {
+    /// Insert `id`; true when it was not there yet.
+    fn insert(&mut self, id: u64) -> bool;
+}
+
+/// With replacement: every draw is new.
+struct Everything;
+
+impl Seen for Everything {
+    #[inline(always)]
+    fn insert(&mut self, _id: u64) -> bool {
+        true
+    }
+}
+
+impl Seen for IdSet {
+    #[inline(always)]
+    fn insert(&mut self, id: u64) -> bool {
+        IdSet::insert(self, id)
+    }
+}
+
+struct Bits<'a>(&'a mut [u64]);
+
+impl Seen for Bits<'_> {
+    #[inline(always)]
+    fn insert(&mut self, id: u64) -> bool {
+        let w = &mut self.0[(id >> 6) as usize];
+        let b = 1u64 << (id & 63);
+        let new = *w & b == 0;
+        *w |= b;
+        new
+    }
+}
+
+/// The ids collected so far by a sequential draw, with one spare slot at the end for branch-free writes.
+struct Collect {
+    out: Vec<u64>,
+    filled: usize,
+    /// Draws that were not avoided (each is a draw from the renormalised distribution).
+    tries: u64,
+}
+
+impl Collect {
+    /// Consume `buf` in order: skip avoided ids, count the rest as tries, keep the ones `seen` calls new,
+    /// stop at `n` ids. Returns how many draws of `buf` were consumed.
+    #[inline(always)]
+    fn consume<S: Seen, const AVOID: bool>(
+        &mut self,
+        buf: &[u64],
+        avoid: Option<&Avoid>,
+        seen: &mut S,
+        n: usize,
+    ) -> u64 {
+        let (mut f, mut t, mut used) = (self.filled, self.tries, 0u64);
+        for &id in buf {
+            used += 1;
+            if AVOID && avoid.is_some_and(|a| a.set.contains(id)) {
+                continue;
+            }
+            t += 1;
+            self.out[f] = id;
+            f += seen.insert(id) as usize;
+            if f == n {
+                break;
+            }
+        }
+        self.filled = f;
+        self.tries = t;
+        used
+    }
+
+    /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected.
+    #[allow(clippy::too_many_arguments)]
+    fn run<S: Seen, const AVOID: bool>(
+        &mut self,
+        dist: &dyn Distribution,
+        key: u64,
+        n: usize,
+        len: usize,
+        parallel: bool,
+        avoid: Option<&Avoid>,
+        seen: &mut S,
+    ) -> Result<()> {
+        let mut buf: Vec<u64> = Vec::new();
+        let (mut next_chunk, mut consumed) = (0u64, 0u64);
+        while self.filled < n {
+            // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
+            // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
+            // ahead, never which draws are consumed.
+            let rate = if consumed == 0 { 1.0 } else { (self.filled as f64 / consumed as f64).max(1e-3) };
+            let want = ((n - self.filled) as f64 * 1.25 / rate) as usize;
+            let chunks = want.div_ceil(len).clamp(1, 256);
+            buf.resize(chunks * len, 0);
+            raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
+            next_chunk += chunks as u64;
+            consumed += self.consume::<S, AVOID>(&buf, avoid, seen, n);
+            if self.filled < n && consumed >= MAX_TRIES {
+                return Err(Error::TooFewClasses {
+                    arg: "num_sampled",
+                    msg: format!(
+                        "gave up after {consumed} draws with {} of {n} distinct classes: the distribution \
+                         is too concentrated for that many",
+                        self.filled
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with<S: Seen>(
+        &mut self,
+        dist: &dyn Distribution,
+        key: u64,
+        n: usize,
+        len: usize,
+        parallel: bool,
+        avoid: Option<&Avoid>,
+        seen: &mut S,
+    ) -> Result<()> {
+        match avoid {
+            Some(_) => self.run::<S, true>(dist, key, n, len, parallel, avoid, seen),
+            None => self.run::<S, false>(dist, key, n, len, parallel, avoid, seen),
+        }
+    }
+}
+
 /// Ids to avoid and the probability mass they carry.
 pub(crate) struct Avoid {
     set: IdSet,
@@ -158,11 +293,7 @@ impl Avoid {
                 in_support += (p > 0.0) as u64;
             }
         }
-        Avoid {
-            set,
-            mass,
-            in_support,
-        }
+        Avoid { set, mass, in_support }
     }
 
     fn is_empty(&self) -> bool {
@@ -171,17 +302,9 @@ impl Avoid {
 }
 
 /// Fill `out` with the raw draws of chunks `first..`, each `len` long, in parallel when `parallel`.
-fn raw_chunks(
-    dist: &dyn Distribution,
-    key: u64,
-    first: u64,
-    len: usize,
-    out: &mut [u64],
-    parallel: bool,
-) {
-    let one = |(i, piece): (usize, &mut [u64])| {
-        dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece)
-    };
+fn raw_chunks(dist: &dyn Distribution, key: u64, first: u64, len: usize, out: &mut [u64], parallel: bool) {
+    let one =
+        |(i, piece): (usize, &mut [u64])| dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece);
     if parallel {
         out.par_chunks_mut(len).enumerate().for_each(one);
     } else {
@@ -213,79 +336,58 @@ fn draw(
             arg: "num_sampled",
             msg: format!(
                 "cannot draw {n} distinct classes: only {available} have non-zero probability{}",
-                if avoid.is_some() {
-                    " after removing the true classes"
-                } else {
-                    ""
-                }
+                if avoid.is_some() { " after removing the true classes" } else { "" }
             ),
         });
     }
     let len = chunk_len(n);
-    let mut out: Vec<u64> = try_vec("num_sampled", n)?;
     if !unique && avoid.is_none() {
         // Every draw is accepted: chunk c fills out[c*len..], independently.
+        let mut out: Vec<u64> = zeroed("num_sampled", n)?;
         raw_chunks(dist, key, 0, len, &mut out, parallel && n >= PARALLEL_MIN);
         return Ok((out, n as u64));
     }
-    out.clear();
-    let mut seen = if unique {
-        Some(IdSet::with_capacity(n))
+    let mut c = Collect { out: zeroed("num_sampled", n + 1)?, filled: 0, tries: 0 };
+    let range = dist.range_max();
+    if !unique {
+        c.run_with(dist, key, n, len, parallel, avoid, &mut Everything)?;
+    } else if range <= BITSET_MAX_RANGE {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let words = range.div_ceil(64) as usize;
+                if scratch.dirty {
+                    scratch.bits.iter_mut().for_each(|w| *w = 0);
+                }
+                if scratch.bits.len() < words {
+                    scratch.bits.resize(words, 0);
+                }
+                scratch.dirty = true;
+                let r = c.run_with(dist, key, n, len, parallel, avoid, &mut Bits(&mut scratch.bits[..words]));
+                // Clear exactly the bits set: those of the ids collected.
+                for &id in &c.out[..c.filled] {
+                    scratch.bits[(id >> 6) as usize] = 0;
+                }
+                scratch.dirty = false;
+                r
+            }
+            // Re-entered on this thread (cannot happen today): use a private set.
+            Err(_) => c.run_with(dist, key, n, len, parallel, avoid, &mut IdSet::with_capacity(n)),
+        })?;
     } else {
-        None
-    };
-    let mut buf: Vec<u64> = Vec::new();
-    let mut next_chunk = 0u64;
-    let mut tries = 0u64;
-    let mut consumed = 0u64;
-    while out.len() < n {
-        // Generate about as many chunks as the missing draws need (at least one, at most 256).
-        let missing = n - out.len();
-        let chunks = missing.div_ceil(len).clamp(1, 256);
-        buf.resize(chunks * len, 0);
-        raw_chunks(
-            dist,
-            key,
-            next_chunk,
-            len,
-            &mut buf,
-            parallel && chunks * len >= PARALLEL_MIN,
-        );
-        next_chunk += chunks as u64;
-        for &id in &buf {
-            consumed += 1;
-            if let Some(a) = avoid {
-                if a.set.contains(id) {
-                    continue;
-                }
-            }
-            tries += 1;
-            if let Some(s) = seen.as_mut() {
-                if !s.insert(id) {
-                    continue;
-                }
-            }
-            out.push(id);
-            if out.len() == n {
-                break;
-            }
-        }
-        if out.len() < n && consumed >= MAX_TRIES {
-            return Err(Error::TooFewClasses {
-                arg: "num_sampled",
-                msg: format!(
-                    "gave up after {consumed} draws with {} of {n} distinct classes: the \
-                    distribution is too concentrated for that many",
-                    out.len()
-                ),
-            });
-        }
+        c.run_with(dist, key, n, len, parallel, avoid, &mut IdSet::with_capacity(n))?;
     }
+    let tries = c.tries;
+    let mut out = c.out;
+    out.truncate(n);
     Ok((out, if unique { tries } else { n as u64 }))
 }
 
+/// Above this P, ln(1 - P) leaves the series of [`count_kernel`] and is computed exactly, one by one.
+const SERIES_MAX: f64 = 1.0 / 128.0;
+
 simd! {
-    /// Expected counts from probabilities (see the module doc); `scale` renormalises P.
+    /// Expected counts from probabilities (see the module doc); `scale` renormalises P. In the unique case
+    /// ln(1 - q) comes from its series, exact to 1e-19 for q < 2^-7: the caller fixes up larger q.
     fn count_kernel(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32, num_tries: f64, plain: bool) {
         if plain {
             for (o, &q) in out.iter_mut().zip(p) {
@@ -294,11 +396,28 @@ simd! {
         } else {
             for (o, &q) in out.iter_mut().zip(p) {
                 let q = ((q * scale) as f32) as f64;
-                let certain = q >= 1.0;
-                let y = if certain { 0.5 } else { q };
-                let e = -vmath::exp_m1(num_tries * vmath::ln_1p(-y));
-                *o = if certain { 1.0 } else { e as f32 };
+                // -ln(1 - q) = q + q²/2 + ... + q⁹/9, by Estrin's scheme.
+                let q2 = q * q;
+                let q4 = q2 * q2;
+                let head = (1.0 + q * 0.5) + q2 * (1.0 / 3.0 + q * 0.25);
+                let tail = (0.2 + q * (1.0 / 6.0)) + q2 * (1.0 / 7.0 + q * 0.125) + q4 * (1.0 / 9.0);
+                let l = -q * (head + q4 * tail);
+                *o = -vmath::exp_m1(num_tries * l) as f32;
             }
+        }
+    }
+}
+
+simd! {
+    /// The unique-case expected counts of probabilities (already scaled) of any size: -expm1(t ln(1 - q)).
+    /// q is a float32 value, so 1 - q is exact in float64 for q >= 2^-7, where this is used.
+    fn count_exact_kernel(q: &[f64], out: &mut [f32], num_tries: f64) {
+        for (o, &q) in out.iter_mut().zip(q) {
+            let q = (q as f32) as f64;
+            let certain = q >= 1.0;
+            let l = vmath::ln(if certain { 0.5 } else { 1.0 - q });
+            let e = -vmath::exp_m1(num_tries * l) as f32;
+            *o = if certain { 1.0 } else { e };
         }
     }
 }
@@ -313,35 +432,100 @@ pub fn expected_counts(
     scale: f64,
     out: &mut [f32],
 ) {
-    const BLOCK: usize = 1024;
+    const BLOCK: usize = 256;
     let mut p = [0f64; BLOCK];
+    let mut big_q = [0f64; BLOCK];
+    let mut big_at = [0u16; BLOCK];
+    let mut big_ec = [0f32; BLOCK];
     let plain = num_tries == num_sampled;
     for (idc, oc) in ids.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
         let p = &mut p[..idc.len()];
         dist.prob_into(idc, p);
         count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, plain);
+        if !plain {
+            // The few large probabilities, gathered and recomputed exactly.
+            let mut m = 0;
+            for (i, &q) in p.iter().enumerate() {
+                big_q[m] = q * scale;
+                big_at[m] = i as u16;
+                m += (q * scale >= SERIES_MAX) as usize;
+            }
+            count_exact_kernel(&big_q[..m], &mut big_ec[..m], num_tries as f64);
+            for (&i, &e) in big_at[..m].iter().zip(&big_ec[..m]) {
+                oc[i as usize] = e;
+            }
+        }
     }
+}
+
+/// Expected counts of `ids` for a draw of `num_sampled` candidates that took `num_tries` draws
+/// (`num_tries == num_sampled` for draws with replacement, or without but with no rejection).
+pub fn expected_counts_for(
+    dist: &dyn Distribution,
+    ids: &[i64],
+    num_sampled: i64,
+    num_tries: i64,
+) -> Result<Vec<f32>> {
+    let n = check_num_sampled(num_sampled)?;
+    if num_tries < num_sampled {
+        return Err(Error::value(
+            "num_tries",
+            format!("must be >= num_sampled ({num_sampled}), got {num_tries}"),
+        ));
+    }
+    let ids = super::check_ids("ids", ids, dist.range_max())?;
+    let mut out: Vec<f32> = zeroed("ids", ids.len())?;
+    expected_counts(dist, &ids, n as u64, num_tries as u64, 1.0, &mut out);
+    Ok(out)
 }
 
 fn check_num_sampled(num_sampled: i64) -> Result<usize> {
     if num_sampled < 0 {
-        return Err(Error::value(
-            "num_sampled",
-            format!("must be >= 0, got {num_sampled}"),
-        ));
+        return Err(Error::value("num_sampled", format!("must be >= 0, got {num_sampled}")));
     }
     if num_sampled as u64 > MAX_SAMPLED {
-        return Err(Error::too_large(
-            "num_sampled",
-            format!("{num_sampled} is more than 2^36"),
-        ));
+        return Err(Error::too_large("num_sampled", format!("{num_sampled} is more than 2^36")));
     }
     Ok(num_sampled as usize)
 }
 
+/// Reinterpret ids (all below 2^62) as int64 without copying.
 fn to_i64(ids: Vec<u64>) -> Vec<i64> {
-    // Ids are below 2^62: the conversion is exact.
-    ids.into_iter().map(|k| k as i64).collect()
+    let mut ids = std::mem::ManuallyDrop::new(ids);
+    let (ptr, len, cap) = (ids.as_mut_ptr(), ids.len(), ids.capacity());
+    // SAFETY: u64 and i64 have the same size and alignment, the allocation is handed over whole (the
+    // original Vec is never dropped), and every id is below 2^62, so its value is the same as an i64.
+    unsafe { Vec::from_raw_parts(ptr as *mut i64, len, cap) }
+}
+
+/// A vector of `n` zeros, or an error naming `arg` (kept for the loss kernels; same as `buf::zeroed`).
+pub(crate) fn try_vec<T: Zeroable>(arg: &'static str, n: usize) -> Result<Vec<T>> {
+    zeroed(arg, n)
+}
+
+/// Draws with replacement and nothing avoided: every draw is kept, so each chunk draws its ids and their
+/// expected counts (`P * n`) in one pass while they are in cache.
+fn plain_sample(
+    dist: &dyn Distribution,
+    key: u64,
+    n: usize,
+    truth: Option<&[u64]>,
+    parallel: bool,
+) -> Result<Sample> {
+    let len = chunk_len(n);
+    let (ids, ec) = fill_together::<u64, f32, _>("num_sampled", n, len, parallel, |c, i, e| {
+        dist.draw(&mut Stream::new(derive(key, c as u64)), i);
+        expected_counts(dist, i, n as u64, n as u64, 1.0, e);
+    })?;
+    let true_expected = match truth {
+        Some(t) => {
+            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
+            expected_counts(dist, t, n as u64, n as u64, 1.0, &mut te);
+            Some(te)
+        }
+        None => None,
+    };
+    Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected: ec, num_tries: n as u64 })
 }
 
 /// One set of `num_sampled` candidates for the whole batch, from the stream `key`.
@@ -357,39 +541,41 @@ pub fn sample(
 ) -> Result<Sample> {
     let n = check_num_sampled(num_sampled)?;
     let range = dist.range_max();
-    let truth = true_classes
-        .map(|t| super::check_ids("true_classes", t, range))
-        .transpose()?;
+    let truth = true_classes.map(|t| super::check_ids("true_classes", t, range)).transpose()?;
     let avoid = match (&truth, remove_true) {
         (Some(t), true) => Some(Avoid::new(dist, t)),
         _ => None,
     };
+    let parallel = n + truth.as_ref().map_or(0, |t| t.len()) >= PARALLEL_MIN;
     let work = || -> Result<Sample> {
-        let parallel = n >= PARALLEL_MIN;
+        if !unique && avoid.is_none() {
+            return plain_sample(dist, key, n, truth.as_deref(), parallel);
+        }
         let (ids, tries) = draw(dist, key, n, unique, avoid.as_ref(), parallel)?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
-        let mut sampled_expected: Vec<f32> = try_vec("num_sampled", n)?;
+        let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
         let mut true_expected = None;
         if let Some(t) = &truth {
-            let mut te: Vec<f32> = try_vec("true_classes", t.len())?;
-            expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
+            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
+            if parallel {
+                t.par_chunks(COUNT_PIECE)
+                    .zip(te.par_chunks_mut(COUNT_PIECE))
+                    .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, 1.0, o));
+            } else {
+                expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
+            }
             true_expected = Some(te);
         }
         if parallel {
-            ids.par_chunks(1 << 14)
-                .zip(sampled_expected.par_chunks_mut(1 << 14))
+            ids.par_chunks(COUNT_PIECE)
+                .zip(sampled_expected.par_chunks_mut(COUNT_PIECE))
                 .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, scale, o));
         } else {
             expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
         }
-        Ok(Sample {
-            ids: to_i64(ids),
-            true_expected,
-            sampled_expected,
-            num_tries: tries,
-        })
+        Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
     };
-    if n >= PARALLEL_MIN {
+    if parallel {
         threads::install(work)?
     } else {
         work()
@@ -409,53 +595,30 @@ pub fn sample_per_row(
 ) -> Result<PerRowSample> {
     let s = check_num_sampled(num_sampled)?;
     if num_true == 0 {
-        return Err(Error::shape(
-            "true_classes",
-            "needs at least one true class per row",
-        ));
+        return Err(Error::shape("true_classes", "needs at least one true class per row"));
     }
     if true_classes.len() % num_true != 0 {
-        return Err(Error::shape(
-            "true_classes",
-            "length is not a multiple of num_true",
-        ));
+        return Err(Error::shape("true_classes", "length is not a multiple of num_true"));
     }
     let rows = true_classes.len() / num_true;
     let truth = super::check_ids("true_classes", true_classes, dist.range_max())?;
-    let total = rows
-        .checked_mul(s)
-        .ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
+    let total =
+        rows.checked_mul(s).ok_or_else(|| Error::too_large("num_sampled", "rows × num_sampled overflows"))?;
     if total as u64 > MAX_SAMPLED {
         return Err(Error::too_large(
             "num_sampled",
             format!("rows × num_sampled = {total} is more than 2^36"),
         ));
     }
-    let mut ids: Vec<i64> = try_vec("num_sampled", total)?;
-    let mut sampled_expected: Vec<f32> = try_vec("num_sampled", total)?;
-    let mut true_expected: Vec<f32> = try_vec("true_classes", truth.len())?;
-    let mut num_tries: Vec<i64> = try_vec("true_classes", rows)?;
+    let mut ids: Vec<i64> = zeroed("num_sampled", total)?;
+    let mut sampled_expected: Vec<f32> = zeroed("num_sampled", total)?;
+    let mut true_expected: Vec<f32> = zeroed("true_classes", truth.len())?;
+    let mut num_tries: Vec<i64> = zeroed("true_classes", rows)?;
 
-    let row = |r: usize,
-               ids: &mut [i64],
-               se: &mut [f32],
-               te: &mut [f32],
-               tries: &mut i64|
-     -> Result<()> {
+    let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];
-        let avoid = if remove_true {
-            Some(Avoid::new(dist, t))
-        } else {
-            None
-        };
-        let (drawn, n_tries) = draw(
-            dist,
-            derive(key, r as u64),
-            s,
-            unique,
-            avoid.as_ref(),
-            false,
-        )?;
+        let avoid = if remove_true { Some(Avoid::new(dist, t)) } else { None };
+        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref(), false)?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
         expected_counts(dist, &drawn, s as u64, n_tries, scale, se);
         expected_counts(dist, t, s as u64, n_tries, 1.0, te);
@@ -467,22 +630,20 @@ pub fn sample_per_row(
     };
     // Rows go to threads in groups; each row's result is its own, whatever thread ran it.
     let group = (PARALLEL_MIN / s.max(1)).clamp(1, 256);
-    let run_group = |(g, (((ids, se), te), tries)): (
-        usize,
-        (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]),
-    )| {
-        let nrows = tries.len();
-        for i in 0..nrows {
-            row(
-                g * group + i,
-                &mut ids[i * s..(i + 1) * s],
-                &mut se[i * s..(i + 1) * s],
-                &mut te[i * num_true..(i + 1) * num_true],
-                &mut tries[i],
-            )?;
-        }
-        Ok(())
-    };
+    let run_group =
+        |(g, (((ids, se), te), tries)): (usize, (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]))| {
+            let nrows = tries.len();
+            for i in 0..nrows {
+                row(
+                    g * group + i,
+                    &mut ids[i * s..(i + 1) * s],
+                    &mut se[i * s..(i + 1) * s],
+                    &mut te[i * num_true..(i + 1) * num_true],
+                    &mut tries[i],
+                )?;
+            }
+            Ok(())
+        };
     let s1 = s.max(1);
     if total >= PARALLEL_MIN && rows > group {
         threads::install(|| {
@@ -501,10 +662,144 @@ pub fn sample_per_row(
             .enumerate()
             .try_for_each(run_group)?;
     }
-    Ok(PerRowSample {
-        ids,
-        true_expected,
-        sampled_expected,
-        num_tries,
-    })
+    Ok(PerRowSample { ids, true_expected, sampled_expected, num_tries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::{LogUniform, Uniform, Unigram};
+
+    fn ulps(a: f32, b: f32) -> i64 {
+        (a.to_bits() as i64 - b.to_bits() as i64).abs()
+    }
+
+    #[test]
+    fn unique_draws_are_distinct_and_counted() {
+        let d = LogUniform::new(1000).unwrap();
+        let s = sample(&d, 1, 500, true, None, false).unwrap();
+        let set: std::collections::HashSet<i64> = s.ids.iter().copied().collect();
+        assert_eq!(set.len(), 500);
+        assert!(s.ids.iter().all(|&k| (0..1000).contains(&k)));
+        assert!(s.num_tries > 500);
+        assert_eq!(s, sample(&d, 1, 500, true, None, false).unwrap());
+        assert_ne!(s.ids, sample(&d, 2, 500, true, None, false).unwrap().ids);
+        // Every class: exactly the whole range.
+        let all = sample(&d, 3, 1000, true, None, false).unwrap();
+        let mut ids = all.ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..1000).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn expected_counts_follow_the_formulas() {
+        let d = LogUniform::new(1000).unwrap();
+        let truth = [0i64, 5, 100, 999];
+        let s = sample(&d, 4, 64, true, Some(&truth), false).unwrap();
+        let n = s.num_tries as f64;
+        for (&k, &e) in
+            s.ids.iter().zip(&s.sampled_expected).chain(truth.iter().zip(s.true_expected.as_ref().unwrap()))
+        {
+            let p = (d.prob(k as u64) as f32) as f64;
+            let want = -(n * (-p).ln_1p()).exp_m1() as f32;
+            assert!(ulps(e, want) <= 1, "k={k}: {e} vs {want}");
+        }
+        // Without replacement but no rejection, and with replacement: P rounded to float32, times S.
+        let s = sample(&d, 4, 2, true, Some(&truth), false).unwrap();
+        if s.num_tries == 2 {
+            assert_eq!(s.true_expected.as_ref().unwrap()[0], (d.prob(0) as f32) * 2.0);
+        }
+        let s = sample(&d, 4, 6, false, Some(&truth), false).unwrap();
+        for (&k, &e) in truth.iter().zip(s.true_expected.as_ref().unwrap()) {
+            assert_eq!(e, (d.prob(k as u64) as f32) * 6.0);
+        }
+    }
+
+    #[test]
+    fn removed_classes_are_never_drawn_and_p_is_renormalised() {
+        let d = LogUniform::new(50).unwrap();
+        let truth = [0i64, 1, 2, 3];
+        for unique in [true, false] {
+            let s = sample(&d, 5, 40, unique, Some(&truth), true).unwrap();
+            assert!(s.ids.iter().all(|k| !truth.contains(k)));
+            let removed: f64 = (0..4).map(|k| d.prob(k)).sum();
+            let k = s.ids[0] as u64;
+            let p = (d.prob(k) / (1.0 - removed)) as f32;
+            if !unique {
+                assert_eq!(s.sampled_expected[0], p * 40.0);
+            }
+            // The true classes keep the unrestricted P.
+            let p0 = d.prob(0) as f32;
+            if !unique {
+                assert_eq!(s.true_expected.as_ref().unwrap()[0], p0 * 40.0);
+            }
+        }
+        // Exactly the rest of the range.
+        let s = sample(&d, 5, 46, true, Some(&truth), true).unwrap();
+        assert_eq!(s.ids.len(), 46);
+        assert!(sample(&d, 5, 47, true, Some(&truth), true).is_err());
+    }
+
+    #[test]
+    fn impossible_requests_are_errors_not_hangs() {
+        let d = Uniform::new(10).unwrap();
+        assert!(matches!(sample(&d, 1, 11, true, None, false), Err(Error::TooFewClasses { .. })));
+        assert!(sample(&d, 1, 11, false, None, false).is_ok());
+        assert!(matches!(sample(&d, 1, -1, true, None, false), Err(Error::Value { .. })));
+        assert!(matches!(sample(&d, 1, 3, true, Some(&[10]), false), Err(Error::IdOutOfRange { .. })));
+        // Zero weights are never drawn, so they do not count as available classes.
+        let u = Unigram::from_weights(vec![1.0, 0.0, 2.0, 0.0], "unigrams").unwrap();
+        assert!(sample(&u, 1, 2, true, None, false).is_ok());
+        assert!(matches!(sample(&u, 1, 3, true, None, false), Err(Error::TooFewClasses { .. })));
+        assert!(matches!(sample(&u, 1, 1, false, Some(&[0, 2]), true), Err(Error::TooFewClasses { .. })));
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let d = LogUniform::new(1_000_000).unwrap();
+        let truth: Vec<i64> = (0..3000).map(|i| (i * 37) % 5000).collect();
+        let run = || {
+            (
+                sample(&d, 9, 50_000, true, Some(&truth), false).unwrap(),
+                sample(&d, 9, 70_000, false, Some(&truth), false).unwrap(),
+                sample_per_row(&d, 9, &truth, 3, 20, true, true).unwrap(),
+            )
+        };
+        threads::set_num_threads(1).unwrap();
+        let one = run();
+        threads::set_num_threads(3).unwrap();
+        let three = run();
+        threads::set_num_threads(2).unwrap();
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn per_row_rows_are_independent_of_the_batch() {
+        let d = LogUniform::new(10_000).unwrap();
+        let truth: Vec<i64> = (0..600).collect();
+        let big = sample_per_row(&d, 3, &truth, 1, 16, true, true).unwrap();
+        let small = sample_per_row(&d, 3, &truth[..10], 1, 16, true, true).unwrap();
+        assert_eq!(&big.ids[..160], &small.ids[..]);
+        assert_eq!(&big.num_tries[..10], &small.num_tries[..]);
+        for r in 0..600 {
+            let row = &big.ids[r * 16..(r + 1) * 16];
+            assert!(!row.contains(&(r as i64)));
+            let set: std::collections::HashSet<_> = row.iter().collect();
+            assert_eq!(set.len(), 16);
+        }
+    }
+
+    #[test]
+    fn id_set_grows_and_finds() {
+        let mut s = IdSet::with_capacity(2);
+        for i in 0..1000u64 {
+            assert!(s.insert(i * 7919));
+        }
+        for i in 0..1000u64 {
+            assert!(!s.insert(i * 7919));
+            assert!(s.contains(i * 7919));
+        }
+        assert!(!s.contains(1));
+        assert_eq!(s.len(), 1000);
+    }
 }

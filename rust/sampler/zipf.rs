@@ -4,7 +4,7 @@
 //! mass; acceptance is above 90% for every s. The normalising constant H(N, s) = Σ_{n=1}^{N} n^-s is an exact
 //! sum of the first terms plus Euler–Maclaurin for the tail, good to ~1e-15 relative.
 
-use super::{check_range, spread_large, Distribution};
+use super::{check_range, refine, Distribution};
 use crate::error::{Error, Result};
 use crate::rng::Stream;
 
@@ -43,10 +43,7 @@ impl Zipf {
     pub fn new(range_max: i64, exponent: f64) -> Result<Self> {
         let range_max = check_range(range_max)?;
         if !(exponent > 0.0) || !exponent.is_finite() {
-            return Err(Error::value(
-                "exponent",
-                format!("must be positive and finite, got {exponent}"),
-            ));
+            return Err(Error::value("exponent", format!("must be positive and finite, got {exponent}")));
         }
         let mut z = Zipf {
             range_max,
@@ -80,15 +77,26 @@ impl Zipf {
         (log1p_over_x(t) * y).exp()
     }
 
+    /// ∫_x^(x+d) t^-s dt for d >= 0, without the cancellation of H(x + d) - H(x) when x is large.
+    fn h_integral_span(&self, x: f64, d: f64) -> f64 {
+        let l = (d / x).ln_1p();
+        (x.ln() * (1.0 - self.s)).exp() * l * expm1_over_x((1.0 - self.s) * l)
+    }
+
     /// One rank in 1..=N.
     fn draw_rank(&self, stream: &mut Stream) -> u64 {
+        let du = (self.h_integral_x1 - self.h_integral_n).abs() * f64::EPSILON / 2.0;
         loop {
-            let u =
-                self.h_integral_n + stream.next_f64() * (self.h_integral_x1 - self.h_integral_n);
+            let u = self.h_integral_n + stream.next_f64() * (self.h_integral_x1 - self.h_integral_n);
             let x = self.h_integral_inverse(u);
             let k = (x + 0.5).floor().clamp(1.0, self.n);
-            if k - x <= self.quick_accept || u >= self.h_integral(k + 0.5) - self.h(k) {
-                return spread_large(k, stream).clamp(1, self.range_max);
+            // Accept when the hat's mass between x and k + 1/2 is at most the rank's own mass h(k),
+            // i.e. u >= H(k + 1/2) - h(k), evaluated without cancellation.
+            let d = (k + 0.5) - x;
+            if k - x <= self.quick_accept || d <= 0.0 || self.h_integral_span(x, d) <= self.h(k) {
+                // u has 52 bits: x stands for a cell of width du / h(x) (see `refine`), which covers
+                // several ranks in the far tail of huge ranges.
+                return refine(x + 0.5, du / self.h(x), stream).clamp(1, self.range_max);
             }
         }
     }
@@ -112,8 +120,7 @@ pub fn harmonic(n: u64, s: f64) -> f64 {
         let d1 = |x: f64| -s * f(x) / x;
         let d3 = |x: f64| -s * (s + 1.0) * (s + 2.0) * f(x) / (x * x * x);
         let d5 = |x: f64| -s * (s + 1.0) * (s + 2.0) * (s + 3.0) * (s + 4.0) * f(x) / x.powi(5);
-        let tail = integral + 0.5 * (f(a) + f(b)) + (d1(b) - d1(a)) / 12.0
-            - (d3(b) - d3(a)) / 720.0
+        let tail = integral + 0.5 * (f(a) + f(b)) + (d1(b) - d1(a)) / 12.0 - (d3(b) - d3(a)) / 720.0
             + (d5(b) - d5(a)) / 30240.0;
         sum += tail;
     }
@@ -169,20 +176,12 @@ mod tests {
 
     #[test]
     fn goodness_of_fit() {
-        for (range, s) in [
-            (10i64, 1.0),
-            (1000, 0.5),
-            (1000, 1.0),
-            (100_000_000, 1.1),
-            (1 << 62, 0.8),
-            (50, 7.0),
-        ] {
+        for (range, s) in
+            [(10i64, 1.0), (1000, 0.5), (1000, 1.0), (100_000_000, 1.1), (1 << 62, 0.8), (50, 7.0)]
+        {
             let d = Zipf::new(range, s).unwrap();
             let (chi, df) = chi_square(&d, 17, 300_000, 1000);
-            assert!(
-                chi < chi_square_bound(df),
-                "range {range} s {s}: chi2 {chi} df {df}"
-            );
+            assert!(chi < chi_square_bound(df), "range {range} s {s}: chi2 {chi} df {df}");
         }
     }
 

@@ -1,0 +1,174 @@
+"""The benchmark cases, shared by ``python -m zipfnce bench`` and the pytest-benchmark suites in ``benches/``.
+
+A case builds its inputs once and returns one callable per implementation: ``"zipfnce"`` always, and each
+peer that is installed (``"tensorflow"``, ``"torch"``, ``"numpy"``). The figure of merit is the ratio
+peer time / zipfnce time, measured in the same process with interleaved repeats.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import numpy as np
+
+Impls = Dict[str, Callable[[], object]]
+
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    make: Callable[[], Impls]
+    #: What the issue asks of the ratio against each peer (for the report), e.g. {"tensorflow": 20}.
+    targets: Dict[str, float] = field(default_factory=dict)
+    #: Work per call, for throughput figures (e.g. draws).
+    work: float = 0.0
+    work_unit: str = ""
+    #: Part of the --quick suite.
+    quick: bool = True
+    #: For sweeps: the plot this case is a point of, and its x value (e.g. the vocabulary size).
+    plot: str = ""
+    x: float = 0.0
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import tensorflow as tf  # noqa: F401
+    except Exception:
+        return None
+    return tf
+
+
+def _true_classes(batch: int, range_max: int, seed: int = 0) -> np.ndarray:
+    # Log-uniform-ish labels, like real word ids.
+    rng = np.random.default_rng(seed)
+    return np.minimum(np.exp(rng.random((batch, 1)) * np.log1p(range_max)).astype(np.int64) - 1, range_max - 1)
+
+
+def shared_sampler_case(num_sampled: int, range_max: int, unique: bool, batch: int = 1024) -> Impls:
+    import zipfnce as zn
+
+    tc = _true_classes(batch, range_max)
+    s = zn.LogUniformSampler(range_max, seed=1)
+    impls: Impls = {
+        "zipfnce": lambda: s.sample(num_sampled, unique=unique, true_classes=tc),
+        "zipfnce drop-in": lambda: zn.log_uniform_candidate_sampler(tc, 1, num_sampled, unique, range_max),
+    }
+    tf = _tf()
+    if tf is not None:
+        tct = tf.constant(tc)
+        impls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, num_sampled, unique, range_max)
+    return impls
+
+
+def draws_case(n: int, range_max: int) -> Impls:
+    import zipfnce as zn
+
+    s = zn.LogUniformSampler(range_max, seed=1)
+    rng = np.random.default_rng(0)
+    log_range = np.log1p(range_max)
+
+    def numpy_inverse_cdf():
+        return (np.exp(rng.random(n) * log_range) - 1).astype(np.int64)
+
+    return {"zipfnce": lambda: s.sample(n, unique=False), "numpy": numpy_inverse_cdf}
+
+
+def per_row_case(batch: int, num_sampled: int, range_max: int) -> Impls:
+    import zipfnce as zn
+
+    tc = _true_classes(batch, range_max)
+    s = zn.LogUniformSampler(range_max, seed=1)
+    return {"zipfnce": lambda: s.sample_per_row(tc, num_sampled, unique=True)}
+
+
+def sampler_cases() -> List[Case]:
+    return [
+        Case(
+            "log-uniform unique S=8192 V=1e6",
+            "samplers",
+            lambda: shared_sampler_case(8192, 10**6, True),
+            {"tensorflow": 20},
+            8192,
+            "candidates",
+        ),
+        Case(
+            "log-uniform unique S=50000 V=1e5",
+            "samplers",
+            lambda: shared_sampler_case(50_000, 10**5, True),
+            {"tensorflow": 10},
+            50_000,
+            "candidates",
+        ),
+        Case(
+            "log-uniform non-unique S=65536 V=1e6",
+            "samplers",
+            lambda: shared_sampler_case(65_536, 10**6, False),
+            {"tensorflow": 10},
+            65_536,
+            "candidates",
+        ),
+        Case(
+            "log-uniform unique S=64 V=1e5 (small call)",
+            "samplers",
+            lambda: shared_sampler_case(64, 10**5, True),
+            {"tensorflow": 5},
+            64,
+            "candidates",
+        ),
+        Case(
+            "1e6 log-uniform draws vs NumPy inverse CDF",
+            "samplers",
+            lambda: draws_case(10**6, 10**6),
+            {"numpy": 4},
+            10**6,
+            "draws",
+        ),
+        Case(
+            "per-row B=4096 S=64 unique V=1e6",
+            "samplers",
+            lambda: per_row_case(4096, 64, 10**6),
+            {},
+            4096 * 64,
+            "candidates",
+        ),
+    ]
+
+
+def sampler_sweeps() -> List[Case]:
+    """Speed-up over TensorFlow as the vocabulary and the number of samples grow (unique log-uniform)."""
+    out = []
+    for v in (10**4, 10**5, 10**6, 10**7, 10**8):
+        out.append(
+            Case(
+                f"sweep V={v:.0e} S=4096 unique",
+                "sampler sweeps",
+                lambda v=v: shared_sampler_case(4096, v, True),
+                work=4096,
+                work_unit="candidates",
+                quick=v in (10**4, 10**6, 10**8),
+                plot="sampler speed-up vs vocabulary (S=4096, unique)",
+                x=v,
+            )
+        )
+    for n in (64, 512, 4096, 32768):
+        out.append(
+            Case(
+                f"sweep S={n} V=1e6 unique",
+                "sampler sweeps",
+                lambda n=n: shared_sampler_case(n, 10**6, True),
+                work=n,
+                work_unit="candidates",
+                quick=n in (64, 4096, 32768),
+                plot="sampler speed-up vs samples (V=1e6, unique)",
+                x=n,
+            )
+        )
+    return out
+
+
+def all_cases() -> List[Case]:
+    return sampler_cases() + sampler_sweeps()
