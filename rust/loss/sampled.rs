@@ -49,23 +49,14 @@ pub struct Weights<'a, T> {
 impl<'a, T: FastMath> Weights<'a, T> {
     /// A C-contiguous `[rows, cols]` matrix.
     pub fn contiguous(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Weights {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
+        Weights { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
     fn check(&self) -> Result<()> {
         if self.rows == 0 || self.cols == 0 {
             return Err(Error::value(
                 "weights",
-                format!(
-                    "must be non-empty, got shape [{}, {}]",
-                    self.rows, self.cols
-                ),
+                format!("must be non-empty, got shape [{}, {}]", self.rows, self.cols),
             ));
         }
         let last = (self.rows - 1)
@@ -74,10 +65,7 @@ impl<'a, T: FastMath> Weights<'a, T> {
             .and_then(|(a, b)| a.checked_add(b));
         match last {
             Some(l) if l < self.data.len() => Ok(()),
-            _ => Err(Error::shape(
-                "weights",
-                "the strided view exceeds its buffer",
-            )),
+            _ => Err(Error::shape("weights", "the strided view exceeds its buffer")),
         }
     }
 
@@ -190,10 +178,7 @@ pub fn loss<T: FastMath>(a: &Args<'_, T>) -> Result<Vec<T>> {
 }
 
 /// The per-row loss and the gradients of `Σ_b c_b · loss_b`, with `c = grad_loss` (all ones when `None`).
-pub fn loss_and_grad<T: FastMath>(
-    a: &Args<'_, T>,
-    grad_loss: Option<&[T]>,
-) -> Result<LossAndGrad<T>> {
+pub fn loss_and_grad<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<LossAndGrad<T>> {
     let dims = check(a, grad_loss)?;
     let ones;
     let c = match grad_loss {
@@ -204,8 +189,7 @@ pub fn loss_and_grad<T: FastMath>(
         }
     };
     let out = threads::install(|| run(a, &dims, Some(c)))??;
-    out.grad
-        .ok_or_else(|| Error::value("grad_loss", "internal: no gradient computed"))
+    out.grad.ok_or_else(|| Error::value("grad_loss", "internal: no gradient computed"))
 }
 
 struct Dims {
@@ -230,11 +214,7 @@ fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<Dims> 
     if a.labels.len() % a.num_true != 0 {
         return Err(Error::shape(
             "labels",
-            format!(
-                "length {} is not a multiple of num_true {}",
-                a.labels.len(),
-                a.num_true
-            ),
+            format!("length {} is not a multiple of num_true {}", a.labels.len(), a.num_true),
         ));
     }
     let b = a.labels.len() / a.num_true;
@@ -291,24 +271,14 @@ fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<Dims> 
     }
     for (arg, ids) in [("labels", a.labels), ("sampled_values", a.sampled)] {
         if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as u64 >= v as u64) {
-            return Err(Error::IdOutOfRange {
-                arg,
-                id,
-                range_max: v as u64,
-            });
+            return Err(Error::IdOutOfRange { arg, id, range_max: v as u64 });
         }
     }
     if let Some(i) = a.inputs.iter().position(|x| !x.is_finite()) {
-        return Err(Error::value(
-            "inputs",
-            format!("element [{}, {}] is not finite", i / d, i % d),
-        ));
+        return Err(Error::value("inputs", format!("element [{}, {}] is not finite", i / d, i % d)));
     }
     if !(a.focal_gamma >= 0.0 && a.focal_gamma.is_finite()) {
-        return Err(Error::value(
-            "focal_gamma",
-            format!("must be finite and >= 0, got {}", a.focal_gamma),
-        ));
+        return Err(Error::value("focal_gamma", format!("must be finite and >= 0, got {}", a.focal_gamma)));
     }
     if let Some(c) = grad_loss {
         if c.len() != b {
@@ -338,13 +308,7 @@ fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<Dims> 
             })
             .collect()
     };
-    Ok(Dims {
-        b,
-        d,
-        s,
-        lq_true: log_q(a.true_expected)?,
-        lq_sampled: log_q(a.sampled_expected)?,
-    })
+    Ok(Dims { b, d, s, lq_true: log_q(a.true_expected)?, lq_sampled: log_q(a.sampled_expected)? })
 }
 
 /// The bias of class `id` (0 without biases), checked finite.
@@ -357,10 +321,7 @@ fn bias_of<T: Float>(biases: Option<&[T]>, id: i64) -> Result<T> {
             if v.is_finite() {
                 Ok(v)
             } else {
-                Err(Error::value(
-                    "biases",
-                    format!("the bias of class {id} is not finite"),
-                ))
+                Err(Error::value("biases", format!("the bias of class {id} is not finite")))
             }
         }
     }
@@ -467,13 +428,7 @@ fn nce_true<T: FastMath>(z: T, k: &Consts<T>) -> (T, T) {
 
 /// Merge a row's candidate pieces with its true columns: the loss, the softmax normaliser, and dL/dz of the
 /// true columns (scaled by the row's `c`) into `gt`.
-fn combine<T: FastMath>(
-    k: &Consts<T>,
-    pieces: &[(T, T)],
-    zt: &[T],
-    c: T,
-    gt: &mut [T],
-) -> RowStat<T> {
+fn combine<T: FastMath>(k: &Consts<T>, pieces: &[(T, T)], zt: &[T], c: T, gt: &mut [T]) -> RowStat<T> {
     match k.kind {
         Kind::SampledSoftmax => {
             let mut l = Lse::EMPTY;
@@ -500,22 +455,14 @@ fn combine<T: FastMath>(
                     let q = -lp.exp_m1();
                     let qg = q.powf(gamma);
                     loss -= k.y * qg * lp;
-                    let a = if q > T::ZERO {
-                        k.y * qg * (T::ONE - gamma * p * lp / q)
-                    } else {
-                        T::ZERO
-                    };
+                    let a = if q > T::ZERO { k.y * qg * (T::ONE - gamma * p * lp / q) } else { T::ZERO };
                     *g = -a;
                     sum_a += a;
                 }
                 for (&z, g) in zt.iter().zip(gt.iter_mut()) {
                     *g = c * (*g + (z - lse).exp() * sum_a);
                 }
-                RowStat {
-                    loss,
-                    lse,
-                    coef: c * sum_a,
-                }
+                RowStat { loss, lse, coef: c * sum_a }
             }
         }
         Kind::Nce => {
@@ -528,11 +475,7 @@ fn combine<T: FastMath>(
                 loss += l;
                 *g = c * dz;
             }
-            RowStat {
-                loss,
-                lse: T::ZERO,
-                coef: c,
-            }
+            RowStat { loss, lse: T::ZERO, coef: c }
         }
     }
 }
@@ -729,10 +672,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
                     a.weights.prefetch(ahead as usize);
                 }
                 let id = a.sampled[c0 + j];
-                if !a
-                    .weights
-                    .row_into(id as usize, &mut rows[j * d..(j + 1) * d])
-                {
+                if !a.weights.row_into(id as usize, &mut rows[j * d..(j + 1) * d]) {
                     return Err(not_finite_row(id));
                 }
                 off_b[j] = bias_of(a.biases, id)?;
@@ -748,11 +688,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
                 hits,
                 z: Vec::new(),
                 m: Vec::new(),
-                gw: if grad {
-                    try_vec("num_sampled", w * d)?
-                } else {
-                    Vec::new()
-                },
+                gw: if grad { try_vec("num_sampled", w * d)? } else { Vec::new() },
                 gb: if grad { vec![T::ZERO; w] } else { Vec::new() },
             })
         })
@@ -761,20 +697,14 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
 
     let mut loss: Vec<T> = vec![T::ZERO; b];
     let mut gt: Vec<T> = vec![T::ZERO; b * nt];
-    let mut gx: Vec<T> = if c.is_some() {
-        try_vec("inputs", b * d)?
-    } else {
-        Vec::new()
-    };
+    let mut gx: Vec<T> = if c.is_some() { try_vec("inputs", b * d)? } else { Vec::new() };
 
     for r0 in (0..b).step_by(chunk) {
         let n = chunk.min(b - r0);
         let x = Mat::new(&a.inputs[r0 * d..(r0 + n) * d], n, d);
         // Forward: each block's logits and its piece of every row.
-        let pieces: Vec<Result<Vec<(T, T)>>> = blocks
-            .par_iter_mut()
-            .map(|blk| forward_block(blk, x, r0, &k))
-            .collect();
+        let pieces: Vec<Result<Vec<(T, T)>>> =
+            blocks.par_iter_mut().map(|blk| forward_block(blk, x, r0, &k)).collect();
         let pieces = first_err(pieces)?;
         // Merge the pieces of each row, in block order.
         let cs = c.map(|c| &c[r0..r0 + n]);
@@ -805,10 +735,8 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
         let first = r0 == 0;
         let lse: Vec<T> = stats.iter().map(|s| s.lse).collect();
         let coef: Vec<T> = stats.iter().map(|s| s.coef).collect();
-        let parts: Vec<Result<Vec<T>>> = blocks
-            .par_iter_mut()
-            .map(|blk| backward_block(blk, x, &lse, &coef, &k, first))
-            .collect();
+        let parts: Vec<Result<Vec<T>>> =
+            blocks.par_iter_mut().map(|blk| backward_block(blk, x, &lse, &coef, &k, first)).collect();
         let mut parts = first_err(parts)?;
         // dL/dx of the chunk: the blocks' pieces (dᵀ-major [d, rows]) summed in block order, transposed,
         // then the true columns.
@@ -821,19 +749,16 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
             tile::transpose(sum_t, d, n, &mut gx[r0 * d..(r0 + n) * d]);
         }
         parts.into_iter().for_each(Scratch::give);
-        gx[r0 * d..(r0 + n) * d]
-            .par_chunks_mut(ROW_TASK * d)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let mut w = vec![T::ZERO; d];
-                for (i, o) in out.chunks_mut(d).enumerate() {
-                    for t in 0..nt {
-                        let e = (r0 + task * ROW_TASK + i) * nt + t;
-                        a.weights.row_into(a.labels[e] as usize, &mut w);
-                        tile::axpy(gt[e], &w, o);
-                    }
+        gx[r0 * d..(r0 + n) * d].par_chunks_mut(ROW_TASK * d).enumerate().for_each(|(task, out)| {
+            let mut w = vec![T::ZERO; d];
+            for (i, o) in out.chunks_mut(d).enumerate() {
+                for t in 0..nt {
+                    let e = (r0 + task * ROW_TASK + i) * nt + t;
+                    a.weights.row_into(a.labels[e] as usize, &mut w);
+                    tile::axpy(gt[e], &w, o);
                 }
-            });
+            }
+        });
     }
     for blk in &mut blocks {
         Scratch::give(std::mem::take(&mut blk.z));
@@ -870,12 +795,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
     let (gw, gb) = sparse(&ids, d, row_of, a.biases.is_some(), bias_of_entry)?;
     Ok(Out {
         loss: loss.clone(),
-        grad: Some(LossAndGrad {
-            loss,
-            grad_inputs: gx,
-            grad_weights: gw,
-            grad_biases: gb,
-        }),
+        grad: Some(LossAndGrad { loss, grad_inputs: gx, grad_weights: gw, grad_biases: gb }),
     })
 }
 
@@ -915,12 +835,7 @@ fn forward_block<T: FastMath>(
             xs,
             Op::T,
             T::ZERO,
-            MatMut {
-                data: &mut blk.z[i0..],
-                rows: w,
-                cols: i1 - i0,
-                stride: n,
-            },
+            MatMut { data: &mut blk.z[i0..], rows: w, cols: i1 - i0, stride: n },
         );
         // Masks first: −∞ stays −∞ when the offsets are added.
         for &(r, j) in &blk.hits[hits_lo..] {
@@ -964,9 +879,8 @@ fn forward_block<T: FastMath>(
     blk.m = m;
     // A logit that overflowed (+inf, or NaN from inf − inf) shows in its row's piece; −inf ones are
     // harmless (probability 0, like a masked column).
-    if let Some(i) = pieces
-        .iter()
-        .position(|&(m, s)| m.is_nan() || (m > T::ZERO && !m.is_finite()) || !s.is_finite())
+    if let Some(i) =
+        pieces.iter().position(|&(m, s)| m.is_nan() || (m > T::ZERO && !m.is_finite()) || !s.is_finite())
     {
         return Err(overflow(r0 + i));
     }
@@ -991,9 +905,9 @@ fn backward_block<T: FastMath>(
     let mut gxt: Vec<T> = Scratch::take("inputs", d * n)?;
     let focal_nce = k.kind == Kind::Nce && k.focal;
     let f: Vec<T> = match k.kind {
-        Kind::SampledSoftmax => (blk.m.iter().zip(lse).zip(coef))
-            .map(|((&m, &l), &c)| c * (m - l).exp_fast())
-            .collect(),
+        Kind::SampledSoftmax => {
+            (blk.m.iter().zip(lse).zip(coef)).map(|((&m, &l), &c)| c * (m - l).exp_fast()).collect()
+        }
         Kind::Nce if focal_nce => vec![T::ONE; n],
         Kind::Nce => coef.to_vec(),
     };
@@ -1008,34 +922,17 @@ fn backward_block<T: FastMath>(
                 nce_grad(&mut col[i0..i1], &coef[i0..i1], k);
             }
         }
-        let e = Mat {
-            data: &blk.z[i0..],
-            rows: w,
-            cols: i1 - i0,
-            stride: n,
-        };
+        let e = Mat { data: &blk.z[i0..], rows: w, cols: i1 - i0, stride: n };
         // diag(f) X for the sub-tile.
         let fx = &mut fx[..(i1 - i0) * d];
-        for ((o, xr), &c) in fx
-            .chunks_mut(d)
-            .zip(x.data[i0 * d..i1 * d].chunks(d))
-            .zip(fs)
-        {
+        for ((o, xr), &c) in fx.chunks_mut(d).zip(x.data[i0 * d..i1 * d].chunks(d)).zip(fs) {
             for (a, &v) in o.iter_mut().zip(xr) {
                 *a = c * v;
             }
         }
         // dL/dW_block += E-sub-tile · diag(f) X-sub-tile.
         let beta = if first && i0 == 0 { T::ZERO } else { T::ONE };
-        tile::matmul(
-            T::ONE,
-            e,
-            Op::N,
-            Mat::new(fx, i1 - i0, d),
-            Op::N,
-            beta,
-            MatMut::new(&mut blk.gw, w, d),
-        );
+        tile::matmul(T::ONE, e, Op::N, Mat::new(fx, i1 - i0, d), Op::N, beta, MatMut::new(&mut blk.gw, w, d));
         // (dL/dx)ᵀ columns i0..i1 = (W_blockᵀ · E-sub-tile) · diag(f).
         tile::matmul(
             T::ONE,
@@ -1044,12 +941,7 @@ fn backward_block<T: FastMath>(
             e,
             Op::N,
             T::ZERO,
-            MatMut {
-                data: &mut gxt[i0..],
-                rows: d,
-                cols: i1 - i0,
-                stride: n,
-            },
+            MatMut { data: &mut gxt[i0..], rows: d, cols: i1 - i0, stride: n },
         );
         for row in gxt.chunks_mut(n) {
             tile::vmul(&mut row[i0..i1], fs);
@@ -1072,16 +964,8 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
     let grad = c.is_some();
     let mut loss = vec![T::ZERO; b];
     let mut gt = vec![T::ZERO; b * nt];
-    let mut g: Vec<T> = if grad {
-        try_vec("sampled_values", b * s)?
-    } else {
-        Vec::new()
-    };
-    let mut gx: Vec<T> = if grad {
-        try_vec("inputs", b * d)?
-    } else {
-        Vec::new()
-    };
+    let mut g: Vec<T> = if grad { try_vec("sampled_values", b * s)? } else { Vec::new() };
+    let mut gx: Vec<T> = if grad { try_vec("inputs", b * d)? } else { Vec::new() };
     let row_task = 4;
     {
         let mut gx_chunks: Vec<&mut [T]> = if grad {
@@ -1115,18 +999,14 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
                             if let Some(&ahead) = next.get(j) {
                                 a.weights.prefetch(ahead as usize);
                             }
-                            if !a
-                                .weights
-                                .row_into(id as usize, &mut rows[j * d..(j + 1) * d])
-                            {
+                            if !a.weights.row_into(id as usize, &mut rows[j * d..(j + 1) * d]) {
                                 return Err(not_finite_row(id));
                             }
                         }
                         let xr = &a.inputs[r * d..(r + 1) * d];
                         tile::gemv(rows, xr, z);
                         for (j, (zj, &id)) in z.iter_mut().zip(ids).enumerate() {
-                            *zj = (*zj + bias_of(a.biases, id)?)
-                                - T::from_f64(dims.lq_sampled[r * s + j]);
+                            *zj = (*zj + bias_of(a.biases, id)?) - T::from_f64(dims.lq_sampled[r * s + j]);
                             if !zj.is_finite() {
                                 return Err(overflow(r));
                             }
@@ -1166,23 +1046,14 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
     ids.extend_from_slice(a.labels);
     let bs = b * s;
     let row_of = |e: usize, out: &mut [T]| {
-        let (coef, r) = if e < bs {
-            (g[e], e / s)
-        } else {
-            (gt[e - bs], (e - bs) / nt)
-        };
+        let (coef, r) = if e < bs { (g[e], e / s) } else { (gt[e - bs], (e - bs) / nt) };
         tile::axpy(coef, &a.inputs[r * d..(r + 1) * d], out);
     };
     let bias_of_entry = |e: usize| if e < bs { g[e] } else { gt[e - bs] };
     let (gw, gb) = sparse(&ids, d, row_of, a.biases.is_some(), bias_of_entry)?;
     Ok(Out {
         loss: loss.clone(),
-        grad: Some(LossAndGrad {
-            loss,
-            grad_inputs: gx,
-            grad_weights: gw,
-            grad_biases: gb,
-        }),
+        grad: Some(LossAndGrad { loss, grad_inputs: gx, grad_weights: gw, grad_biases: gb }),
     })
 }
 
@@ -1210,17 +1081,14 @@ fn sparse<T: Float>(
     let u = uniq.len();
     let mut values: Vec<T> = try_vec("weights", u * d)?;
     const GROUP: usize = 64;
-    values
-        .par_chunks_mut(GROUP * d)
-        .enumerate()
-        .for_each(|(task, out)| {
-            for (i, row) in out.chunks_mut(d).enumerate() {
-                let q = task * GROUP + i;
-                for &(_, e) in &order[starts[q]..starts[q + 1]] {
-                    row_of(e, row);
-                }
+    values.par_chunks_mut(GROUP * d).enumerate().for_each(|(task, out)| {
+        for (i, row) in out.chunks_mut(d).enumerate() {
+            let q = task * GROUP + i;
+            for &(_, e) in &order[starts[q]..starts[q + 1]] {
+                row_of(e, row);
             }
-        });
+        }
+    });
     let biases = with_bias.then(|| {
         let vals: Vec<T> = (0..u)
             .into_par_iter()
@@ -1232,18 +1100,9 @@ fn sparse<T: Float>(
                 acc
             })
             .collect();
-        SparseGrad {
-            indices: uniq.clone(),
-            values: vals,
-        }
+        SparseGrad { indices: uniq.clone(), values: vals }
     });
-    Ok((
-        SparseGrad {
-            indices: uniq,
-            values,
-        },
-        biases,
-    ))
+    Ok((SparseGrad { indices: uniq, values }, biases))
 }
 
 #[cfg(test)]
@@ -1277,18 +1136,7 @@ mod tests {
         };
         let te = (0..b * nt).map(|i| 0.1 + 0.05 * i as f64).collect();
         let se = (0..sampled.len()).map(|i| 0.2 + 0.01 * i as f64).collect();
-        P {
-            w,
-            bias,
-            x,
-            labels,
-            sampled,
-            te,
-            se,
-            v,
-            d,
-            nt,
-        }
+        P { w, bias, x, labels, sampled, te, se, v, d, nt }
     }
 
     fn args<'a>(p: &'a P, kind: Kind, per_row: bool, gamma: f64) -> Args<'a, f64> {
@@ -1313,11 +1161,7 @@ mod tests {
     fn naive(a: &Args<'_, f64>) -> Vec<f64> {
         let (d, nt) = (a.weights.cols, a.num_true);
         let b = a.labels.len() / nt;
-        let s = if a.per_row {
-            a.sampled.len() / b
-        } else {
-            a.sampled.len()
-        };
+        let s = if a.per_row { a.sampled.len() / b } else { a.sampled.len() };
         let row = |i: i64| &a.weights.data[i as usize * d..(i as usize + 1) * d];
         let g = a.focal_gamma;
         (0..b)
@@ -1325,8 +1169,7 @@ mod tests {
                 let x = &a.inputs[r * d..(r + 1) * d];
                 let labels = &a.labels[r * nt..(r + 1) * nt];
                 let logit = |id: i64, q: f64| {
-                    x.iter().zip(row(id)).map(|(u, v)| u * v).sum::<f64>()
-                        + a.biases.unwrap()[id as usize]
+                    x.iter().zip(row(id)).map(|(u, v)| u * v).sum::<f64>() + a.biases.unwrap()[id as usize]
                         - q.ln()
                 };
                 let mut cols: Vec<(f64, f64)> = Vec::new(); // (z, y); masked columns dropped
@@ -1378,10 +1221,7 @@ mod tests {
                     let got = loss(&a).unwrap();
                     let want = naive(&a);
                     for (g, w) in got.iter().zip(&want) {
-                        assert!(
-                            close(*g, *w, 1e-12),
-                            "{kind:?} per_row={per_row} γ={gamma}: {g} vs {w}"
-                        );
+                        assert!(close(*g, *w, 1e-12), "{kind:?} per_row={per_row} γ={gamma}: {g} vs {w}");
                     }
                 }
             }
@@ -1465,17 +1305,11 @@ mod tests {
             focal_gamma: 0.0,
         };
         let run = |n: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
             pool.install(|| {
                 let dims = check(&a, None).unwrap();
                 let zt = true_logits(&a, &dims).unwrap();
-                shared(&a, &dims, &zt, Some(&vec![1.0; b]))
-                    .unwrap()
-                    .grad
-                    .unwrap()
+                shared(&a, &dims, &zt, Some(&vec![1.0; b])).unwrap().grad.unwrap()
             })
         };
         assert_eq!(run(1), run(3));
@@ -1514,17 +1348,9 @@ mod tests {
             };
             let dims = check(&a, None).unwrap();
             let per_row_bytes = (dims.s + 3 * d) * 8;
-            assert!(
-                LOGIT_BUDGET / per_row_bytes < b / 3,
-                "the test should use several chunks"
-            );
+            assert!(LOGIT_BUDGET / per_row_bytes < b / 3, "the test should use several chunks");
             let shared = loss_and_grad(&a, Some(&c)).unwrap();
-            let pr = Args {
-                sampled: &tiled_ids,
-                sampled_expected: &tiled_se,
-                per_row: true,
-                ..a
-            };
+            let pr = Args { sampled: &tiled_ids, sampled_expected: &tiled_se, per_row: true, ..a };
             let rowwise = loss_and_grad(&pr, Some(&c)).unwrap();
             for (p, q) in shared.loss.iter().zip(naive(&a).iter()) {
                 assert!(close(*p, *q, 1e-12), "{kind:?} loss {p} vs naive {q}");
@@ -1533,10 +1359,7 @@ mod tests {
                 (&shared.loss, &rowwise.loss),
                 (&shared.grad_inputs, &rowwise.grad_inputs),
                 (&shared.grad_weights.values, &rowwise.grad_weights.values),
-                (
-                    &shared.grad_biases.as_ref().unwrap().values,
-                    &rowwise.grad_biases.as_ref().unwrap().values,
-                ),
+                (&shared.grad_biases.as_ref().unwrap().values, &rowwise.grad_biases.as_ref().unwrap().values),
             ] {
                 assert_eq!(p.len(), q.len());
                 for (u, v) in p.iter().zip(q.iter()) {
@@ -1555,56 +1378,24 @@ mod tests {
         bad[3] = 11;
         let e = loss(&Args { labels: &bad, ..a }).unwrap_err();
         assert_eq!(e.arg(), "labels");
-        let e = loss(&Args {
-            inputs: &p.x[1..],
-            ..a
-        })
-        .unwrap_err();
+        let e = loss(&Args { inputs: &p.x[1..], ..a }).unwrap_err();
         assert_eq!(e.arg(), "inputs");
-        let e = loss(&Args {
-            biases: Some(&p.bias[1..]),
-            ..a
-        })
-        .unwrap_err();
+        let e = loss(&Args { biases: Some(&p.bias[1..]), ..a }).unwrap_err();
         assert_eq!(e.arg(), "biases");
         let mut nan = p.x.clone();
         nan[2] = f64::NAN;
-        assert_eq!(
-            loss(&Args { inputs: &nan, ..a }).unwrap_err().arg(),
-            "inputs"
-        );
+        assert_eq!(loss(&Args { inputs: &nan, ..a }).unwrap_err().arg(), "inputs");
         let mut w = p.w.clone();
         w[8 * p.d] = f64::INFINITY; // row 8 is a candidate
-        let e = loss(&Args {
-            weights: Weights::contiguous(&w, p.v, p.d),
-            ..a
-        })
-        .unwrap_err();
+        let e = loss(&Args { weights: Weights::contiguous(&w, p.v, p.d), ..a }).unwrap_err();
         assert_eq!(e.arg(), "weights");
-        let e = loss(&Args {
-            sampled_expected: &p.se[1..],
-            ..a
-        })
-        .unwrap_err();
+        let e = loss(&Args { sampled_expected: &p.se[1..], ..a }).unwrap_err();
         assert_eq!(e.arg(), "sampled_values");
         let zero = vec![0.0; p.se.len()];
-        assert_eq!(
-            loss(&Args {
-                sampled_expected: &zero,
-                ..a
-            })
-            .unwrap_err()
-            .arg(),
-            "sampled_values"
-        );
+        assert_eq!(loss(&Args { sampled_expected: &zero, ..a }).unwrap_err().arg(), "sampled_values");
         // x·w overflows: five terms of 1e308 each.
         let (big, ones) = (vec![1e308; p.x.len()], vec![1.0; p.w.len()]);
-        let e = loss(&Args {
-            inputs: &big,
-            weights: Weights::contiguous(&ones, p.v, p.d),
-            ..a
-        })
-        .unwrap_err();
+        let e = loss(&Args { inputs: &big, weights: Weights::contiguous(&ones, p.v, p.d), ..a }).unwrap_err();
         assert_eq!(e.arg(), "inputs");
         assert!(loss_and_grad(&a, Some(&[1.0])).is_err());
     }
@@ -1614,10 +1405,7 @@ mod tests {
         let p = problem(false);
         let x: Vec<f64> = p.x.iter().map(|v| v * 1e4).collect();
         for kind in [Kind::SampledSoftmax, Kind::Nce] {
-            let a = Args {
-                inputs: &x,
-                ..args(&p, kind, false, 0.0)
-            };
+            let a = Args { inputs: &x, ..args(&p, kind, false, 0.0) };
             let out = loss_and_grad(&a, None).unwrap();
             assert!(out.loss.iter().all(|v| v.is_finite()));
             assert!(out.grad_inputs.iter().all(|v| v.is_finite()));
@@ -1634,10 +1422,6 @@ mod tests {
         let zt = true_logits(&a, &dims).unwrap();
         let lse = out.loss[0] + 0.5 * (zt[0] + zt[1]); // loss = lse − Σ_t z_t / 2
         let want = (zt[1] - lse).exp() - 0.5;
-        assert!(
-            close(gb.values[u], want, 1e-12),
-            "{} vs {want}",
-            gb.values[u]
-        );
+        assert!(close(gb.values[u], want, 1e-12), "{} vs {want}", gb.values[u]);
     }
 }

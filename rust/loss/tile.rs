@@ -519,20 +519,14 @@ pub struct Lse<T> {
 }
 
 impl<T: FastMath> Lse<T> {
-    pub const EMPTY: Lse<T> = Lse {
-        max: T::NEG_INFINITY,
-        sum: T::ZERO,
-    };
+    pub const EMPTY: Lse<T> = Lse { max: T::NEG_INFINITY, sum: T::ZERO };
     /// The piece of the slice `x` (-inf entries count as absent).
     pub fn of(x: &[T]) -> Self {
         let m = max(x);
         if m == T::NEG_INFINITY {
             return Self::EMPTY;
         }
-        Lse {
-            max: m,
-            sum: sum_exp(x, m),
-        }
+        Lse { max: m, sum: sum_exp(x, m) }
     }
     /// The piece of both.
     pub fn merge(self, o: Self) -> Self {
@@ -543,10 +537,7 @@ impl<T: FastMath> Lse<T> {
             return o;
         }
         let m = if o.max > self.max { o.max } else { self.max };
-        Lse {
-            max: m,
-            sum: self.sum * (self.max - m).exp_fast() + o.sum * (o.max - m).exp_fast(),
-        }
+        Lse { max: m, sum: self.sum * (self.max - m).exp_fast() + o.sum * (o.max - m).exp_fast() }
     }
     /// ln Σ e^x.
     pub fn value(self) -> T {
@@ -557,10 +548,7 @@ impl<T: FastMath> Lse<T> {
 /// Transpose the row-major `rows × cols` block `a` into `out` (`cols × rows`), in 8 × 8 tiles.
 pub fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, out: &mut [T]) {
     const TB: usize = 8;
-    assert!(
-        a.len() >= rows * cols && out.len() >= rows * cols,
-        "transpose: sizes"
-    );
+    assert!(a.len() >= rows * cols && out.len() >= rows * cols, "transpose: sizes");
     for i0 in (0..rows).step_by(TB) {
         let i1 = (i0 + TB).min(rows);
         for j0 in (0..cols).step_by(TB) {
@@ -656,10 +644,7 @@ mod tests {
         let mut y = 0.0f32;
         while y <= 1.0 {
             let (a, b) = (y.ln_1p_fast() as f64, (y as f64).ln_1p());
-            assert!(
-                (a - b).abs() <= 2.5e-7 * b.max(1e-30),
-                "ln_1p({y}) = {a}, want {b}"
-            );
+            assert!((a - b).abs() <= 2.5e-7 * b.max(1e-30), "ln_1p({y}) = {a}, want {b}");
             y = if y < 1e-6 { y + 1e-8 } else { y * 1.01 + 1e-4 };
         }
         assert_eq!(0.0f32.ln_1p_fast(), 0.0);
@@ -677,9 +662,7 @@ mod tests {
         assert!((sum_exp(&x, m) - se).abs() < 1e-12);
         // Online log-sum-exp over pieces equals the whole.
         let whole = Lse::of(&x).value();
-        let pieces = Lse::of(&x[..40])
-            .merge(Lse::of(&x[40..]))
-            .merge(Lse::<f64>::EMPTY);
+        let pieces = Lse::of(&x[..40]).merge(Lse::of(&x[40..])).merge(Lse::<f64>::EMPTY);
         assert!((pieces.value() - whole).abs() < 1e-12);
         assert!((whole - (m + se.ln())).abs() < 1e-12);
         let mut z = vec![f64::NEG_INFINITY, 0.0];

@@ -49,17 +49,10 @@ fn run<'py, T: FastMath + numpy::Element>(
     let item = std::mem::size_of::<T>() as isize;
     let st = w.strides();
     if st.iter().any(|&s| s < 0 || s % item != 0) {
-        return Err(err(Error::value(
-            "weights",
-            "needs non-negative strides that are whole elements",
-        )));
+        return Err(err(Error::value("weights", "needs non-negative strides that are whole elements")));
     }
     let (rs, cs) = ((st[0] / item) as usize, (st[1] / item) as usize);
-    let span = if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
-    };
+    let span = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
     let data: &[T] = if span == 0 {
         &[]
     } else {
@@ -68,13 +61,7 @@ fn run<'py, T: FastMath + numpy::Element>(
         // elements from `ptr` lie inside the array's buffer. The borrow outlives every use of `data`.
         unsafe { std::slice::from_raw_parts(w.as_array().as_ptr(), span) }
     };
-    let weights = Weights {
-        data,
-        rows,
-        cols,
-        row_stride: rs,
-        col_stride: cs,
-    };
+    let weights = Weights { data, rows, cols, row_stride: rs, col_stride: cs };
     let biases = biases.map(|b| small::<T>(b, "biases")).transpose()?;
     let inputs = small::<T>(inputs, "inputs")?;
     let te = small::<T>(true_expected, "sampled_values")?;
@@ -108,19 +95,14 @@ fn run<'py, T: FastMath + numpy::Element>(
         let loss = py.detach(|| sampled::loss(&args)).map_err(err)?;
         return (Array1::from_vec(loss).into_pyarray(py),).into_pyobject(py);
     }
-    let out = py
-        .detach(|| sampled::loss_and_grad(&args, grad_loss.as_deref()))
-        .map_err(err)?;
+    let out = py.detach(|| sampled::loss_and_grad(&args, grad_loss.as_deref())).map_err(err)?;
     let u = out.grad_weights.indices.len();
     let shape_err = |e: numpy::ndarray::ShapeError| PyTypeError::new_err(e.to_string());
     let loss = Array1::from_vec(out.loss).into_pyarray(py);
-    let gx = Array2::from_shape_vec((b, cols), out.grad_inputs)
-        .map_err(shape_err)?
-        .into_pyarray(py);
+    let gx = Array2::from_shape_vec((b, cols), out.grad_inputs).map_err(shape_err)?.into_pyarray(py);
     let gw_idx = Array1::from_vec(out.grad_weights.indices).into_pyarray(py);
-    let gw_val = Array2::from_shape_vec((u, cols), out.grad_weights.values)
-        .map_err(shape_err)?
-        .into_pyarray(py);
+    let gw_val =
+        Array2::from_shape_vec((u, cols), out.grad_weights.values).map_err(shape_err)?.into_pyarray(py);
     let (gb_idx, gb_val) = match out.grad_biases {
         Some(g) => (
             Array1::from_vec(g.indices).into_pyarray(py).into_any(),
@@ -185,10 +167,7 @@ fn sampled_loss<'py>(
             grad,
         )
     } else {
-        Err(err(Error::ty(
-            "weights",
-            "expected a 2-D float32 or float64 array",
-        )))
+        Err(err(Error::ty("weights", "expected a 2-D float32 or float64 array")))
     }
 }
 
