@@ -2,7 +2,7 @@
 //! (`python/zipfnce/_losses.py`) has already checked shapes and converted every float argument to the dtype
 //! of `weights`; this file borrows the arrays, releases the GIL and returns NumPy arrays.
 
-use super::err;
+use super::{err, to_vec, to_vec2};
 use crate::error::Error;
 use crate::loss::sampled::{self, Args, Kind, Weights};
 use crate::loss::tile::FastMath;
@@ -23,27 +23,30 @@ fn small<T: numpy::Element + crate::float::Float>(
     let a = a
         .cast::<PyArrayDyn<T>>()
         .map_err(|_| err(Error::ty(arg, format!("expected a {} array", T::NAME))))?;
-    let r = a.readonly();
-    Ok(match r.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => r.as_array().iter().copied().collect(),
-    })
+    Ok(to_vec(&a.readonly()))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The arguments of a call other than `weights`, as the binding received them.
+struct Call<'a, 'py> {
+    kind: Kind,
+    biases: Option<&'a Bound<'py, PyAny>>,
+    labels: &'a PyReadonlyArray2<'py, i64>,
+    inputs: &'a Bound<'py, PyAny>,
+    sampled: &'a PyReadonlyArrayDyn<'py, i64>,
+    true_expected: &'a Bound<'py, PyAny>,
+    sampled_expected: &'a Bound<'py, PyAny>,
+    /// remove_accidental_hits, subtract_log_q, focal_gamma.
+    flags: (bool, bool, f64),
+    /// None: loss only; Some(grad_loss): loss and gradients.
+    grad: Option<Option<&'a Bound<'py, PyAny>>>,
+}
+
 fn run<'py, T: FastMath + numpy::Element>(
     py: Python<'py>,
-    kind: Kind,
     weights: &Bound<'py, PyArray2<T>>,
-    biases: Option<&Bound<'py, PyAny>>,
-    labels: &PyReadonlyArray2<'py, i64>,
-    inputs: &Bound<'py, PyAny>,
-    sampled: &PyReadonlyArrayDyn<'py, i64>,
-    true_expected: &Bound<'py, PyAny>,
-    sampled_expected: &Bound<'py, PyAny>,
-    flags: (bool, bool, f64),
-    grad: Option<Option<&Bound<'py, PyAny>>>,
+    call: &Call<'_, 'py>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let Call { kind, biases, labels, inputs, sampled, true_expected, sampled_expected, flags, grad } = *call;
     let w = weights.readonly();
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let item = std::mem::size_of::<T>() as isize;
@@ -67,9 +70,9 @@ fn run<'py, T: FastMath + numpy::Element>(
     let te = small::<T>(true_expected, "sampled_values")?;
     let se = small::<T>(sampled_expected, "sampled_values")?;
     let num_true = labels.shape()[1];
-    let labels_v: Vec<i64> = labels.as_array().iter().copied().collect();
+    let labels_v = to_vec2(labels);
     let per_row = sampled.ndim() == 2;
-    let sampled_v: Vec<i64> = sampled.as_array().iter().copied().collect();
+    let sampled_v = to_vec(sampled);
     let grad_loss = match grad {
         Some(Some(g)) => Some(small::<T>(g, "grad_loss")?),
         _ => None,
@@ -135,37 +138,21 @@ fn sampled_loss<'py>(
     want_grad: bool,
     grad_loss: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let kind = if nce { Kind::Nce } else { Kind::SampledSoftmax };
-    let flags = (remove_accidental_hits, subtract_log_q, focal_gamma);
-    let grad = want_grad.then_some(grad_loss);
+    let call = Call {
+        kind: if nce { Kind::Nce } else { Kind::SampledSoftmax },
+        biases,
+        labels: &labels,
+        inputs,
+        sampled: &sampled,
+        true_expected,
+        sampled_expected,
+        flags: (remove_accidental_hits, subtract_log_q, focal_gamma),
+        grad: want_grad.then_some(grad_loss),
+    };
     if let Ok(w) = weights.cast::<PyArray2<f32>>() {
-        run::<f32>(
-            py,
-            kind,
-            w,
-            biases,
-            &labels,
-            inputs,
-            &sampled,
-            true_expected,
-            sampled_expected,
-            flags,
-            grad,
-        )
+        run::<f32>(py, w, &call)
     } else if let Ok(w) = weights.cast::<PyArray2<f64>>() {
-        run::<f64>(
-            py,
-            kind,
-            w,
-            biases,
-            &labels,
-            inputs,
-            &sampled,
-            true_expected,
-            sampled_expected,
-            flags,
-            grad,
-        )
+        run::<f64>(py, w, &call)
     } else {
         Err(err(Error::ty("weights", "expected a 2-D float32 or float64 array")))
     }
