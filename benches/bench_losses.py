@@ -34,9 +34,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-
-import zipfnce as zn  # noqa: E402
+import numpy as np
+import zipfnce as zn
 
 B, D, V, S, S_ROW = 1024, 128, 1_000_000, 8192, 256
 
@@ -60,7 +59,9 @@ class Case:
 
     # zipfnce ---------------------------------------------------------------------------------------------
     def zn_softmax(self) -> object:
-        return zn.sampled_softmax_loss_and_grad(self.w, self.b, self.labels, self.x, S, V, sampled_values=self.sv)
+        return zn.sampled_softmax_loss_and_grad(
+            self.w, self.b, self.labels, self.x, S, V, sampled_values=self.sv
+        )
 
     def zn_nce(self) -> object:
         return zn.nce_loss_and_grad(self.w, self.b, self.labels, self.x, S, V, sampled_values=self.sv)
@@ -95,7 +96,11 @@ def tf_step(case: Case):
     b = tf.Variable(case.b)
     x = tf.constant(case.x)
     labels = tf.constant(case.labels)
-    sv = (tf.constant(case.sv.ids), tf.constant(case.sv.true_expected_count), tf.constant(case.sv.sampled_expected_count))
+    sv = (
+        tf.constant(case.sv.ids),
+        tf.constant(case.sv.true_expected_count),
+        tf.constant(case.sv.sampled_expected_count),
+    )
 
     @tf.function
     def step():
@@ -169,9 +174,13 @@ def main() -> None:
     print("ratios:")
     if "tf" in ms:
         print(f"  TF / zipfnce softmax step          {ms['tf'] / ms['zn_softmax']:6.2f}x  (target >= 5)")
-    print(f"  zipfnce softmax / numpy bound      {ms['zn_softmax'] / ms['numpy_bound']:6.2f}x  (target <= 1.3)")
+    print(
+        f"  zipfnce softmax / numpy bound      {ms['zn_softmax'] / ms['numpy_bound']:6.2f}x  (target <= 1.3)"
+    )
     print(f"  zipfnce NCE / numpy bound          {ms['zn_nce'] / ms['numpy_bound']:6.2f}x")
-    print(f"  zipfnce 1 thread / {args.threads} threads        {ms['zn_softmax_1t'] / ms['zn_softmax']:6.2f}x  (target >= 1.8)")
+    print(
+        f"  zipfnce 1 thread / {args.threads} threads        {ms['zn_softmax_1t'] / ms['zn_softmax']:6.2f}x  (target >= 1.8)"
+    )
     print(f"  per-row S=256 / numpy bound S=8192 {ms['zn_per_row'] / ms['numpy_bound']:6.2f}x")
     print(f"  per-row S=256 / numpy bound S=256  {ms['zn_per_row'] / ms['numpy_bound_row']:6.2f}x")
     print(f"  per-row S=256 / numpy gather B*S   {ms['zn_per_row'] / ms['numpy_gather_row']:6.2f}x")

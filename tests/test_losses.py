@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 LOSSES = {"softmax": (zn.sampled_softmax_loss, zn.sampled_softmax_loss_and_grad),
@@ -51,7 +50,7 @@ def _tf_step(tf, kind, w, bias, labels, x, num_sampled, num_classes, nt, sv, hit
 
 
 def _tol(dtype):
-    return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    return {"rtol": 2e-5, "atol": 2e-5} if dtype == np.float32 else {"rtol": 1e-11, "atol": 1e-11}
 
 
 def _check_against_tf(tf, kind, w, bias, labels, x, sv, nt, hits, c, dtype):
@@ -64,7 +63,8 @@ def _check_against_tf(tf, kind, w, bias, labels, x, sv, nt, hits, c, dtype):
     assert got.loss.dtype == dtype and got.grad_inputs.dtype == dtype
     np.testing.assert_allclose(got.loss, want[0], **tol)
     np.testing.assert_array_equal(
-        plain(w, bias, labels, x, ns, w.shape[0], nt, sampled_values=sv, remove_accidental_hits=hits), got.loss
+        plain(w, bias, labels, x, ns, w.shape[0], nt, sampled_values=sv, remove_accidental_hits=hits),
+        got.loss,
     )
     np.testing.assert_allclose(_dense(got.grad_weights, w.shape), want[1], **tol)
     np.testing.assert_allclose(_dense(got.grad_biases, bias.shape), want[2], **tol)
@@ -124,7 +124,9 @@ def test_parity_at_large_logits(tf, kind):
     # Logits in the thousands: no overflow on either side, and float32 still matches TensorFlow.
     for dtype in (np.float32, np.float64):
         w, bias, x, labels = _problem(dtype, nt=2, scale=300.0, seed=5)
-        sv = tuple(t.numpy() for t in tf.random.log_uniform_candidate_sampler(labels, 2, 20, True, 60, seed=3))
+        sv = tuple(
+            t.numpy() for t in tf.random.log_uniform_candidate_sampler(labels, 2, 20, True, 60, seed=3)
+        )
         got = LOSSES[kind][1](w, bias, labels, x, 20, 60, 2, sampled_values=sv)
         assert np.abs(got.loss).max() > 1000
         for a in (got.loss, got.grad_inputs, got.grad_weights.values, got.grad_biases.values):
@@ -132,7 +134,9 @@ def test_parity_at_large_logits(tf, kind):
         c = np.ones(labels.shape[0], dtype=dtype)
         want = _tf_step(tf, kind, w, bias, labels, x, 20, 60, 2, sv, kind == "softmax", c)
         np.testing.assert_allclose(got.loss, want[0], rtol=1e-5 if dtype == np.float32 else 1e-11)
-        np.testing.assert_allclose(got.grad_inputs, want[3], rtol=1e-4, atol=1e-3 if dtype == np.float32 else 1e-9)
+        np.testing.assert_allclose(
+            got.grad_inputs, want[3], rtol=1e-4, atol=1e-3 if dtype == np.float32 else 1e-9
+        )
 
 
 @pytest.mark.parametrize("kind", ["softmax", "nce"])
@@ -159,7 +163,9 @@ def test_per_row_candidates_match_tensorflow_row_by_row(tf, kind, dtype):
         gb += want[2]
     np.testing.assert_allclose(_dense(got.grad_weights, w.shape), gw, **tol)
     np.testing.assert_allclose(_dense(got.grad_biases, bias.shape), gb, **tol)
-    np.testing.assert_array_equal(got.grad_weights.indices, np.unique(np.concatenate([labels.ravel(), cs.ids.ravel()])))
+    np.testing.assert_array_equal(
+        got.grad_weights.indices, np.unique(np.concatenate([labels.ravel(), cs.ids.ravel()]))
+    )
 
 
 @pytest.mark.parametrize("kind", ["softmax", "nce"])
@@ -224,7 +230,7 @@ def test_focal_gradients_match_autograd(tf, kind, gamma, nt):
     want = _tf_focal(tf, kind, w, bias, labels, x, sv, nt, hits, gamma, c)
     got = LOSSES[kind][1](w, bias, labels, x, 20, 60, nt, sampled_values=sv, remove_accidental_hits=hits,
                           focal_gamma=gamma, grad_loss=c)  # fmt: skip
-    tol = dict(rtol=1e-9, atol=1e-11)
+    tol = {"rtol": 1e-9, "atol": 1e-11}
     np.testing.assert_allclose(got.loss, want[0], **tol)
     np.testing.assert_allclose(_dense(got.grad_weights, w.shape), want[1], **tol)
     np.testing.assert_allclose(_dense(got.grad_biases, bias.shape), want[2], **tol)
@@ -335,7 +341,9 @@ def test_results_do_not_depend_on_thread_count(per_row):
 def ok():
     w, bias, x, labels = _problem(np.float32, nt=1)
     sv = zn.log_uniform_candidate_sampler(labels, 1, 20, True, 60, seed=1)
-    return dict(weights=w, biases=bias, labels=labels, inputs=x, num_sampled=20, num_classes=60, sampled_values=sv)
+    return dict(
+        weights=w, biases=bias, labels=labels, inputs=x, num_sampled=20, num_classes=60, sampled_values=sv
+    )
 
 
 def _raises(exc, arg, **kw):
@@ -361,7 +369,9 @@ def test_shape_mismatches(ok):
     _raises(ValueError, "biases", **{**ok, "biases": ok["biases"][:-1]})
     _raises(ValueError, "labels", **{**ok, "labels": np.zeros((16, 2), dtype=np.int64)})
     _raises(ValueError, "weights", **{**ok, "weights": ok["weights"][0]})
-    _raises(ValueError, "labels", **{**ok, "labels": np.zeros((0, 1), dtype=np.int64), "inputs": ok["inputs"][:0]})
+    _raises(
+        ValueError, "labels", **{**ok, "labels": np.zeros((0, 1), dtype=np.int64), "inputs": ok["inputs"][:0]}
+    )
 
 
 def test_non_float_arguments(ok):
@@ -392,7 +402,9 @@ def test_nan_is_rejected_where_it_is_read(ok):
     unused = next(i for i in range(60) if i not in ok["sampled_values"][0] and i not in ok["labels"])
     w = ok["weights"].copy()
     w[unused] = np.nan
-    np.testing.assert_array_equal(zn.sampled_softmax_loss(**{**ok, "weights": w}), zn.sampled_softmax_loss(**ok))
+    np.testing.assert_array_equal(
+        zn.sampled_softmax_loss(**{**ok, "weights": w}), zn.sampled_softmax_loss(**ok)
+    )
     with pytest.raises(ValueError, match="grad_loss"):
         zn.sampled_softmax_loss_and_grad(**ok, grad_loss=np.full(16, np.nan))
     # Logits beyond float32: an error, not inf or NaN.
@@ -405,7 +417,9 @@ def test_sampled_values_mismatches(ok):
     _raises(ValueError, "sampled_values", **{**ok, "num_sampled": 19})
     _raises(ValueError, "sampled_values", **{**ok, "sampled_values": (ids, te, se[:-1])})
     _raises(ValueError, "sampled_values", **{**ok, "sampled_values": (ids, te[:-1], se)})
-    _raises(ValueError, "sampled_values", **{**ok, "sampled_values": (ids[None], te, se[None])})  # 1 row, not 16
+    _raises(
+        ValueError, "sampled_values", **{**ok, "sampled_values": (ids[None], te, se[None])}
+    )  # 1 row, not 16
     _raises(ValueError, "sampled_values", **{**ok, "sampled_values": (ids, te, np.zeros_like(se))})  # log(0)
     _raises(ValueError, "sampled_values", **{**ok, "sampled_values": (ids, None, se)})
     cs = zn.LogUniformSampler(60, seed=1).sample(20)  # no true classes: no true expected counts
