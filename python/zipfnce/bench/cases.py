@@ -170,5 +170,97 @@ def sampler_sweeps() -> List[Case]:
     return out
 
 
+BOUND = "numpy sgemm bound"
+
+
+def _loss_data(batch: int, dim: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((vocab, dim), dtype=np.float32) * 0.05).astype(np.float32)
+    b = (rng.standard_normal(vocab, dtype=np.float32) * 0.01).astype(np.float32)
+    x = rng.standard_normal((batch, dim), dtype=np.float32)
+    labels = _true_classes(batch, vocab, seed)
+    return w, b, x, labels
+
+
+def sampled_loss_case(kind: str, batch: int, dim: int, vocab: int, num_sampled: int, per_row: bool = False) -> Impls:
+    """Loss and all gradients of sampled softmax / NCE against TensorFlow (tf.function + GradientTape, same
+    candidates) and against the three NumPy/OpenBLAS products of the step (x·Wsᵀ, G·Ws, Gᵀ·x)."""
+    import zipfnce as zn
+
+    w, b, x, labels = _loss_data(batch, dim, vocab)
+    sampler = zn.LogUniformSampler(vocab, seed=1)
+    if per_row:
+        sv = sampler.sample_per_row(labels, num_sampled, seed=2)
+    else:
+        sv = sampler.sample(num_sampled, true_classes=labels, seed=2)
+    fn = zn.sampled_softmax_loss_and_grad if kind == "softmax" else zn.nce_loss_and_grad
+    impls: Impls = {"zipfnce": lambda: fn(w, b, labels, x, num_sampled, vocab, sampled_values=sv)}
+    ws = w[sv.ids[: max(1, num_sampled)]] if not per_row else w[sv.ids[0]]
+    g = np.random.default_rng(1).standard_normal((batch, num_sampled), dtype=np.float32)
+
+    def bound():
+        x @ ws.T
+        g @ ws
+        g.T @ x
+
+    impls[BOUND] = bound
+    tf = _tf()
+    if tf is not None and not per_row:
+        tw, tb = tf.Variable(w), tf.Variable(b)
+        tx, tl = tf.constant(x), tf.constant(labels)
+        tsv = tuple(tf.constant(a) for a in (sv.ids, sv.true_expected_count, sv.sampled_expected_count))
+        tf_loss = tf.nn.sampled_softmax_loss if kind == "softmax" else tf.nn.nce_loss
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(tx)
+                loss = tf_loss(tw, tb, tl, tx, num_sampled, vocab, sampled_values=tsv)
+                total = tf.reduce_sum(loss)
+            gw, gb, gx = tape.gradient(total, [tw, tb, tx])
+            return loss, gw.values, gb.values, gx
+
+        impls["tensorflow"] = lambda: step()[0].numpy()
+    return impls
+
+
+def loss_cases() -> List[Case]:
+    return [
+        Case(
+            "sampled softmax + grads B=1024 d=128 V=1e6 S=8192",
+            "losses",
+            lambda: sampled_loss_case("softmax", 1024, 128, 10**6, 8192),
+            {"tensorflow": 5, BOUND: 1 / 1.3},
+        ),
+        Case(
+            "NCE + grads B=1024 d=128 V=1e6 S=8192",
+            "losses",
+            lambda: sampled_loss_case("nce", 1024, 128, 10**6, 8192),
+            {"tensorflow": 5, BOUND: 1 / 1.3},
+        ),
+        Case(
+            "sampled softmax per-row B=1024 d=128 V=1e6 S=256",
+            "losses",
+            lambda: sampled_loss_case("softmax", 1024, 128, 10**6, 256, per_row=True),
+            {},
+        ),
+    ]
+
+
+def loss_sweeps() -> List[Case]:
+    """zipfnce's time against the NumPy sgemm bound as the number of samples grows (sampled softmax)."""
+    return [
+        Case(
+            f"sweep softmax S={n} V=1e6",
+            "loss sweeps",
+            lambda n=n: sampled_loss_case("softmax", 1024, 128, 10**6, n),
+            quick=n in (1024, 8192),
+            plot="sampled softmax speed-up vs samples (B=1024, d=128, V=1e6)",
+            x=n,
+        )
+        for n in (1024, 4096, 8192, 16384)
+    ]
+
+
 def all_cases() -> List[Case]:
-    return sampler_cases() + sampler_sweeps()
+    return sampler_cases() + loss_cases() + sampler_sweeps() + loss_sweeps()
