@@ -262,5 +262,63 @@ def loss_sweeps() -> List[Case]:
     ]
 
 
+def _torch():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+def info_nce_case(batch: int, dim: int, symmetric: bool = False) -> Impls:
+    """InfoNCE loss and gradients with in-batch negatives, against PyTorch eager
+    (cross_entropy(q @ kᵀ / T) + backward, same threads) and the three NumPy products (q·kᵀ, G·k, Gᵀ·q)."""
+    import zipfnce as zn
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((batch, dim), dtype=np.float32)
+    k = rng.standard_normal((batch, dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    k /= np.linalg.norm(k, axis=1, keepdims=True)
+    impls: Impls = {"zipfnce": lambda: zn.info_nce_loss_and_grad(q, k, temperature=0.1, symmetric=symmetric)}
+    g = rng.standard_normal((batch, batch), dtype=np.float32)
+
+    def bound():
+        q @ k.T
+        g @ k
+        g.T @ q
+
+    impls[BOUND] = bound
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(zn.get_num_threads())
+        tq = torch.from_numpy(q.copy()).requires_grad_()
+        tk = torch.from_numpy(k.copy()).requires_grad_()
+        target = torch.arange(batch)
+
+        def torch_step():
+            tq.grad = tk.grad = None
+            logits = tq @ tk.T / 0.1
+            loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+            if symmetric:
+                loss = (loss + torch.nn.functional.cross_entropy(logits.T, target, reduction="sum")) / 2
+            loss.backward()
+
+        impls["torch"] = torch_step
+    return impls
+
+
+def info_nce_cases() -> List[Case]:
+    return [
+        Case(
+            "InfoNCE + grads B=4096 d=128",
+            "info_nce",
+            lambda: info_nce_case(4096, 128),
+            {"torch": 2.5, BOUND: 1 / 1.3},
+        ),
+        Case("InfoNCE symmetric + grads B=4096 d=128", "info_nce", lambda: info_nce_case(4096, 128, True), {}),
+    ]
+
+
 def all_cases() -> List[Case]:
-    return sampler_cases() + loss_cases() + sampler_sweeps() + loss_sweeps()
+    return sampler_cases() + loss_cases() + info_nce_cases() + sampler_sweeps() + loss_sweeps()
