@@ -44,6 +44,7 @@
 //! same column chunks, so the losses agree bit for bit; so do the gradients with `symmetric`, and without it
 //! they agree to rounding (e^(z − M)·e^(M − lse) against e^(z − lse)).
 
+use super::tile::fold;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::loss::tile::{matmul, Mat, MatMut, Op};
@@ -929,14 +930,7 @@ fn sum_exp_body<T: Kernel>(z: &[T], m: T) -> T {
             }
         }
     }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0]
+    fold(acc)
 }
 
 /// [`sum_exp_body`] that also leaves each e^(z − m) in place of z: the same operations in the same order.
@@ -957,14 +951,7 @@ fn sum_exp_write_body<T: Kernel>(z: &mut [T], m: T) -> T {
         let n = c.len();
         c.copy_from_slice(&buf[..n]);
     }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0]
+    fold(acc)
 }
 
 #[inline(always)]

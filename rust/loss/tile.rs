@@ -313,7 +313,7 @@ pub(crate) use kernel;
 
 /// Lanes of the partial sums in the reductions below (a fixed number: results do not depend on the SIMD
 /// width of the machine).
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 #[inline(always)]
 fn dot_body<T: Float>(a: &[T], b: &[T]) -> T {
@@ -336,7 +336,7 @@ fn dot_body<T: Float>(a: &[T], b: &[T]) -> T {
 
 /// Sum the lanes pairwise, in a fixed order.
 #[inline(always)]
-fn fold<T: Float>(mut acc: [T; LANES]) -> T {
+pub(crate) fn fold<T: Float>(mut acc: [T; LANES]) -> T {
     let mut w = LANES;
     while w > 1 {
         w /= 2;
