@@ -16,6 +16,14 @@ from ._dropins import (
     log_uniform_candidate_sampler,
     uniform_candidate_sampler,
 )
+from ._losses import (
+    LossAndGrad,
+    SparseGrad,
+    nce_loss,
+    nce_loss_and_grad,
+    sampled_softmax_loss,
+    sampled_softmax_loss_and_grad,
+)
 from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
 from ._validate import as_int
 
@@ -32,6 +40,12 @@ __all__ = [
     "fixed_unigram_candidate_sampler",
     "all_candidate_sampler",
     "compute_accidental_hits",
+    "sampled_softmax_loss",
+    "nce_loss",
+    "sampled_softmax_loss_and_grad",
+    "nce_loss_and_grad",
+    "LossAndGrad",
+    "SparseGrad",
     "set_num_threads",
     "get_num_threads",
 ]

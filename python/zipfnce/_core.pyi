@@ -1,5 +1,5 @@
 # Type stub of the native module (rust/py/mod.rs). The public API lives in the Python files beside it.
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -58,3 +58,21 @@ def compute_accidental_hits(
 ) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+
+_F = Union[npt.NDArray[np.float32], npt.NDArray[np.float64]]
+
+def sampled_loss(
+    nce: bool,
+    weights: _F,
+    biases: Optional[_F],
+    labels: npt.NDArray[np.int64],
+    inputs: _F,
+    sampled: npt.NDArray[np.int64],
+    true_expected: _F,
+    sampled_expected: _F,
+    remove_accidental_hits: bool,
+    subtract_log_q: bool,
+    focal_gamma: float,
+    want_grad: bool,
+    grad_loss: Optional[_F] = None,
+) -> Tuple[_F, ...]: ...

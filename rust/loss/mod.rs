@@ -1,3 +1,5 @@
-//! Fused losses. `tile.rs` holds the dense building blocks (matrix products over row-major blocks).
+//! Fused losses. `tile.rs` holds the dense building blocks (matrix products over row-major blocks, online
+//! log-sum-exp, vectorised element-wise math); `sampled.rs` the sampled softmax and NCE.
 
+pub mod sampled;
 pub mod tile;

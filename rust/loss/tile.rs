@@ -3,6 +3,7 @@
 //! themselves, in the library's pool, so that results never depend on the thread count.
 
 use crate::float::Float;
+use std::sync::Mutex;
 
 /// A row-major matrix view: `rows × cols`, element (i, j) at `data[i * stride + j]`.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +134,439 @@ pub fn matmul<T: Float>(
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Element-wise math for the losses: an `exp` that vectorises, and slice kernels compiled twice (baseline and
+// AVX2 + FMA) with a run-time choice. Rust never fuses `a * b + c` into an FMA by itself, so both versions give
+// bit-identical results, and every reduction below runs in a fixed order (a fixed number of partial sums),
+// whatever the machine or the thread count.
+// ---------------------------------------------------------------------------------------------------------
+
+/// The float math the loss kernels need beyond [`Float`], in a form the compiler can vectorise.
+pub trait FastMath: Float {
+    /// e^x within 2 ulp for x ≤ 0, exactly 0 below the underflow threshold (so e^(-inf) = 0). Arguments
+    /// above the overflow threshold are clamped (the losses call it with x ≤ 0 only).
+    fn exp_fast(self) -> Self;
+    /// ln(1 + y) for y in [0, 1].
+    fn ln_1p_fast(self) -> Self;
+    /// Buffers kept between calls (see [`Scratch`]).
+    fn scratch() -> &'static Mutex<Vec<Vec<Self>>>;
+}
+
+/// Large work buffers reused from call to call: a fresh allocation of tens of MiB costs a page fault and
+/// a zeroing per 4 KiB page, which is a noticeable part of a loss step. At most [`Scratch::KEEP`] bytes
+/// stay cached. The contents of a taken buffer are stale: callers overwrite every element before reading.
+pub struct Scratch;
+
+impl Scratch {
+    pub const KEEP: usize = 96 << 20;
+
+    /// A buffer of `len` elements (stale contents), or an error if memory runs out.
+    pub fn take<T: FastMath>(arg: &'static str, len: usize) -> crate::Result<Vec<T>> {
+        // try_lock: never wait (and never deadlock in a forked child whose parent held the lock).
+        let cached = T::scratch().try_lock().ok().and_then(|mut p| {
+            let i = p.iter().position(|v| v.capacity() >= len)?;
+            Some(p.swap_remove(i))
+        });
+        match cached {
+            Some(mut v) => {
+                v.truncate(len);
+                v.resize(len, T::ZERO);
+                Ok(v)
+            }
+            None => crate::sampler::unique::try_vec(arg, len),
+        }
+    }
+
+    /// Return a buffer to the cache (dropped if the cache is full).
+    pub fn give<T: FastMath>(v: Vec<T>) {
+        if let Ok(mut p) = T::scratch().try_lock() {
+            let held: usize = p.iter().map(|b| b.capacity()).sum();
+            if (held + v.capacity()) * std::mem::size_of::<T>() <= Self::KEEP {
+                p.push(v);
+            }
+        }
+    }
+}
+
+impl FastMath for f32 {
+    fn scratch() -> &'static Mutex<Vec<Vec<f32>>> {
+        static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+        &POOL
+    }
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        // 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer in the low mantissa bits.
+        const SHIFT: f32 = 12_582_912.0;
+        let x = self.min(88.0);
+        let t = x * std::f32::consts::LOG2_E + SHIFT;
+        let n = t - SHIFT;
+        let ni = t.to_bits().wrapping_sub(SHIFT.to_bits());
+        let r = (x - n * LN2_HI) - n * LN2_LO;
+        // Taylor series of e^r to degree 7 on |r| <= 0.347: error < r^8/8! < 6e-9.
+        let mut p = 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+        let y = f32::from_bits(p.to_bits().wrapping_add(ni << 23));
+        // Below -86 the scaling by 2^n would leave the normal range; e^-86 < 5e-38 counts as 0 here.
+        if x < -86.0 {
+            0.0
+        } else {
+            y
+        }
+    }
+    #[inline(always)]
+    fn ln_1p_fast(self) -> f32 {
+        // ln u for u = 1 + y in [1, 2], as fdlibm's logf: u = 2^k (1 + f) with 1 + f in [√2/2, √2),
+        // ln(1 + f) = 2 atanh(f / (2 + f)) by a minimax polynomial; then the rounding error of 1 + y is put
+        // back (− c / u).
+        const LG1: f32 = 0.666_666_6;
+        const LG2: f32 = 0.400_009_72;
+        const LG3: f32 = 0.284_987_87;
+        const LG4: f32 = 0.242_790_79;
+        const LN2: f32 = std::f32::consts::LN_2;
+        let y = self;
+        let u = 1.0 + y;
+        let c = (u - 1.0) - y;
+        let big = u > std::f32::consts::SQRT_2;
+        let m = if big { u * 0.5 } else { u };
+        let k = if big { LN2 } else { 0.0 };
+        let f = m - 1.0;
+        let s = f / (2.0 + f);
+        let z = s * s;
+        let w = z * z;
+        let r = z * (LG1 + w * LG3) + w * (LG2 + w * LG4);
+        let hfsq = 0.5 * f * f;
+        (k + (f - (hfsq - s * (hfsq + r)))) - c / u
+    }
+}
+
+impl FastMath for f64 {
+    fn scratch() -> &'static Mutex<Vec<Vec<f64>>> {
+        static POOL: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+        &POOL
+    }
+    #[inline(always)]
+    fn exp_fast(self) -> f64 {
+        let y = crate::vmath::exp(self);
+        if self < -700.0 {
+            0.0
+        } else {
+            y
+        }
+    }
+    #[inline(always)]
+    fn ln_1p_fast(self) -> f64 {
+        crate::vmath::ln_1p(self)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Define `pub fn name<T: FastMath>(..)` whose body is compiled twice, once with AVX2 + FMA, chosen at run
+/// time. Bodies must be plain safe code over their arguments.
+macro_rules! kernel {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<T>($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn body<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
+                if $crate::loss::tile::has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above), all that `wide` requires; it
+                    // runs the same safe code as `body`.
+                    return unsafe { wide::<T>($($a),*) };
+                }
+            }
+            body::<T>($($a),*)
+        }
+    };
+}
+
+pub(crate) use kernel;
+
+/// Lanes of the partial sums in the reductions below (a fixed number: results do not depend on the SIMD
+/// width of the machine).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot_body<T: Float>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::ZERO; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += *x * *y;
+    }
+    fold(acc) + tail
+}
+
+/// Sum the lanes pairwise, in a fixed order.
+#[inline(always)]
+fn fold<T: Float>(mut acc: [T; LANES]) -> T {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
+}
+
+/// Σ x in a fixed order (LANES partial sums, folded pairwise).
+#[inline(always)]
+pub(crate) fn sum_body<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for v in &mut c {
+        for l in 0..LANES {
+            acc[l] += v[l];
+        }
+    }
+    let mut tail = T::ZERO;
+    for &v in c.remainder() {
+        tail += v;
+    }
+    fold(acc) + tail
+}
+
+kernel! {
+    /// Σ x[i], in a fixed order.
+    pub fn sum<T>(x: &[T]) -> T {
+        sum_body(x)
+    }
+}
+
+kernel! {
+    /// Copy `src` into `dst` and say whether every element is finite (no branch per element: a NaN or an
+    /// infinity turns `v · 0` into NaN).
+    pub fn copy_finite<T>(src: &[T], dst: &mut [T]) -> bool {
+        let mut acc = [T::ZERO; LANES];
+        let mut s = src.chunks_exact(LANES);
+        let mut o = dst.chunks_exact_mut(LANES);
+        for (x, y) in (&mut s).zip(&mut o) {
+            y.copy_from_slice(x);
+            for l in 0..LANES {
+                acc[l] += x[l] * T::ZERO;
+            }
+        }
+        let mut tail = T::ZERO;
+        for (x, y) in s.remainder().iter().zip(o.into_remainder()) {
+            *y = *x;
+            tail += *x * T::ZERO;
+        }
+        fold(acc) + tail == T::ZERO
+    }
+}
+
+kernel! {
+    /// `x[i] = (x[i] + b) − q`: a column's bias and log-correction, in TensorFlow's order.
+    pub fn add_offsets<T>(x: &mut [T], b: T, q: T) {
+        for v in x.iter_mut() {
+            *v = (*v + b) - q;
+        }
+    }
+}
+
+kernel! {
+    /// `m[i] = max(m[i], x[i])`: one more row of a column-wise running maximum.
+    pub fn vmax<T>(m: &mut [T], x: &[T]) {
+        for (a, &v) in m.iter_mut().zip(x) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+}
+
+kernel! {
+    /// `x[i] = e^(x[i] − m[i])` and `s[i] += x[i]` (e^(−inf) = 0): exponentiate one more row in place and
+    /// add it to column-wise sums.
+    pub fn vexp_sum<T>(s: &mut [T], x: &mut [T], m: &[T]) {
+        for ((a, v), &mx) in s.iter_mut().zip(x.iter_mut()).zip(m) {
+            *v = (*v - mx).exp_fast();
+            *a += *v;
+        }
+    }
+}
+
+kernel! {
+    /// `x[i] *= f[i]`.
+    pub fn vmul<T>(x: &mut [T], f: &[T]) {
+        for (v, &c) in x.iter_mut().zip(f) {
+            *v *= c;
+        }
+    }
+}
+
+kernel! {
+    /// Σ a[i]·b[i] over the shorter length.
+    pub fn dot<T>(a: &[T], b: &[T]) -> T {
+        dot_body(a, b)
+    }
+}
+
+kernel! {
+    /// `out[r] = a[r]·x` for the rows of `a` (row-major, `x.len()` columns).
+    pub fn gemv<T>(a: &[T], x: &[T], out: &mut [T]) {
+        let d = x.len().max(1);
+        for (row, o) in a.chunks_exact(d).zip(out.iter_mut()) {
+            *o = dot_body(row, x);
+        }
+    }
+}
+
+kernel! {
+    /// `y += Σ_r g[r]·a[r]` for the rows of `a` (row-major, `y.len()` columns), rows in order.
+    pub fn gemv_t_acc<T>(a: &[T], g: &[T], y: &mut [T]) {
+        let d = y.len().max(1);
+        for (row, &c) in a.chunks_exact(d).zip(g) {
+            if c != T::ZERO {
+                for (o, &v) in y.iter_mut().zip(row) {
+                    *o += c * v;
+                }
+            }
+        }
+    }
+}
+
+kernel! {
+    /// `y += c·x`.
+    pub fn axpy<T>(c: T, x: &[T], y: &mut [T]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o += c * v;
+        }
+    }
+}
+
+kernel! {
+    /// The largest element (-inf for an empty slice; NaN-free input assumed).
+    pub fn max<T>(x: &[T]) -> T {
+        let mut acc = [T::NEG_INFINITY; LANES];
+        let mut c = x.chunks_exact(LANES);
+        for v in &mut c {
+            for l in 0..LANES {
+                acc[l] = if v[l] > acc[l] { v[l] } else { acc[l] };
+            }
+        }
+        let mut m = T::NEG_INFINITY;
+        for &v in c.remainder().iter().chain(acc.iter()) {
+            m = if v > m { v } else { m };
+        }
+        m
+    }
+}
+
+kernel! {
+    /// Σ e^(x[i] - m), with e^(-inf) = 0: one piece of an online log-sum-exp.
+    pub fn sum_exp<T>(x: &[T], m: T) -> T {
+        let mut acc = [T::ZERO; LANES];
+        let mut c = x.chunks_exact(LANES);
+        for v in &mut c {
+            for l in 0..LANES {
+                acc[l] += (v[l] - m).exp_fast();
+            }
+        }
+        let mut tail = T::ZERO;
+        for &v in c.remainder() {
+            tail += (v - m).exp_fast();
+        }
+        fold(acc) + tail
+    }
+}
+
+kernel! {
+    /// `x[i] = c · e^(x[i] - lse)`: softmax probabilities scaled by `c` (0 where x is -inf).
+    pub fn scale_exp<T>(x: &mut [T], lse: T, c: T) {
+        for v in x.iter_mut() {
+            *v = c * (*v - lse).exp_fast();
+        }
+    }
+}
+
+/// One piece of the log-sum-exp of a row, kept as (max, Σ e^(x - max)), merged in a fixed order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lse<T> {
+    pub max: T,
+    pub sum: T,
+}
+
+impl<T: FastMath> Lse<T> {
+    pub const EMPTY: Lse<T> = Lse {
+        max: T::NEG_INFINITY,
+        sum: T::ZERO,
+    };
+    /// The piece of the slice `x` (-inf entries count as absent).
+    pub fn of(x: &[T]) -> Self {
+        let m = max(x);
+        if m == T::NEG_INFINITY {
+            return Self::EMPTY;
+        }
+        Lse {
+            max: m,
+            sum: sum_exp(x, m),
+        }
+    }
+    /// The piece of both.
+    pub fn merge(self, o: Self) -> Self {
+        if o.sum == T::ZERO {
+            return self;
+        }
+        if self.sum == T::ZERO {
+            return o;
+        }
+        let m = if o.max > self.max { o.max } else { self.max };
+        Lse {
+            max: m,
+            sum: self.sum * (self.max - m).exp_fast() + o.sum * (o.max - m).exp_fast(),
+        }
+    }
+    /// ln Σ e^x.
+    pub fn value(self) -> T {
+        self.max + self.sum.ln()
+    }
+}
+
+/// Transpose the row-major `rows × cols` block `a` into `out` (`cols × rows`), in 8 × 8 tiles.
+pub fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, out: &mut [T]) {
+    const TB: usize = 8;
+    assert!(
+        a.len() >= rows * cols && out.len() >= rows * cols,
+        "transpose: sizes"
+    );
+    for i0 in (0..rows).step_by(TB) {
+        let i1 = (i0 + TB).min(rows);
+        for j0 in (0..cols).step_by(TB) {
+            let j1 = (j0 + TB).min(cols);
+            for i in i0..i1 {
+                let src = &a[i * cols + j0..i * cols + j1];
+                for (j, &v) in (j0..j1).zip(src) {
+                    out[j * rows + i] = v;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +622,78 @@ mod tests {
             let r = &a[i * 6..i * 6 + 3];
             assert_eq!(c[i * 2], r[0] + r[2]);
             assert_eq!(c[i * 2 + 1], r[1] + r[2]);
+        }
+    }
+
+    #[test]
+    fn exp_fast_is_accurate_and_underflows_to_zero() {
+        let mut x = -90.0f64;
+        while x < 80.0 {
+            let a = (x as f32).exp_fast() as f64;
+            let b = (x as f32 as f64).exp();
+            if x < -86.0 {
+                assert_eq!(a, 0.0);
+            } else {
+                assert!(((a - b) / b).abs() < 3e-7, "f32 exp({x}) = {a}, want {b}");
+            }
+            let c = x.exp_fast();
+            if x >= -700.0 {
+                assert!(((c - x.exp()) / x.exp()).abs() < 1e-14);
+            }
+            x += 0.0137;
+        }
+        assert_eq!(f32::NEG_INFINITY.exp_fast(), 0.0);
+        assert_eq!(f64::NEG_INFINITY.exp_fast(), 0.0);
+        assert_eq!(0.0f32.exp_fast(), 1.0);
+        let mut y = 0.0f32;
+        while y <= 1.0 {
+            let (a, b) = (y.ln_1p_fast() as f64, (y as f64).ln_1p());
+            assert!(
+                (a - b).abs() <= 2.5e-7 * b.max(1e-30),
+                "ln_1p({y}) = {a}, want {b}"
+            );
+            y = if y < 1e-6 { y + 1e-8 } else { y * 1.01 + 1e-4 };
+        }
+        assert_eq!(0.0f32.ln_1p_fast(), 0.0);
+    }
+
+    #[test]
+    fn reductions_match_naive_sums() {
+        let x: Vec<f64> = (0..103).map(|i| (i as f64 * 0.77).sin() * 5.0).collect();
+        let y: Vec<f64> = (0..103).map(|i| (i as f64 * 0.31).cos()).collect();
+        let want: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert!((dot(&x, &y) - want).abs() < 1e-12);
+        let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(max(&x), m);
+        let se: f64 = x.iter().map(|v| (v - m).exp()).sum();
+        assert!((sum_exp(&x, m) - se).abs() < 1e-12);
+        // Online log-sum-exp over pieces equals the whole.
+        let whole = Lse::of(&x).value();
+        let pieces = Lse::of(&x[..40])
+            .merge(Lse::of(&x[40..]))
+            .merge(Lse::<f64>::EMPTY);
+        assert!((pieces.value() - whole).abs() < 1e-12);
+        assert!((whole - (m + se.ln())).abs() < 1e-12);
+        let mut z = vec![f64::NEG_INFINITY, 0.0];
+        scale_exp(&mut z, 0.0, 2.0);
+        assert_eq!(z, vec![0.0, 2.0]);
+        let mut out = vec![0.0; 3];
+        gemv(&x[..6], &y[..2], &mut out);
+        assert!((out[1] - (x[2] * y[0] + x[3] * y[1])).abs() < 1e-15);
+        let mut acc = vec![1.0; 2];
+        gemv_t_acc(&x[..6], &[1.0, 0.0, 2.0], &mut acc);
+        assert!((acc[0] - (1.0 + x[0] + 2.0 * x[4])).abs() < 1e-15);
+    }
+
+    #[test]
+    fn transpose_blocks() {
+        let a: Vec<u32> = (0..13 * 9).collect();
+        let mut t = vec![0; 13 * 9];
+        transpose(&a, 13, 9, &mut t);
+        for i in 0..13 {
+            for j in 0..9 {
+                assert_eq!(t[j * 13 + i], a[i * 9 + j]);
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! Dtype coercion and argument normalisation happen in `python/zipfnce/`, so every array arriving here
 //! already has the element type its signature names.
 
+mod loss;
+
 use crate::error::Error;
 use crate::hits;
 use crate::rng::{derive, mix64, os_seed};
@@ -283,5 +285,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("MAX_RANGE", sampler::MAX_RANGE)?;
+    loss::register(m)?;
     Ok(())
 }

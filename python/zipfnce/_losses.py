@@ -1,0 +1,317 @@
+"""Sampled softmax and NCE losses with gradients (API.md sections 2 and 3).
+
+The logits are TensorFlow's (``nn_impl._compute_sampled_logits``). For row ``b`` with input ``x_b``, true
+classes ``t`` and candidates ``s``::
+
+    z_t = x_b . w_t + bias_t - log(true_expected_count[b, t])
+    z_s = x_b . w_s + bias_s - log(sampled_expected_count[s])      # or [b, s] for per-row candidates
+
+(``- log(...)`` only with ``subtract_log_q``). With ``remove_accidental_hits`` a candidate equal to one of
+the row's true classes is masked: it gets probability exactly 0 and contributes nothing to the loss or the
+gradients (TensorFlow adds ``-FLT_MAX``, which has the same effect). True columns have label
+``y = 1/num_true``, candidates label 0.
+
+- sampled softmax: ``loss_b = -sum_t y log p_t``, ``p = softmax(z)`` over the true and unmasked columns;
+- NCE: ``loss_b = sum_j [max(z_j, 0) - z_j y_j + log(1 + exp(-|z_j|))]`` (sigmoid cross-entropy, summed);
+- focal (``focal_gamma = g > 0``, Lin et al. 2017): softmax ``-sum_t y (1 - p_t)^g log p_t``; NCE
+  ``-sum_j [y_j (1 - s_j)^g log s_j + (1 - y_j) s_j^g log(1 - s_j)]`` with ``s = sigmoid(z)``.
+  ``g = 0`` is exactly the plain loss.
+
+Float math runs in the dtype of ``weights`` (float32 or float64); the other float arguments are converted to
+it. ``weights`` is read in place (only the rows used are touched); a weights array with negative strides or
+misaligned data is copied first. Non-finite values in ``inputs``, ``grad_loss``, the rows of ``weights`` and
+entries of ``biases`` that the call uses, non-positive expected counts (with ``subtract_log_q``) and logits
+that overflow the float type raise ``ValueError`` rather than return NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._dropins import log_uniform_candidate_sampler
+from ._validate import MAX_COUNT, as_flag, as_float, as_ids, as_int, as_seed
+
+__all__ = [
+    "SparseGrad",
+    "LossAndGrad",
+    "sampled_softmax_loss",
+    "nce_loss",
+    "sampled_softmax_loss_and_grad",
+    "nce_loss_and_grad",
+]
+
+
+class SparseGrad(NamedTuple):
+    """Gradient rows over a subset of classes: ``indices`` int64 ``[U]`` sorted and unique, ``values``
+    ``[U, d]`` (weights) or ``[U]`` (biases), summed over every use of a class in the call."""
+
+    indices: np.ndarray
+    values: np.ndarray
+
+
+class LossAndGrad(NamedTuple):
+    """The loss ``[B]`` and the gradients of ``sum_b grad_loss[b] * loss[b]``."""
+
+    loss: np.ndarray
+    grad_inputs: np.ndarray
+    grad_weights: SparseGrad
+    grad_biases: Optional[SparseGrad]
+
+
+def _weights(w: Any) -> np.ndarray:
+    a = w if isinstance(w, np.ndarray) else np.asarray(w)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"weights: expected a float32 or float64 array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"weights: must be [num_classes, dim], got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"weights: must be non-empty, got shape {a.shape}")
+    if not a.flags.aligned or any(s < 0 or s % a.itemsize for s in a.strides):
+        a = np.ascontiguousarray(a)  # exotic layouts only; the usual views are read in place
+    return a
+
+
+def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``dtype`` (float, or for ``grad_loss`` also integer, input)."""
+    a = np.asarray(x)
+    ok = "f" if name != "grad_loss" else "fiu"
+    if a.dtype.kind not in ok:
+        raise TypeError(f"{name}: expected floats, got dtype {a.dtype}")
+    return np.asarray(a, dtype=dtype, order="C")
+
+
+def _triple(sampled_values: Any) -> Tuple[Any, Any, Any]:
+    if isinstance(sampled_values, (tuple, list)) and len(sampled_values) in (3, 4):
+        # A CandidateSample (4 fields, TensorFlow's three first) or TensorFlow's 3-tuple.
+        return sampled_values[0], sampled_values[1], sampled_values[2]
+    raise TypeError(
+        "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
+        f"true_expected_count, sampled_expected_count), got {type(sampled_values).__name__}"
+    )
+
+
+def _call(
+    nce: bool,
+    want_grad: bool,
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: Any,
+    num_classes: Any,
+    num_true: Any,
+    sampled_values: Any,
+    remove_accidental_hits: Any,
+    seed: Any,
+    subtract_log_q: Any,
+    focal_gamma: Any,
+    grad_loss: Any = None,
+) -> Any:
+    w = _weights(weights)
+    dt, (v, d) = w.dtype, w.shape
+    nt = as_int(num_true, "num_true", lo=1)
+    ns = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_COUNT)
+    nc = as_int(num_classes, "num_classes", lo=1)
+    hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
+    log_q = as_flag(subtract_log_q, "subtract_log_q")
+    gamma = as_float(focal_gamma, "focal_gamma")
+    if gamma < 0:
+        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
+    sd = as_seed(seed)
+
+    lab = as_ids(labels, "labels")
+    if lab.ndim == 1 and nt == 1:
+        lab = lab.reshape(-1, 1)
+    if lab.ndim != 2 or lab.shape[1] != nt:
+        raise ValueError(f"labels: must be [batch, num_true={nt}], got shape {lab.shape}")
+    bsz = lab.shape[0]
+    if bsz == 0:
+        raise ValueError("labels: the batch is empty")
+    x = _floats(inputs, "inputs", dt)
+    if x.ndim != 2:
+        raise ValueError(f"inputs: must be [batch, dim], got shape {x.shape}")
+    if x.shape[1] != d:
+        raise ValueError(f"inputs: has {x.shape[1]} columns but weights has {d}")
+    if x.shape[0] != bsz:
+        raise ValueError(f"inputs: has {x.shape[0]} rows but labels has {bsz}")
+    b = None
+    if biases is not None:
+        b = _floats(biases, "biases", dt)
+        if b.shape != (v,):
+            raise ValueError(f"biases: must have shape ({v},) like the rows of weights, got {b.shape}")
+
+    if sampled_values is None:
+        if nc > v:
+            raise ValueError(f"num_classes: is {nc} but weights has only {v} rows")
+        ids, te, se = log_uniform_candidate_sampler(lab, nt, ns, True, nc, seed=sd)
+    else:
+        ids, te, se = _triple(sampled_values)
+    ids = as_ids(ids, "sampled_values")
+    if ids.ndim == 1:
+        if ids.shape[0] != ns:
+            raise ValueError(f"sampled_values: has {ids.shape[0]} candidates but num_sampled is {ns}")
+    elif ids.ndim == 2:
+        if ids.shape != (bsz, ns):
+            raise ValueError(
+                f"sampled_values: per-row candidates must be [batch={bsz}, num_sampled={ns}], got {ids.shape}"
+            )
+    else:
+        raise ValueError(f"sampled_values: candidates must be [S] or [batch, S], got shape {ids.shape}")
+    if te is None:
+        if log_q:
+            raise ValueError(
+                "sampled_values: true_expected_count is None (sample with true_classes=labels), "
+                "but subtract_log_q needs it"
+            )
+        te = np.ones(lab.shape, dtype=dt)
+    te = _floats(te, "sampled_values", dt)
+    if te.shape != lab.shape and not (nt == 1 and te.shape == (bsz,)):
+        raise ValueError(f"sampled_values: true_expected_count must be {lab.shape}, got {te.shape}")
+    se = _floats(se, "sampled_values", dt)
+    if se.shape != ids.shape:
+        raise ValueError(
+            f"sampled_values: sampled_expected_count has shape {se.shape}, the candidates {ids.shape}"
+        )
+    gl = None
+    if want_grad and grad_loss is not None:
+        gl = _floats(grad_loss, "grad_loss", dt)
+        if gl.ndim == 0:
+            gl = np.full(bsz, gl, dtype=dt)
+        if gl.shape != (bsz,):
+            raise ValueError(f"grad_loss: must be a scalar or [batch={bsz}], got shape {gl.shape}")
+
+    out = _core.sampled_loss(nce, w, b, lab, x, ids, te, se, hits, log_q, gamma, want_grad, gl)
+    if not want_grad:
+        return out[0]
+    loss, gx, gw_i, gw_v, gb_i, gb_v = out
+    gb = None if gb_i is None else SparseGrad(gb_i, gb_v)
+    return LossAndGrad(loss, gx, SparseGrad(gw_i, gw_v), gb)
+
+
+_ARGS = """
+    Arguments (as ``tf.nn.{tf}``): ``weights`` float ``[V, d]``; ``biases`` ``[V]`` or None; ``labels`` int
+    ``[B, num_true]`` (``[B]`` when ``num_true == 1``); ``inputs`` ``[B, d]``; ``num_sampled`` S;
+    ``num_classes``, the range of the default sampler. ``sampled_values``: None draws S unique candidates
+    from the log-uniform distribution over ``num_classes`` (``seed`` makes it reproducible), else TensorFlow's
+    triple ``(candidates, true_expected_count, sampled_expected_count)`` or a :class:`CandidateSample` from
+    ``sample`` (candidates ``[S]``, shared by the batch) or ``sample_per_row`` (``[B, S]``: each row its own
+    candidates). Keyword-only: ``subtract_log_q`` (default True), ``focal_gamma`` (default 0)."""
+
+
+def sampled_softmax_loss(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = True,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+) -> np.ndarray:
+    """Sampled softmax loss per row, ``[B]``, as ``tf.nn.sampled_softmax_loss``.
+
+    ``loss_b = sum_t (1/num_true) (lse_b - z_t)``, where ``lse_b`` is the log-sum-exp of the row's true and
+    unmasked candidate logits (see the module docstring for the logits and the focal variant).
+    """
+    return _call(
+        False, False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+    )  # fmt: skip
+
+
+def nce_loss(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = False,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+) -> np.ndarray:
+    """NCE loss per row, ``[B]``, as ``tf.nn.nce_loss``: sigmoid cross-entropy summed over the row's columns,
+
+    ``loss_b = sum_j [max(z_j, 0) - z_j y_j + log(1 + exp(-|z_j|))]``, ``y = 1/num_true`` on the true
+    columns (TensorFlow's choice, also for num_true > 1) and 0 on the candidates. Unlike TensorFlow's
+    ``nce_loss`` this one takes a ``seed`` for the default sampler.
+    """
+    return _call(
+        True, False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+    )  # fmt: skip
+
+
+def sampled_softmax_loss_and_grad(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = True,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+    grad_loss: Any = None,
+) -> LossAndGrad:
+    """:func:`sampled_softmax_loss` and the gradients of ``sum_b c_b loss_b`` in one fused pass.
+
+    ``c = grad_loss``: None means all ones (the gradient of ``loss.sum()``), a scalar or a ``[B]`` array
+    weights the rows. With ``p`` the row's softmax, ``dL/dz_j = c_b (p_j - y_j)`` (focal: see the module
+    docstring), and ``grad_inputs[b] = sum_j dL/dz_j w_j``; ``grad_weights`` holds ``sum_b dL/dz_bj x_b``
+    for every class used (true or sampled), ``grad_biases`` ``sum_b dL/dz_bj``, both sparse.
+    """
+    return _call(
+        False, True, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma, grad_loss,
+    )  # fmt: skip
+
+
+def nce_loss_and_grad(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = False,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+    grad_loss: Any = None,
+) -> LossAndGrad:
+    """:func:`nce_loss` and the gradients of ``sum_b c_b loss_b`` in one fused pass
+    (``dL/dz_j = c_b (sigmoid(z_j) - y_j)`` without focal); see :func:`sampled_softmax_loss_and_grad`."""
+    return _call(
+        True, True, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma, grad_loss,
+    )  # fmt: skip
+
+
+for _f, _tf in (
+    (sampled_softmax_loss, "sampled_softmax_loss"),
+    (nce_loss, "nce_loss"),
+    (sampled_softmax_loss_and_grad, "sampled_softmax_loss"),
+    (nce_loss_and_grad, "nce_loss"),
+):
+    _f.__doc__ = (_f.__doc__ or "") + _ARGS.format(tf=_tf)
+del _f, _tf

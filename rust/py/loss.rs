@@ -1,0 +1,199 @@
+//! Binding of the sampled softmax and NCE losses (`crate::loss::sampled`). The Python layer
+//! (`python/zipfnce/_losses.py`) has already checked shapes and converted every float argument to the dtype
+//! of `weights`; this file borrows the arrays, releases the GIL and returns NumPy arrays.
+
+use super::err;
+use crate::error::Error;
+use crate::loss::sampled::{self, Args, Kind, Weights};
+use crate::loss::tile::FastMath;
+use numpy::ndarray::{Array1, Array2};
+use numpy::{
+    IntoPyArray, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+/// The elements of an array of the call's float type, in C order (a copy; used for the small arrays).
+fn small<T: numpy::Element + crate::float::Float>(
+    a: &Bound<'_, PyAny>,
+    arg: &'static str,
+) -> PyResult<Vec<T>> {
+    let a = a
+        .cast::<PyArrayDyn<T>>()
+        .map_err(|_| err(Error::ty(arg, format!("expected a {} array", T::NAME))))?;
+    let r = a.readonly();
+    Ok(match r.as_slice() {
+        Ok(s) => s.to_vec(),
+        Err(_) => r.as_array().iter().copied().collect(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<'py, T: FastMath + numpy::Element>(
+    py: Python<'py>,
+    kind: Kind,
+    weights: &Bound<'py, PyArray2<T>>,
+    biases: Option<&Bound<'py, PyAny>>,
+    labels: &PyReadonlyArray2<'py, i64>,
+    inputs: &Bound<'py, PyAny>,
+    sampled: &PyReadonlyArrayDyn<'py, i64>,
+    true_expected: &Bound<'py, PyAny>,
+    sampled_expected: &Bound<'py, PyAny>,
+    flags: (bool, bool, f64),
+    grad: Option<Option<&Bound<'py, PyAny>>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let w = weights.readonly();
+    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+    let item = std::mem::size_of::<T>() as isize;
+    let st = w.strides();
+    if st.iter().any(|&s| s < 0 || s % item != 0) {
+        return Err(err(Error::value(
+            "weights",
+            "needs non-negative strides that are whole elements",
+        )));
+    }
+    let (rs, cs) = ((st[0] / item) as usize, (st[1] / item) as usize);
+    let span = if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    };
+    let data: &[T] = if span == 0 {
+        &[]
+    } else {
+        // SAFETY: `w` is a read-only borrow of an aligned array whose strides are non-negative whole
+        // elements (checked above), so every element (i, j) lies at `ptr + i*rs + j*cs`, and the `span`
+        // elements from `ptr` lie inside the array's buffer. The borrow outlives every use of `data`.
+        unsafe { std::slice::from_raw_parts(w.as_array().as_ptr(), span) }
+    };
+    let weights = Weights {
+        data,
+        rows,
+        cols,
+        row_stride: rs,
+        col_stride: cs,
+    };
+    let biases = biases.map(|b| small::<T>(b, "biases")).transpose()?;
+    let inputs = small::<T>(inputs, "inputs")?;
+    let te = small::<T>(true_expected, "sampled_values")?;
+    let se = small::<T>(sampled_expected, "sampled_values")?;
+    let num_true = labels.shape()[1];
+    let labels_v: Vec<i64> = labels.as_array().iter().copied().collect();
+    let per_row = sampled.ndim() == 2;
+    let sampled_v: Vec<i64> = sampled.as_array().iter().copied().collect();
+    let grad_loss = match grad {
+        Some(Some(g)) => Some(small::<T>(g, "grad_loss")?),
+        _ => None,
+    };
+    let (hits, log_q, gamma) = flags;
+    let args = Args {
+        kind,
+        weights,
+        biases: biases.as_deref(),
+        labels: &labels_v,
+        num_true,
+        inputs: &inputs,
+        sampled: &sampled_v,
+        per_row,
+        true_expected: &te,
+        sampled_expected: &se,
+        remove_accidental_hits: hits,
+        subtract_log_q: log_q,
+        focal_gamma: gamma,
+    };
+    let b = labels.shape()[0];
+    if grad.is_none() {
+        let loss = py.detach(|| sampled::loss(&args)).map_err(err)?;
+        return (Array1::from_vec(loss).into_pyarray(py),).into_pyobject(py);
+    }
+    let out = py
+        .detach(|| sampled::loss_and_grad(&args, grad_loss.as_deref()))
+        .map_err(err)?;
+    let u = out.grad_weights.indices.len();
+    let shape_err = |e: numpy::ndarray::ShapeError| PyTypeError::new_err(e.to_string());
+    let loss = Array1::from_vec(out.loss).into_pyarray(py);
+    let gx = Array2::from_shape_vec((b, cols), out.grad_inputs)
+        .map_err(shape_err)?
+        .into_pyarray(py);
+    let gw_idx = Array1::from_vec(out.grad_weights.indices).into_pyarray(py);
+    let gw_val = Array2::from_shape_vec((u, cols), out.grad_weights.values)
+        .map_err(shape_err)?
+        .into_pyarray(py);
+    let (gb_idx, gb_val) = match out.grad_biases {
+        Some(g) => (
+            Array1::from_vec(g.indices).into_pyarray(py).into_any(),
+            Array1::from_vec(g.values).into_pyarray(py).into_any(),
+        ),
+        None => (py.None().into_bound(py), py.None().into_bound(py)),
+    };
+    (loss, gx, gw_idx, gw_val, gb_idx, gb_val).into_pyobject(py)
+}
+
+/// The sampled softmax (`nce=False`) or NCE loss. Returns `(loss,)`, or with `want_grad`
+/// `(loss, grad_inputs, grad_weight_ids, grad_weight_rows, grad_bias_ids | None, grad_bias_values | None)`.
+#[pyfunction]
+#[pyo3(signature = (nce, weights, biases, labels, inputs, sampled, true_expected, sampled_expected,
+    remove_accidental_hits, subtract_log_q, focal_gamma, want_grad, grad_loss=None))]
+#[allow(clippy::too_many_arguments)]
+fn sampled_loss<'py>(
+    py: Python<'py>,
+    nce: bool,
+    weights: &Bound<'py, PyAny>,
+    biases: Option<&Bound<'py, PyAny>>,
+    labels: PyReadonlyArray2<'py, i64>,
+    inputs: &Bound<'py, PyAny>,
+    sampled: PyReadonlyArrayDyn<'py, i64>,
+    true_expected: &Bound<'py, PyAny>,
+    sampled_expected: &Bound<'py, PyAny>,
+    remove_accidental_hits: bool,
+    subtract_log_q: bool,
+    focal_gamma: f64,
+    want_grad: bool,
+    grad_loss: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let kind = if nce { Kind::Nce } else { Kind::SampledSoftmax };
+    let flags = (remove_accidental_hits, subtract_log_q, focal_gamma);
+    let grad = want_grad.then_some(grad_loss);
+    if let Ok(w) = weights.cast::<PyArray2<f32>>() {
+        run::<f32>(
+            py,
+            kind,
+            w,
+            biases,
+            &labels,
+            inputs,
+            &sampled,
+            true_expected,
+            sampled_expected,
+            flags,
+            grad,
+        )
+    } else if let Ok(w) = weights.cast::<PyArray2<f64>>() {
+        run::<f64>(
+            py,
+            kind,
+            w,
+            biases,
+            &labels,
+            inputs,
+            &sampled,
+            true_expected,
+            sampled_expected,
+            flags,
+            grad,
+        )
+    } else {
+        Err(err(Error::ty(
+            "weights",
+            "expected a 2-D float32 or float64 array",
+        )))
+    }
+}
+
+/// Add this file's functions to the native module.
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(sampled_loss, m)?)?;
+    Ok(())
+}
