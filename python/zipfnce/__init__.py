@@ -24,6 +24,7 @@ from ._losses import (
     sampled_softmax_loss,
     sampled_softmax_loss_and_grad,
 )
+from ._infonce import InfoNCEGrad, info_nce_loss, info_nce_loss_and_grad
 from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
 from ._validate import as_int
 
@@ -46,6 +47,9 @@ __all__ = [
     "nce_loss_and_grad",
     "LossAndGrad",
     "SparseGrad",
+    "InfoNCEGrad",
+    "info_nce_loss",
+    "info_nce_loss_and_grad",
     "set_num_threads",
     "get_num_threads",
 ]

@@ -1,5 +1,6 @@
 # Type stub of the native module (rust/py/mod.rs). The public API lives in the Python files beside it.
 from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -76,3 +77,20 @@ def sampled_loss(
     want_grad: bool,
     grad_loss: Optional[_F] = None,
 ) -> Tuple[_F, ...]: ...
+INFO_NCE_MAX_LOGITS_BYTES: int
+
+def info_nce(
+    query: npt.NDArray[np.floating],
+    keys: npt.NDArray[np.floating],
+    negatives: Optional[npt.NDArray[np.floating]],
+    temperature: float,
+    key_log_q: Optional[npt.NDArray[np.floating]],
+    negative_log_q: Optional[npt.NDArray[np.floating]],
+    key_ids: Optional[npt.NDArray[np.int64]],
+    negative_ids: Optional[npt.NDArray[np.int64]],
+    symmetric: bool,
+    focal_gamma: float,
+    grad_loss: Optional[npt.NDArray[np.floating]],
+    want_grad: bool,
+    max_logits_bytes: int,
+) -> Any: ...

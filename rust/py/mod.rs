@@ -20,6 +20,8 @@ use pyo3::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod infonce;
+
 fn err(e: Error) -> PyErr {
     if e.is_type_error() {
         PyTypeError::new_err(e.to_string())
@@ -286,5 +288,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("MAX_RANGE", sampler::MAX_RANGE)?;
     loss::register(m)?;
+    infonce::register(m)?;
     Ok(())
 }

@@ -1,0 +1,181 @@
+//! Binding of the InfoNCE loss (`rust/loss/infonce.rs`). `python/zipfnce/_infonce.py` has already converted
+//! every float argument to the dtype of `query` (float32 or float64), the ids to int64 and the arrays to C
+//! order, so this file only borrows them, releases the GIL and hands them to the core.
+
+use super::{array2, err};
+use crate::loss::infonce::{self, Kernel, Matrix, Options};
+use numpy::ndarray::Array1;
+use numpy::{
+    Element, IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::borrow::Cow;
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(info_nce, m)?)?;
+    m.add(
+        "INFO_NCE_MAX_LOGITS_BYTES",
+        infonce::DEFAULT_MAX_LOGITS_BYTES,
+    )?;
+    Ok(())
+}
+
+fn as2<'py, T: Element>(
+    a: &Bound<'py, PyAny>,
+    arg: &'static str,
+) -> PyResult<PyReadonlyArray2<'py, T>> {
+    a.extract::<PyReadonlyArray2<'py, T>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{arg}: expected a 2-D {} array",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+fn as1<'py, T: Element>(
+    a: Option<&Bound<'py, PyAny>>,
+    arg: &'static str,
+) -> PyResult<Option<PyReadonlyArray1<'py, T>>> {
+    a.map(|a| {
+        a.extract::<PyReadonlyArray1<'py, T>>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{arg}: expected a 1-D {} array",
+                std::any::type_name::<T>()
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// The elements in C order, borrowed in place when the array is contiguous.
+fn view2<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    }
+}
+
+fn view1<'a, T: Element + Copy>(a: &'a Option<PyReadonlyArray1<'_, T>>) -> Option<Cow<'a, [T]>> {
+    a.as_ref().map(|a| match a.as_slice() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    })
+}
+
+/// The arguments after dtype dispatch (floats still untyped).
+struct Args<'a, 'py> {
+    query: &'a Bound<'py, PyAny>,
+    keys: &'a Bound<'py, PyAny>,
+    negatives: Option<&'a Bound<'py, PyAny>>,
+    key_log_q: Option<&'a Bound<'py, PyAny>>,
+    negative_log_q: Option<&'a Bound<'py, PyAny>>,
+    key_ids: Option<PyReadonlyArray1<'py, i64>>,
+    negative_ids: Option<PyReadonlyArray1<'py, i64>>,
+    grad_loss: Option<&'a Bound<'py, PyAny>>,
+    temperature: f64,
+    symmetric: bool,
+    focal_gamma: f64,
+    want_grad: bool,
+    max_logits_bytes: usize,
+}
+
+fn run<'py, T: Kernel + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+    let q = as2::<T>(a.query, "query")?;
+    let k = as2::<T>(a.keys, "keys")?;
+    let n = a.negatives.map(|x| as2::<T>(x, "negatives")).transpose()?;
+    let kq = as1::<T>(a.key_log_q, "key_log_q")?;
+    let nq = as1::<T>(a.negative_log_q, "negative_log_q")?;
+    let gl = as1::<T>(a.grad_loss, "grad_loss")?;
+    let (b, d) = (q.shape()[0], q.shape()[1]);
+    let kshape = (k.shape()[0], k.shape()[1]);
+    let nshape = n.as_ref().map(|n| (n.shape()[0], n.shape()[1]));
+    let (qv, kv) = (view2(&q), view2(&k));
+    let nv = n.as_ref().map(view2);
+    let (kqv, nqv, glv) = (view1(&kq), view1(&nq), view1(&gl));
+    let (kid, nid) = (view1(&a.key_ids), view1(&a.negative_ids));
+    let opts = Options {
+        temperature: a.temperature,
+        key_log_q: kqv.as_deref(),
+        negative_log_q: nqv.as_deref(),
+        key_ids: kid.as_deref(),
+        negative_ids: nid.as_deref(),
+        symmetric: a.symmetric,
+        focal_gamma: a.focal_gamma,
+        max_logits_bytes: a.max_logits_bytes,
+    };
+    let query = Matrix::new(&qv[..], b, d);
+    let keys = Matrix::new(&kv[..], kshape.0, kshape.1);
+    let negatives = nv
+        .as_deref()
+        .zip(nshape)
+        .map(|(v, (r, c))| Matrix::new(v, r, c));
+    if !a.want_grad {
+        let loss = py
+            .detach(|| infonce::info_nce_loss(query, keys, negatives, &opts))
+            .map_err(err)?;
+        return Ok(Array1::from_vec(loss).into_pyarray(py).into_any());
+    }
+    let g = py
+        .detach(|| infonce::info_nce_loss_and_grad(query, keys, negatives, &opts, glv.as_deref()))
+        .map_err(err)?;
+    let loss = Array1::from_vec(g.loss).into_pyarray(py);
+    let gq = array2(py, g.grad_query, b, d)?;
+    let gk = array2(py, g.grad_keys, b, d)?;
+    let gn: Bound<'py, PyAny> = match (g.grad_negatives, nshape) {
+        (Some(v), Some((r, _))) => array2(py, v, r, d)?.into_any(),
+        _ => py.None().into_bound(py),
+    };
+    let t: Bound<'py, PyTuple> = (loss, gq, gk, gn).into_pyobject(py)?;
+    Ok(t.into_any())
+}
+
+/// InfoNCE loss (and gradients with `want_grad`): float32 or float64 by the dtype of `query`; every other
+/// float argument must already have that dtype. Returns `loss` or `(loss, grad_query, grad_keys,
+/// grad_negatives or None)`.
+#[pyfunction]
+#[pyo3(signature = (query, keys, negatives, temperature, key_log_q, negative_log_q, key_ids, negative_ids,
+                    symmetric, focal_gamma, grad_loss, want_grad, max_logits_bytes))]
+#[allow(clippy::too_many_arguments)]
+fn info_nce<'py>(
+    py: Python<'py>,
+    query: &Bound<'py, PyAny>,
+    keys: &Bound<'py, PyAny>,
+    negatives: Option<&Bound<'py, PyAny>>,
+    temperature: f64,
+    key_log_q: Option<&Bound<'py, PyAny>>,
+    negative_log_q: Option<&Bound<'py, PyAny>>,
+    key_ids: Option<PyReadonlyArray1<'py, i64>>,
+    negative_ids: Option<PyReadonlyArray1<'py, i64>>,
+    symmetric: bool,
+    focal_gamma: f64,
+    grad_loss: Option<&Bound<'py, PyAny>>,
+    want_grad: bool,
+    max_logits_bytes: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let args = Args {
+        query,
+        keys,
+        negatives,
+        key_log_q,
+        negative_log_q,
+        key_ids,
+        negative_ids,
+        grad_loss,
+        temperature,
+        symmetric,
+        focal_gamma,
+        want_grad,
+        max_logits_bytes,
+    };
+    if query.cast::<PyArray2<f32>>().is_ok() {
+        run::<f32>(py, args)
+    } else if query.cast::<PyArray2<f64>>().is_ok() {
+        run::<f64>(py, args)
+    } else {
+        Err(PyTypeError::new_err(
+            "query: expected a 2-D float32 or float64 array",
+        ))
+    }
+}
