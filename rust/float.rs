@@ -5,7 +5,8 @@ use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 pub trait Float:
-    Copy
+    crate::buf::Zeroable
+    + Copy
     + Debug
     + Default
     + PartialOrd

@@ -1,4 +1,4 @@
-//! Branch-free `exp`, `exp_m1` and `ln` in f64 that the compiler can vectorise.
+//! Branch-free `exp`, `exp_m1`, `ln` and `ln_1p` in f64 that the compiler can vectorise.
 //!
 //! The standard library calls libm for every element, which stops loops from vectorising; sampling and
 //! expected counts evaluate one or two transcendentals per draw, so those calls would dominate.
@@ -60,6 +60,14 @@ pub fn ln(x: f64) -> f64 {
     let t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)));
     let r = t2 + t1;
     s * (hfsq + r) + k * LN2_LO - hfsq + f + k * LN2_HI
+}
+
+/// ln(1 + y) for y > -1 (1 + y normal), accurate also for tiny |y|: the rounding error of 1 + y is put back.
+#[inline(always)]
+pub fn ln_1p(y: f64) -> f64 {
+    let u = 1.0 + y;
+    let c = (u - 1.0) - y;
+    ln(u) - c / u
 }
 
 /// e^z - 1 for z in [-708, 709], within 2e-13 relative (a Taylor series below |z| = 1e-3, where
@@ -153,6 +161,13 @@ mod tests {
         }
         for x in [1.0, 1.0 + 1e-15, 1.0 + 2.3e-10, 0.999_999_999, 2.0, std::f64::consts::SQRT_2, 4.6e18] {
             assert!(rel(ln(x), x.ln()) <= 4.5e-16 || ln(x) == x.ln(), "ln({x})");
+        }
+    }
+
+    #[test]
+    fn ln_1p_matches_std() {
+        for y in [1e-20, -1e-20, 1e-12, -1e-9, 3e-6, -0.5, 0.5, 1.0, 1e3, -0.999_999] {
+            assert!(rel(ln_1p(y), y.ln_1p()) < 4e-16, "ln_1p({y})");
         }
     }
 
