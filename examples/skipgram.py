@@ -409,24 +409,33 @@ def table(results: Sequence[Result], uniform: float, unigram: float) -> str:
 
 
 def plot(results: Sequence[Result], uniform: float, unigram: float, path: str, title: str) -> None:
-    """Held-out CE against epochs for every method, saved to ``path`` (PNG)."""
+    """Held-out CE against epochs for every method, saved to ``path`` (PNG): every epoch on the left, the
+    trained epochs zoomed in on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for r in results:
-        ax.plot(range(len(r.curve)), r.curve, marker="o", ms=3, label=r.name)
-        for name, curve in r.extra.items():
-            ax.plot(range(len(curve)), curve, marker="o", ms=3, ls="--", label=name)
-    ax.axhline(uniform, color="grey", lw=0.8, ls=":", label="uniform, log V")
-    ax.axhline(unigram, color="black", lw=0.8, ls="-.", label="unigram frequency")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("held-out full-softmax CE (nats)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.0), dpi=90)
+    curves = []
+    for i, r in enumerate(results):
+        curves.append((r.name, r.curve, f"C{i}", "-"))
+        curves += [(name, c, f"C{i}", "--") for name, c in r.extra.items()]
+    trained = [v for _, c, _, _ in curves for v in c[1:]]
+    for ax, first in zip(axes, (0, 1)):
+        for name, c, color, ls in curves:
+            ax.plot(range(first, len(c)), c[first:], marker="o", ms=3, color=color, ls=ls, label=name)
+        ax.axhline(uniform, color="grey", lw=0.8, ls=":", label="uniform, log V")
+        ax.axhline(unigram, color="black", lw=0.8, ls="-.", label="unigram frequency")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out full-softmax CE (nats)")
+    lo = min(trained + [unigram])
+    axes[1].set_ylim(lo - 0.03, min(max(trained), unigram + 0.25) + 0.03)
+    axes[1].set_title("trained epochs, zoomed in", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -443,7 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--min-count", type=int, default=3)
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--negatives", type=int, default=10, help="k, also gensim's negative")
-    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=4096, help="pairs per step")
+    p.add_argument("--unique", action=argparse.BooleanOptionalAction, default=True,
+                   help="negatives without replacement within a row (--no-unique: with, as word2vec)")
     p.add_argument("--lr", type=float, default=0.1, help="Adagrad step size")
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -470,8 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     kw = dict(dim=a.dim, window=a.window, epochs=epochs, seed=a.seed)
     results = [
-        train_sampled(corpus, "nce", negatives=a.negatives, batch=a.batch, lr=a.lr, **kw),
-        train_sampled(corpus, "softmax", negatives=a.negatives, batch=a.batch, lr=a.lr, **kw),
+        train_sampled(corpus, loss, negatives=a.negatives, batch=a.batch, lr=a.lr, unique=a.unique, **kw)
+        for loss in ("nce", "softmax")
     ]
     if not a.no_full:
         results.append(train_full_softmax(corpus, batch=a.batch, lr=a.lr, **kw))

@@ -25,14 +25,14 @@ def sg():
 
 @pytest.fixture(scope="module")
 def corpus(sg):
-    return sg.load_corpus(sg.corpus_path("lee_background.cor"), min_count=3, max_sentences=200, seed=1)
+    return sg.load_corpus(sg.corpus_path("lee_background.cor"), min_count=3, max_sentences=150, seed=1)
 
 
 def test_corpus_and_pairs(sg, corpus):
     V = len(corpus.vocab)
     assert V > 100 and len(corpus.counts) == V and np.all(np.diff(corpus.counts) <= 0)
     assert corpus.counts.min() >= 3
-    assert 10 <= len(corpus.test) <= 30
+    assert 10 <= len(corpus.test) <= 20
     pairs = sg.window_pairs([np.array([0, 1, -1, 2]), np.array([3, 4])], 2)
     got = sorted(map(tuple, pairs.tolist()))
     assert got == sorted([(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)])  # -1 keeps its slot, no pairs
@@ -60,5 +60,6 @@ def test_zipfnce_training_learns(sg, corpus, loss):
 
 
 def test_full_softmax_baseline_learns(sg, corpus):
-    res = sg.train_full_softmax(corpus, dim=16, window=3, epochs=1, batch=512, log=lambda s: None)
+    small = corpus._replace(train=corpus.train[:30])  # the dense O(V) softmax is slow: a shorter epoch
+    res = sg.train_full_softmax(small, dim=16, window=3, epochs=1, batch=512, log=lambda s: None)
     assert res.curve[1] < res.curve[0] - 0.3
