@@ -35,20 +35,24 @@ also for gensim: ``shrink_windows=False``). Methods compared, all on the same pa
   ``W = syn1neg``, ``b = 0``, and also with ``b_w = log q(w)`` (``q`` the unigram^0.75 noise law), the
   correction that turns SGNS scores ``U_c . W_w ~ log p(w|c) - log(k q(w))`` into log-probabilities.
 
-All the zipfnce models and the full softmax use Adagrad on the rows a batch touches:
-``G += g * g``, ``theta -= lr * g / (sqrt(G) + eps)``, with ``g`` the gradient of the batch's summed loss.
-The Python loop runs over batches of pairs, never over rows.
+All the zipfnce models and the full softmax use Adagrad on the rows a batch (``--batch`` pairs, shuffled
+every epoch) touches: ``G += g * g``, ``theta -= lr * g / (sqrt(G) + eps)``, with ``g`` the gradient of the
+batch's summed loss. The Python loop runs over batches of pairs, never over rows.
 
 Reported: training speed in words/s (in-vocabulary training tokens x epochs / training seconds, evaluation
 excluded, the same count for every method) and the held-out cross-entropy, the mean of ``-log p(o | c)``
-over every window pair of the held-out sentences whose words are both in the vocabulary (nats; the uniform
-model scores ``log V``). A table in Markdown is printed and the per-epoch curves are plotted to
-``skipgram.png`` in ``--out``.
+over every window pair of the held-out sentences whose words are both in the vocabulary (nats; positions of
+out-of-vocabulary words still count in the distance). Two context-blind references frame it: the uniform
+model (``log V``, also the untrained model's score) and the unigram frequency of the context word. A table in
+Markdown is printed and the per-epoch curves are plotted to ``skipgram.png`` in ``--out``. Speeds are wall
+clock: on a shared machine they move with its load, the held-out losses do not (fixed seeds; gensim with
+several workers is not bit-reproducible).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -276,7 +280,8 @@ def train_sampled(
             run += float(out.loss.sum())
         seconds += time.perf_counter() - t0
         curve.append(heldout_ce(model.U, model.W, model.b, test_pairs))
-        log(f"  {loss:8s} epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  held-out CE {curve[-1]:.4f}")
+        log(f"  {loss:8s} epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  "
+            f"held-out CE {curve[-1]:.4f}")  # fmt: skip
     words = corpus.train_words * epochs
     name = {"nce": "zipfnce NCE", "softmax": "zipfnce sampled softmax"}[loss]
     return Result(name, curve, seconds, words / seconds, {})
@@ -327,7 +332,8 @@ def train_full_softmax(
             model.update_inputs(centers, gx)
         seconds += time.perf_counter() - t0
         curve.append(heldout_ce(model.U, model.W, model.b, test_pairs))
-        log(f"  full     epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  held-out CE {curve[-1]:.4f}")
+        log(f"  full     epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  "
+            f"held-out CE {curve[-1]:.4f}")  # fmt: skip
     return Result("full softmax (NumPy)", curve, seconds, corpus.train_words * epochs / seconds, {})
 
 
@@ -434,7 +440,7 @@ def plot(results: Sequence[Result], uniform: float, unigram: float, path: str, t
     lo = min(trained + [unigram])
     axes[1].set_ylim(lo - 0.03, min(max(trained), unigram + 0.25) + 0.03)
     axes[1].set_title("trained epochs, zoomed in", fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="upper right")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -495,6 +501,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     png = os.path.join(a.out, "skipgram.png")
     plot(results, uniform, unigram, png, title)
+    with open(os.path.join(a.out, "skipgram.json"), "w") as f:  # the numbers behind the plot and table
+        json.dump({"title": title, "args": vars(a), "vocab_size": V, "train_words": corpus.train_words,
+                   "uniform": uniform, "unigram": unigram, "results": [r._asdict() for r in results]},
+                  f, indent=1)  # fmt: skip
     print()
     print(table(results, uniform, unigram))
     print(f"\n{title}; plot: {png}")

@@ -51,7 +51,8 @@ def test_heldout_ce_matches_direct_softmax(sg):
 
 @pytest.mark.parametrize("loss", ["nce", "softmax"])
 def test_zipfnce_training_learns(sg, corpus, loss):
-    res = sg.train_sampled(corpus, loss, dim=16, window=3, epochs=1, negatives=5, batch=512, log=lambda s: None)
+    quiet = dict(log=lambda s: None)
+    res = sg.train_sampled(corpus, loss, dim=16, window=3, epochs=1, negatives=5, batch=512, **quiet)
     uniform = np.log(len(corpus.vocab))
     untrained, trained = res.curve
     assert untrained == pytest.approx(uniform, abs=1e-3)  # W = 0, b = 0: every word equally likely
