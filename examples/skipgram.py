@@ -5,9 +5,11 @@ Run it::
     python examples/skipgram.py                 # the full comparison (a few minutes on 2 cores)
     python examples/skipgram.py --quick         # a smaller run (< 2 minutes)
     python examples/skipgram.py --epochs 5 --dim 64 --threads 2 --out examples/
+    python examples/skipgram.py --corpus head500.noblanks.cor --min-count 5 --no-full --max-eval-pairs 50000
 
 The corpus ships with gensim (``gensim/test/test_data/lee_background.cor``, news text; ``--corpus`` picks
-another file there, e.g. ``head500.noblanks.cor``). Sentences are tokenised with
+another file there, e.g. ``head500.noblanks.cor``, 6x larger: there the dense full softmax takes ~10 minutes
+an epoch on 2 cores, hence ``--no-full`` in the last command). Sentences are tokenised with
 ``gensim.utils.simple_preprocess``; words seen fewer than ``--min-count`` times in the training sentences
 are dropped; a fraction ``--holdout`` of the sentences is kept aside for evaluation.
 
@@ -152,6 +154,15 @@ def window_pairs(sentences: Sequence[np.ndarray], window: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
 
 
+def heldout_pairs(corpus: Corpus, window: int, max_pairs: Optional[int] = None, seed: int = 0) -> np.ndarray:
+    """The held-out evaluation pairs; with ``max_pairs``, a fixed random subset of that many (to keep the
+    O(V d)-per-pair evaluation affordable on large corpora)."""
+    pairs = window_pairs(corpus.test, window)
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = pairs[np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))]
+    return pairs
+
+
 # ------------------------------------------------------------------------------------------- the model
 
 
@@ -250,6 +261,7 @@ def train_sampled(
     lr: float = 0.1,
     unique: bool = True,
     seed: int = 0,
+    max_eval_pairs: Optional[int] = None,
     log: Callable[[str], None] = print,
 ) -> Result:
     """Train the skip-gram with zipfnce's ``nce`` or ``softmax`` (sampled softmax) loss.
@@ -265,7 +277,7 @@ def train_sampled(
     model = SkipGram(V, dim, lr=lr, seed=seed)
     noise = zn.UnigramSampler(corpus.counts, distortion=0.75, seed=seed)
     train_pairs = window_pairs(corpus.train, window)
-    test_pairs = window_pairs(corpus.test, window)
+    test_pairs = heldout_pairs(corpus, window, max_eval_pairs, seed)
     curve = [heldout_ce(model.U, model.W, model.b, test_pairs)]
     seconds = 0.0
     for epoch in range(epochs):
@@ -296,6 +308,7 @@ def train_full_softmax(
     batch: int = 1024,
     lr: float = 0.1,
     seed: int = 0,
+    max_eval_pairs: Optional[int] = None,
     log: Callable[[str], None] = print,
 ) -> Result:
     """The same model and optimiser with the exact softmax cross-entropy, dense NumPy.
@@ -307,7 +320,7 @@ def train_full_softmax(
     rng = np.random.default_rng(seed)
     model = SkipGram(V, dim, lr=lr, seed=seed)
     train_pairs = window_pairs(corpus.train, window)
-    test_pairs = window_pairs(corpus.test, window)
+    test_pairs = heldout_pairs(corpus, window, max_eval_pairs, seed)
     curve = [heldout_ce(model.U, model.W, model.b, test_pairs)]
     all_rows = np.arange(V)
     seconds = 0.0
@@ -347,6 +360,7 @@ def train_gensim(
     min_count: int = 3,
     threads: int = 2,
     seed: int = 0,
+    max_eval_pairs: Optional[int] = None,
     log: Callable[[str], None] = print,
 ) -> Result:
     """gensim's Word2Vec (SGNS) on the same training sentences, scored with the same held-out metric after
@@ -354,7 +368,7 @@ def train_gensim(
     from gensim.models import Word2Vec
     from gensim.models.callbacks import CallbackAny2Vec
 
-    test_pairs = window_pairs(corpus.test, window)
+    test_pairs = heldout_pairs(corpus, window, max_eval_pairs, seed)
     q = corpus.counts.astype(np.float64) ** 0.75
     log_q = np.log(q / q.sum())
 
@@ -463,6 +477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="negatives without replacement within a row (--no-unique: with, as word2vec)")
     p.add_argument("--lr", type=float, default=0.1, help="Adagrad step size")
     p.add_argument("--holdout", type=float, default=0.1)
+    p.add_argument("--max-eval-pairs", type=int, default=None, help="score a random subset of held-out pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gensim", action="store_true")
     p.add_argument("--no-full", action="store_true", help="skip the exact-softmax baseline")
@@ -475,7 +490,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         max_sentences=100 if a.quick else None, seed=a.seed,
     )  # fmt: skip
     V = len(corpus.vocab)
-    n_test = len(window_pairs(corpus.test, a.window))
+    test_pairs = heldout_pairs(corpus, a.window, a.max_eval_pairs, a.seed)
+    n_test = len(test_pairs)
     title = (
         f"skip-gram on {os.path.basename(a.corpus)}: V={V}, d={a.dim}, window={a.window}, k={a.negatives}, "
         f"{a.threads} threads"
@@ -485,7 +501,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{len(window_pairs(corpus.train, a.window))} pairs/epoch), {len(corpus.test)} held-out "
           f"({n_test} pairs), {epochs} epochs")  # fmt: skip
 
-    kw = dict(dim=a.dim, window=a.window, epochs=epochs, seed=a.seed)
+    kw = dict(dim=a.dim, window=a.window, epochs=epochs, seed=a.seed, max_eval_pairs=a.max_eval_pairs)
     results = [
         train_sampled(corpus, loss, negatives=a.negatives, batch=a.batch, lr=a.lr, unique=a.unique, **kw)
         for loss in ("nce", "softmax")
@@ -497,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             train_gensim(corpus, negatives=a.negatives, min_count=a.min_count, threads=a.threads, **kw)
         )
     uniform = float(np.log(V))
-    unigram = unigram_ce(corpus, window_pairs(corpus.test, a.window))
+    unigram = unigram_ce(corpus, test_pairs)
     os.makedirs(a.out, exist_ok=True)
     png = os.path.join(a.out, "skipgram.png")
     plot(results, uniform, unigram, png, title)

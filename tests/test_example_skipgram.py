@@ -36,6 +36,10 @@ def test_corpus_and_pairs(sg, corpus):
     pairs = sg.window_pairs([np.array([0, 1, -1, 2]), np.array([3, 4])], 2)
     got = sorted(map(tuple, pairs.tolist()))
     assert got == sorted([(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)])  # -1 keeps its slot, no pairs
+    every = sg.heldout_pairs(corpus, 3)
+    some = sg.heldout_pairs(corpus, 3, max_pairs=100)
+    assert len(some) == 100 and set(map(tuple, some.tolist())) <= set(map(tuple, every.tolist()))
+    assert np.all(every >= 0) and np.all(every < V)
 
 
 def test_heldout_ce_matches_direct_softmax(sg):
