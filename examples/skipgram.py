@@ -438,9 +438,11 @@ def plot(results: Sequence[Result], uniform: float, unigram: float, path: str, t
 
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.0), dpi=90)
     curves = []
+    colors = {"zipfnce NCE": "C0", "zipfnce sampled softmax": "C1", "full softmax (NumPy)": "C2"}
     for i, r in enumerate(results):
-        curves.append((r.name, r.curve, f"C{i}", "-"))
-        curves += [(name, c, f"C{i}", "--") for name, c in r.extra.items()]
+        color = colors.get(r.name, "C3" if r.name.startswith("gensim") else f"C{4 + i}")  # fixed per method
+        curves.append((r.name, r.curve, color, "-"))
+        curves += [(name, c, color, "--") for name, c in r.extra.items()]
     trained = [v for _, c, _, _ in curves for v in c[1:]]
     for ax, first in zip(axes, (0, 1)):
         for name, c, color, ls in curves:
