@@ -46,7 +46,8 @@ excluded, the same count for every method) and the held-out cross-entropy, the m
 over every window pair of the held-out sentences whose words are both in the vocabulary (nats; positions of
 out-of-vocabulary words still count in the distance). Two context-blind references frame it: the uniform
 model (``log V``, also the untrained model's score) and the unigram frequency of the context word. A table in
-Markdown is printed and the per-epoch curves are plotted to ``skipgram.png`` in ``--out``. Speeds are wall
+Markdown is printed; the per-epoch curves go to ``skipgram.png`` in ``--out`` (``skipgram_<corpus>.png`` for
+another corpus, ``_quick`` added with ``--quick``), the numbers to a ``.json`` beside it. Speeds are wall
 clock: on a shared machine they move with its load, the held-out losses do not (fixed seeds; gensim with
 several workers is not bit-reproducible).
 """
@@ -467,8 +468,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2, help="zipfnce, BLAS and gensim threads")
-    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)), help="where the PNG goes")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="zipfnce, BLAS, gensim threads")
+    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
+                   help="where the plot and the numbers go: skipgram[_<corpus>][_quick].png and .json")
     p.add_argument("--quick", action="store_true", help="fewer sentences and epochs (< 2 minutes)")
     p.add_argument("--corpus", default="lee_background.cor", help="a file in gensim's test data, or a path")
     p.add_argument("--min-count", type=int, default=3)
@@ -517,9 +519,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     uniform = float(np.log(V))
     unigram = unigram_ce(corpus, test_pairs)
     os.makedirs(a.out, exist_ok=True)
-    png = os.path.join(a.out, "skipgram.png")
+    stem = "skipgram"
+    if os.path.basename(a.corpus) != "lee_background.cor":
+        stem += "_" + os.path.basename(a.corpus).split(".")[0]
+    stem += "_quick" if a.quick else ""
+    png = os.path.join(a.out, stem + ".png")
     plot(results, uniform, unigram, png, title)
-    with open(os.path.join(a.out, "skipgram.json"), "w") as f:  # the numbers behind the plot and table
+    with open(os.path.join(a.out, stem + ".json"), "w") as f:  # the numbers behind the plot and table
         json.dump({"title": title, "args": vars(a), "vocab_size": V, "train_words": corpus.train_words,
                    "uniform": uniform, "unigram": unigram, "results": [r._asdict() for r in results]},
                   f, indent=1)  # fmt: skip
