@@ -98,9 +98,10 @@ def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
     return np.asarray(loss.sum() if reduction == "sum" else loss.mean(), dtype=loss.dtype)
 
 
-def _scale(grad_output: torch.Tensor, reduction: str, batch: int) -> float:
-    g = float(grad_output)
-    return g / batch if reduction == "mean" else g
+def _fused_weight(reduction: str, batch: int) -> Optional[float]:
+    """Row weight of the fused forward call: the gradients come out already scaled for the reduction, so
+    the usual ``loss.backward()`` (upstream gradient 1) hands them to autograd without touching them."""
+    return 1.0 / batch if reduction == "mean" else None
 
 
 def _rows_to_grad(
@@ -130,7 +131,8 @@ class _Sampled(torch.autograd.Function):
         ctx.spec = spec
         ctx.has_bias = bias is not None
         if spec["fused"]:
-            r = spec["and_grad"](w, b, spec["labels"], x, *spec["args"], **spec["kw"])
+            gl = _fused_weight(spec["reduction"], x.shape[0])
+            r = spec["and_grad"](w, b, spec["labels"], x, *spec["args"], **spec["kw"], grad_loss=gl)
             ctx.fused = r
             loss = r.loss
         else:
@@ -146,7 +148,7 @@ class _Sampled(torch.autograd.Function):
         sparse = spec["sparse"]
         if ctx.fused is not None:
             r = ctx.fused
-            s = _scale(grad_output, spec["reduction"], r.loss.shape[0])
+            s = float(grad_output)
         else:
             weight, bias, inputs = ctx.saved_tensors
             gl = grad_output.detach().numpy()
@@ -288,7 +290,8 @@ class _InfoNCE(torch.autograd.Function):
         ctx.spec = spec
         ctx.has_neg = negatives is not None
         if spec["fused"]:
-            r = _zn.info_nce_loss_and_grad(q, k, negatives=n, **spec["kw"])
+            gl = _fused_weight(spec["reduction"], q.shape[0])
+            r = _zn.info_nce_loss_and_grad(q, k, negatives=n, **spec["kw"], grad_loss=gl)
             ctx.fused = r
             loss = r.loss
         else:
@@ -302,7 +305,7 @@ class _InfoNCE(torch.autograd.Function):
         spec = ctx.spec
         if ctx.fused is not None:
             r = ctx.fused
-            s = _scale(grad_output, spec["reduction"], r.loss.shape[0])
+            s = float(grad_output)
         else:
             query, keys, negatives = ctx.saved_tensors
             r = _zn.info_nce_loss_and_grad(
