@@ -128,3 +128,27 @@ def test_errors_name_the_argument():
         znj.info_nce_loss(x, x[:2])
     with pytest.raises(ValueError, match="temperature"):
         znj.info_nce_loss(x, x, temperature=0.0)
+
+
+def test_out_of_range_ids_raise_instead_of_clamping():
+    # The rows are gathered in JAX, which would clamp; the host callback checks the ids.
+    w, b, x, lab, sv = _data()
+    bad = lab.copy()
+    bad[0, 0] = V + 3
+    with pytest.raises(Exception, match="outside"):
+        jax.block_until_ready(jax.jit(lambda w_: znj.sampled_softmax_loss(w_, b, bad, x, S, V, sampled_values=sv))(w))
+
+
+def test_only_the_rows_used_reach_the_host(monkeypatch):
+    w, b, x, lab, sv = _data()
+    seen = []
+    orig = zn.sampled_softmax_loss
+
+    def spy(weights, *a, **k):
+        seen.append(np.asarray(weights).shape)
+        return orig(weights, *a, **k)
+
+    monkeypatch.setattr(zn, "sampled_softmax_loss", spy)
+    got = znj.sampled_softmax_loss(w, b, lab, x, S, V, sampled_values=sv)
+    assert seen and seen[0][0] <= B + S < V
+    np.testing.assert_allclose(np.asarray(got), orig(w, b, lab, x, S, V, sampled_values=sv), rtol=1e-6)

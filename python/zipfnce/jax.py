@@ -9,8 +9,9 @@ gradients of ``loss.sum()``); the backward pass scales those when the incoming c
 every row (``jnp.mean``, ``jnp.sum`` of the loss: the usual case) and otherwise calls the native code again
 with the cotangent as row weights. Without differentiation only the loss is computed.
 
-The gradient of ``weights`` is a dense ``[V, d]`` array, as JAX gradients are: the host returns only the rows
-used and the device scatters them into zeros, which costs O(V·d) per step. Integer arguments (labels,
+The rows of ``weights`` and ``biases`` the call uses are gathered in JAX and only they go to the host, so a
+call moves O((B + S)·d) bytes whatever the vocabulary. The gradient of ``weights`` is still a dense ``[V, d]``
+array, as JAX gradients are (JAX's own transpose of the gather), which costs O(V·d) per step. Integer arguments (labels,
 candidates, ids) and the option values are not differentiated. The options (``num_sampled``,
 ``num_classes``, ``temperature``, ...) must be Python values, not traced arrays.
 
@@ -54,11 +55,12 @@ def _const_cotangent(g: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Sampled softmax / NCE
 
-# static = (nce, num_sampled, num_classes, num_true, remove_accidental_hits, subtract_log_q, focal_gamma, has_te)
+# static = (nce, num_sampled, num_classes, num_true, remove_accidental_hits, subtract_log_q, focal_gamma, has_te,
+#           rows of the weights)
 
 
 def _np_call(static: Tuple, w, b, x, lab, ids, te, se, want_grad: bool, grad_loss=None):
-    nce, ns, nc, nt, hits, log_q, gamma, has_te = static
+    nce, ns, nc, nt, hits, log_q, gamma, has_te, _ = static
     w = np.asarray(w)
     b = None if b is None else np.asarray(b)
     sv = (np.asarray(ids), np.asarray(te) if has_te else None, np.asarray(se))
@@ -71,74 +73,77 @@ def _np_call(static: Tuple, w, b, x, lab, ids, te, se, want_grad: bool, grad_los
     return f(w, b, *args, **kw, grad_loss=grad_loss)
 
 
-def _padded_rows(r: Any, n_rows: int, has_bias: bool) -> Tuple[np.ndarray, ...]:
-    """The sparse gradients of ``r`` padded to ``n_rows`` rows (padding: row 0 with zero values)."""
+def _table_grads(r: Any, n_rows: int, has_bias: bool, dt: Any) -> Tuple[np.ndarray, ...]:
+    """The sparse row gradients of ``r`` as dense gradients of the small ``[n_rows, d]`` table."""
     gw = r.grad_weights
-    u = gw.indices.shape[0]
-    idx = np.zeros(n_rows, dtype=_int_dtype())
-    idx[:u] = gw.indices
-    vals = np.zeros((n_rows,) + gw.values.shape[1:], dtype=gw.values.dtype)
-    vals[:u] = gw.values
-    bvals = np.zeros(n_rows, dtype=gw.values.dtype)
+    vals = np.zeros((n_rows,) + gw.values.shape[1:], dtype=dt)
+    vals[gw.indices] = gw.values
+    bvals = np.zeros(n_rows, dtype=dt)
     if has_bias:
-        bvals[:u] = r.grad_biases.values
-    return idx, vals, bvals
+        bvals[r.grad_biases.indices] = r.grad_biases.values
+    return np.asarray(r.grad_inputs, dtype=dt), vals, bvals
 
 
-def _grad_shapes(w, x, lab, ids):
-    n_rows = int(np.prod(lab.shape)) + int(np.prod(ids.shape))
+def _grad_shapes(w, x):
     return (
         jax.ShapeDtypeStruct(x.shape, w.dtype),
-        jax.ShapeDtypeStruct((n_rows,), _int_dtype()),
-        jax.ShapeDtypeStruct((n_rows, w.shape[1]), w.dtype),
-        jax.ShapeDtypeStruct((n_rows,), w.dtype),
-    ), n_rows
+        jax.ShapeDtypeStruct(w.shape, w.dtype),
+        jax.ShapeDtypeStruct((w.shape[0],), w.dtype),
+    )
+
+
+# The core works on the rows of the table the call uses, gathered in JAX (``w[rows]``): the host callback
+# then moves O((B + S) * d) bytes instead of the whole [V, d] table, and JAX differentiates the gather itself.
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sampled_core(static, w, b, x, lab, ids, te, se):
-    def host(w, b, x, lab, ids, te, se):
+def _sampled_core(static, w, b, x, lab, ids, te, se, rows):
+    def host(w, b, x, lab, ids, te, se, rows):
+        _check_rows(static, rows)
         return np.asarray(_np_call(static, w, b, x, lab, ids, te, se, False), dtype=w.dtype)
 
-    return _callback(host, jax.ShapeDtypeStruct((x.shape[0],), w.dtype), w, b, x, lab, ids, te, se)
+    return _callback(host, jax.ShapeDtypeStruct((x.shape[0],), w.dtype), w, b, x, lab, ids, te, se, rows)
 
 
-def _sampled_fwd(static, w, b, x, lab, ids, te, se):
+def _check_rows(static: Tuple, rows: np.ndarray) -> None:
+    # JAX clamps out-of-range gathers; the ids are checked here, where an error can be raised.
+    v = static[-1]
+    lo, hi = int(rows.min()), int(rows.max())
+    if lo < 0 or hi >= v:
+        raise ValueError(f"labels / sampled_values: class id {lo if lo < 0 else hi} is outside [0, {v})")
+
+
+def _sampled_fwd(static, w, b, x, lab, ids, te, se, rows):
     has_bias = b is not None
-    gshapes, n_rows = _grad_shapes(w, x, lab, ids)
 
-    def host(w, b, x, lab, ids, te, se):
+    def host(w, b, x, lab, ids, te, se, rows):
+        _check_rows(static, rows)
         r = _np_call(static, w, b, x, lab, ids, te, se, True)
-        return (np.asarray(r.loss, dtype=w.dtype), np.asarray(r.grad_inputs, dtype=w.dtype)) + _padded_rows(
-            r, n_rows, has_bias
-        )
+        return (np.asarray(r.loss, dtype=w.dtype),) + _table_grads(r, w.shape[0], has_bias, w.dtype)
 
-    out = _callback(host, (jax.ShapeDtypeStruct((x.shape[0],), w.dtype),) + gshapes, w, b, x, lab, ids, te, se)
-    loss, gx, idx, vals, bvals = out
-    return loss, (w, b, x, lab, ids, te, se, gx, idx, vals, bvals)
+    out = _callback(
+        host, (jax.ShapeDtypeStruct((x.shape[0],), w.dtype),) + _grad_shapes(w, x), w, b, x, lab, ids, te, se, rows
+    )
+    return out[0], (w, b, x, lab, ids, te, se, out[1:])
 
 
 def _sampled_bwd(static, res, g):
-    w, b, x, lab, ids, te, se, gx1, idx1, vals1, bvals1 = res
+    w, b, x, lab, ids, te, se, grads1 = res
     has_bias = b is not None
-    gshapes, n_rows = _grad_shapes(w, x, lab, ids)
     g = g.astype(w.dtype)
 
     def scaled(_):
-        c = g[0]
-        return gx1 * c, idx1, vals1 * c, bvals1 * c
+        return tuple(a * g[0] for a in grads1)
 
     def recompute(_):
         def host(w, b, x, lab, ids, te, se, g):
             r = _np_call(static, w, b, x, lab, ids, te, se, True, grad_loss=g)
-            return (np.asarray(r.grad_inputs, dtype=w.dtype),) + _padded_rows(r, n_rows, has_bias)
+            return _table_grads(r, w.shape[0], has_bias, w.dtype)
 
-        return _callback(host, gshapes, w, b, x, lab, ids, te, se, g)
+        return _callback(host, _grad_shapes(w, x), w, b, x, lab, ids, te, se, g)
 
-    gx, idx, vals, bvals = jax.lax.cond(_const_cotangent(g), scaled, recompute, None)
-    gw = jnp.zeros(w.shape, w.dtype).at[idx].add(vals)
-    gb = None if b is None else jnp.zeros(b.shape, b.dtype).at[idx].add(bvals)
-    return gw, gb, gx, None, None, None, None
+    gx, gw, gb = jax.lax.cond(_const_cotangent(g), scaled, recompute, None)
+    return gw, (gb if has_bias else None), gx, None, None, None, None, None
 
 
 _sampled_core.defvjp(_sampled_fwd, _sampled_bwd)
@@ -217,8 +222,16 @@ def _sampled(
         )
     if not has_te:
         te = jnp.ones(lab.shape, dt)
-    static = (bool(nce), ns, nc, nt, hits, log_q, gamma, has_te)
-    return _sampled_core(static, w, b, x, lab, ids, te, se)
+    static = (bool(nce), ns, nc, nt, hits, log_q, gamma, has_te, int(w.shape[0]))
+    # The rows used: the sorted unique ids of labels and candidates, padded (static size) with the largest,
+    # so that ``searchsorted`` maps every id to the position of its first copy.
+    all_ids = jnp.concatenate([lab.ravel(), ids.ravel()])
+    rows = jnp.unique(all_ids, size=all_ids.shape[0], fill_value=jnp.max(all_ids))
+    lab_pos = jnp.searchsorted(rows, lab).astype(ity)
+    ids_pos = jnp.searchsorted(rows, ids).astype(ity)
+    w_rows = w[rows]
+    b_rows = None if b is None else b[rows]
+    return _sampled_core(static, w_rows, b_rows, x, lab_pos, ids_pos, te, se, rows)
 
 
 def sampled_softmax_loss(
