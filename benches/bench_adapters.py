@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense-gradient module variant")
     ap.add_argument("--no-multinomial", action="store_true", help="skip the torch.multinomial peer")
+    ap.add_argument("--frameworks", action="store_true", help="also time zipfnce.jax and zipfnce.tf (and tf.nn)")
     args = ap.parse_args()
     import torch
 
@@ -119,6 +120,13 @@ def main() -> None:
     own, native = adapter_own_time(impls["zipfnce.torch sparse"], args.repeats)
     print(f"adapter's own time per step (outside sampler and native call): {own * 1e3:.2f} ms "
           f"= {own / native:.1%} of the {native * 1e3:.1f} ms native work")
+    if args.frameworks:
+        from zipfnce.bench.cases import framework_step_impls
+
+        med, _ = _median_times(framework_step_impls(), args.repeats)
+        print("\nfixed candidates, value and all gradients of the mean loss:")
+        for k, v in med.items():
+            print(f"{k:<26} {v * 1e3:>10.1f} {v / med['numpy']:>10.2f}x numpy")
 
 
 # pytest-benchmark entry points --------------------------------------------------------------------------------

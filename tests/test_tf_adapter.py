@@ -52,6 +52,40 @@ def test_matches_tf_nn(which, num_true, use_function, hits):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_function", [False, True])
+def test_mean_is_one_fused_call_and_matches_tf_nn(monkeypatch, use_function):
+    calls = []
+    for name in ("sampled_softmax_loss", "sampled_softmax_loss_and_grad"):
+        orig = getattr(zn, name)
+
+        def spy(*a, _o=orig, _n=name, **k):
+            calls.append(_n)
+            return _o(*a, **k)
+
+        monkeypatch.setattr(zn, name, spy)
+    w, b, x, lab, sv = _data(2)
+
+    def grads(fn):
+        wv, bv, xt = tf.Variable(w), tf.Variable(b), tf.constant(x)
+
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                loss = tf.reduce_mean(fn(wv, bv, lab, xt, S, V, num_true=2, sampled_values=sv))
+            return [loss] + [tf.convert_to_tensor(g) for g in tape.gradient(loss, [wv, bv, xt])]
+
+        return [t.numpy() for t in (tf.function(step)() if use_function else step())]
+
+    ours = grads(zntf.sampled_softmax_loss)
+    assert calls == ["sampled_softmax_loss_and_grad"]
+    for a, e in zip(ours, grads(tf.nn.sampled_softmax_loss)):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6)
+    # Without a tape only the loss is computed.
+    calls.clear()
+    zntf.sampled_softmax_loss(w, b, lab, x, S, V, num_true=2, sampled_values=sv)
+    assert calls == ["sampled_softmax_loss"]
+
+
 def test_weight_gradient_is_indexed_slices_and_matches_numpy():
     w, b, x, lab, sv = _data()
     wt, bt, xt = tf.constant(w), tf.constant(b), tf.constant(x)

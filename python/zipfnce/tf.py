@@ -4,10 +4,13 @@ samplers of ``tf.random``, plus ``info_nce_loss``, all on tensors.
 ``import zipfnce.tf as zntf``. Importing this module imports tensorflow; ``import zipfnce`` alone never does.
 
 The losses work eagerly, inside ``tf.function`` and under ``tf.GradientTape``: each is a
-``tf.custom_gradient`` whose passes call the NumPy API through ``tf.numpy_function``. The forward pass
-computes only the loss; the backward pass calls the native code again with the upstream gradient as row
-weights and returns the weight and bias gradients as ``tf.IndexedSlices`` over the rows used (as
-``tf.nn.*`` does through its embedding lookups), so no ``[V, d]`` array is ever built. Because the ops run
+``tf.custom_gradient`` whose passes call the NumPy API through ``tf.numpy_function``. For the sampled
+losses, when a gradient tape records the call, the forward pass makes one fused native call (loss and the gradients of ``loss.sum()``)
+and the backward pass scales them if the upstream gradient is the same for every row (``reduce_mean``,
+``reduce_sum``), else calls the native code again with the upstream gradient as row weights. Without a tape
+only the loss is computed. (``info_nce_loss``, whose arrays are small, computes the loss forward and its
+gradients backward.) The weight and bias gradients are ``tf.IndexedSlices`` over the rows used (as
+``tf.nn.*`` gives through its embedding lookups), so no ``[V, d]`` array is ever built. Because the ops run
 in Python, a graph using them cannot be serialised (SavedModel) or placed on another device.
 
 Seeds: ``seed=None`` draws fresh candidates on every run; an int ``seed`` makes a call stateless (the same
@@ -139,6 +142,17 @@ def compute_accidental_hits(
 # Sampled softmax / NCE
 
 
+def _recording(tensors: list) -> bool:
+    """Whether a gradient tape records operations on ``tensors`` (then the forward pass makes the fused call).
+    Uses TensorFlow's internal ``record`` module; without it every call takes the unfused path."""
+    try:
+        from tensorflow.python.eager import record
+
+        return bool(record.should_record_backprop(tensors))
+    except Exception:  # pragma: no cover - internal API moved
+        return False
+
+
 def _float_tensor(x: Any, name: str, dtype: Optional[tf.DType] = None) -> tf.Tensor:
     # Only dtype-less values (lists, Python floats) get the hint: an integer array must not become floats.
     t = tf.convert_to_tensor(x) if hasattr(x, "dtype") else tf.convert_to_tensor(x, dtype_hint=dtype or tf.float32)
@@ -204,8 +218,7 @@ def _sampled(
         def host_loss(w_, b_, x_, lab_, ids_, te_, se_):
             return np.asarray(loss_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw), dtype=npdt)
 
-        def host_grad(w_, b_, x_, lab_, ids_, te_, se_, g_):
-            r = grad_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw, grad_loss=g_)
+        def unpack(r):
             gb = r.grad_biases.values if has_bias else np.zeros(0, npdt)
             return (
                 np.asarray(r.grad_inputs, dtype=npdt),
@@ -214,16 +227,40 @@ def _sampled(
                 np.asarray(gb, dtype=npdt),
             )
 
+        def host_grad(w_, b_, x_, lab_, ids_, te_, se_, g_):
+            return unpack(grad_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw, grad_loss=g_))
+
+        def host_fused(w_, b_, x_, lab_, ids_, te_, se_):
+            r = grad_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw)
+            return (np.asarray(r.loss, dtype=npdt),) + unpack(r)
+
         b_in = b if has_bias else tf.zeros([0], dt)
+        fused = _recording([w, b_in, x])
+        grad_types = [dt, tf.int64, dt, dt]
 
         def core(w_, b_, x_):
-            loss = tf.numpy_function(host_loss, [w_, b_, x_, lab, ids, te, se], dt, stateful=False)
+            feed = [w_, b_, x_, lab, ids, te, se]
+            if fused:
+                # A tape is recording: loss and the gradients of loss.sum() in one native call.
+                loss, *saved = tf.numpy_function(host_fused, feed, [dt] + grad_types, stateful=False)
+            else:
+                loss = tf.numpy_function(host_loss, feed, dt, stateful=False)
             loss.set_shape(x_.shape[:1])
 
             def grad(upstream):
-                gx, idx, vals, gb = tf.numpy_function(
-                    host_grad, [w_, b_, x_, lab, ids, te, se, upstream], [dt, tf.int64, dt, dt], stateful=False
-                )
+                def recompute():
+                    return tuple(tf.numpy_function(host_grad, feed + [upstream], grad_types, stateful=False))
+
+                if fused:
+                    c = upstream[0]
+
+                    def scaled():
+                        return saved[0] * c, saved[1], saved[2] * c, saved[3] * c
+
+                    # reduce_mean / reduce_sum of the loss send the same upstream value to every row.
+                    gx, idx, vals, gb = tf.cond(tf.reduce_all(tf.equal(upstream, c)), scaled, recompute)
+                else:
+                    gx, idx, vals, gb = recompute()
                 gx.set_shape(x_.shape)
                 vals.set_shape([None, w_.shape[1]])
                 gw = tf.IndexedSlices(vals, idx, dense_shape=tf.shape(w_, out_type=tf.int64))

@@ -269,6 +269,63 @@ def torch_step_impls(
     return impls
 
 
+def framework_step_impls(
+    batch: int = 1024, dim: int = 128, vocab: int = 10**6, num_sampled: int = 8192, frameworks=("jax", "tf")
+) -> Impls:
+    """The same step (fixed candidates, mean loss, all gradients) through ``zipfnce.jax`` (``jax.jit`` of
+    ``value_and_grad``; the weight gradient is a dense [V, d] array, as JAX gradients are), ``zipfnce.tf``
+    and ``tf.nn.sampled_softmax_loss`` (``tf.function`` with a ``GradientTape``), and the NumPy call."""
+    import zipfnce as zn
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((vocab, dim), dtype=np.float32) * 0.05).astype(np.float32)
+    b = np.zeros(vocab, np.float32)
+    x = rng.standard_normal((batch, dim), dtype=np.float32)
+    lab = _true_classes(batch, vocab)
+    sv = zn.LogUniformSampler(vocab, seed=1).sample(num_sampled, true_classes=lab, seed=2)
+    impls: Impls = {
+        "numpy": lambda: zn.sampled_softmax_loss_and_grad(
+            w, b, lab, x, num_sampled, vocab, sampled_values=sv, grad_loss=1.0 / batch
+        )
+    }
+    if "jax" in frameworks:
+        import jax
+        import jax.numpy as jnp
+
+        import zipfnce.jax as znj
+
+        svj = tuple(jnp.asarray(a) for a in sv[:3])
+        wj, bj, xj, lj = jnp.asarray(w), jnp.asarray(b), jnp.asarray(x), jnp.asarray(lab)
+
+        def objective(w_, b_, x_):
+            return jnp.mean(znj.sampled_softmax_loss(w_, b_, lj, x_, num_sampled, vocab, sampled_values=svj))
+
+        g = jax.jit(jax.value_and_grad(objective, argnums=(0, 1, 2)))
+        impls["zipfnce.jax"] = lambda: jax.block_until_ready(g(wj, bj, xj))
+    if "tf" in frameworks:
+        tf = _tf()
+        if tf is not None:
+            import zipfnce.tf as zntf
+
+            wv, bv = tf.Variable(w), tf.Variable(b)
+            xt, lt = tf.constant(x), tf.constant(lab)
+            svt = tuple(tf.constant(a) for a in sv[:3])
+
+            def tf_step(fn):
+                @tf.function
+                def step():
+                    with tf.GradientTape() as tape:
+                        tape.watch(xt)
+                        loss = tf.reduce_mean(fn(wv, bv, lt, xt, num_sampled, vocab, sampled_values=svt))
+                    return loss, tape.gradient(loss, [wv, bv, xt])
+
+                return step
+
+            impls["zipfnce.tf"] = tf_step(zntf.sampled_softmax_loss)
+            impls["tensorflow"] = tf_step(tf.nn.sampled_softmax_loss)
+    return impls
+
+
 def _adapter_case(dense: bool, multinomial: bool) -> Impls:
     impls = torch_step_impls(dense=dense, multinomial=multinomial)
     # The report's convention: "zipfnce" is the implementation measured, the other keys are its peers.
