@@ -158,6 +158,31 @@ def test_mean_is_one_fused_call_and_backward_only_scales(monkeypatch):
     assert [c[0] for c in calls] == ["sampled_softmax_loss"]
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_backward_twice_through_a_retained_graph(reduction):
+    w, b, x, lab, sv = _data()
+    tw, tx = _leaf(w), _leaf(x)
+    loss = znt.sampled_softmax_loss(tw, torch.tensor(b), lab, tx, S, V, sampled_values=sv, reduction=reduction)
+    if reduction == "none":
+        loss = loss.sum()
+    loss.backward(retain_graph=True)
+    first = tx.grad.clone(), tw.grad.clone()
+    tx.grad.mul_(10.0)  # in-place use of the handed-over gradient must not leak into the second pass
+    tx.grad = None
+    tw.grad = None
+    loss.backward()
+    torch.testing.assert_close(tx.grad, first[0])
+    torch.testing.assert_close(tw.grad, first[1])
+    q, k = _leaf(x), _leaf(x[::-1].copy())
+    li = znt.info_nce_loss(q, k, reduction=reduction)
+    li = li.sum() if reduction == "none" else li
+    li.backward(retain_graph=True)
+    g1 = q.grad.clone()
+    q.grad = None
+    li.backward()
+    torch.testing.assert_close(q.grad, g1)
+
+
 def test_default_sampler_is_seeded_and_consistent():
     w, b, x, lab, _ = _data()
     a = znt.sampled_softmax_loss(torch.tensor(w), torch.tensor(b), lab, torch.tensor(x), S, V, seed=7)

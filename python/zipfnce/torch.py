@@ -104,6 +104,15 @@ def _fused_weight(reduction: str, batch: int) -> Optional[float]:
     return 1.0 / batch if reduction == "mean" else None
 
 
+def _upstream_rows(grad_output: torch.Tensor, reduction: str, batch: int) -> Any:
+    """The row weights of a recomputation: the upstream gradient itself for "none", else its scalar (over the
+    batch size for "mean")."""
+    if reduction == "none":
+        return grad_output.detach().numpy()
+    g = float(grad_output)
+    return g / batch if reduction == "mean" else g
+
+
 def _rows_to_grad(
     idx: np.ndarray, vals: np.ndarray, like: Tuple[Tuple[int, ...], torch.dtype], scale: float, sparse: bool
 ) -> torch.Tensor:
@@ -137,8 +146,9 @@ class _Sampled(torch.autograd.Function):
             loss = r.loss
         else:
             ctx.fused = None
-            ctx.save_for_backward(weight, bias, inputs)
             loss = spec["loss"](w, b, spec["labels"], x, *spec["args"], **spec["kw"])
+        # Kept for a recomputation: "none", or a second backward through a retained graph.
+        ctx.save_for_backward(weight, bias, inputs)
         return torch.from_numpy(_reduce(loss, spec["reduction"]))
 
     @staticmethod
@@ -147,11 +157,12 @@ class _Sampled(torch.autograd.Function):
         weight_like = spec["weight_like"]
         sparse = spec["sparse"]
         if ctx.fused is not None:
-            r = ctx.fused
+            # The saved gradients go to autograd without a copy, so they are handed over once only.
+            r, ctx.fused = ctx.fused, None
             s = float(grad_output)
         else:
             weight, bias, inputs = ctx.saved_tensors
-            gl = grad_output.detach().numpy()
+            gl = _upstream_rows(grad_output, spec["reduction"], inputs.shape[0])
             r = spec["and_grad"](
                 weight.detach().numpy(),
                 None if bias is None else bias.detach().numpy(),
@@ -296,15 +307,15 @@ class _InfoNCE(torch.autograd.Function):
             loss = r.loss
         else:
             ctx.fused = None
-            ctx.save_for_backward(query, keys, negatives)
             loss = _zn.info_nce_loss(q, k, negatives=n, **spec["kw"])
+        ctx.save_for_backward(query, keys, negatives)
         return torch.from_numpy(_reduce(loss, spec["reduction"]))
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         spec = ctx.spec
         if ctx.fused is not None:
-            r = ctx.fused
+            r, ctx.fused = ctx.fused, None
             s = float(grad_output)
         else:
             query, keys, negatives = ctx.saved_tensors
@@ -312,7 +323,7 @@ class _InfoNCE(torch.autograd.Function):
                 query.detach().numpy(),
                 keys.detach().numpy(),
                 negatives=None if negatives is None else negatives.detach().numpy(),
-                grad_loss=grad_output.detach().numpy(),
+                grad_loss=_upstream_rows(grad_output, spec["reduction"], query.shape[0]),
                 **spec["kw"],
             )
             s = 1.0
