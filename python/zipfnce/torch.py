@@ -7,7 +7,8 @@ back through ``torch.from_numpy``. Gradients reach ``weight``, ``bias`` and ``in
 ``negatives`` for InfoNCE) through a ``torch.autograd.Function``:
 
 - ``reduction="mean"`` or ``"sum"``: the forward pass computes the loss and every gradient in one fused
-  native call; backward only scales them by the incoming scalar gradient.
+  native call (rows weighted by 1/B for "mean"); backward only scales them by the incoming scalar gradient
+  (not at all for the usual ``loss.backward()``). A second backward through a retained graph recomputes.
 - ``reduction="none"``: the forward pass computes only the per-row loss; backward runs the native call again
   with the upstream gradient as its row weights (the gradient is not a fixed multiple of one saved result).
 
