@@ -10,9 +10,9 @@ every row (``jnp.mean``, ``jnp.sum`` of the loss: the usual case) and otherwise 
 with the cotangent as row weights. Without differentiation only the loss is computed.
 
 The rows of ``weights`` and ``biases`` the call uses are gathered in JAX and only they go to the host, so a
-call moves O((B + S)·d) bytes whatever the vocabulary. The gradient of ``weights`` is still a dense ``[V, d]``
-array, as JAX gradients are (JAX's own transpose of the gather), which costs O(V·d) per step. Integer arguments (labels,
-candidates, ids) and the option values are not differentiated. The options (``num_sampled``,
+call moves O((B + S)·d) bytes whatever the vocabulary. The gradient of ``weights`` is still a dense
+``[V, d]`` array, as JAX gradients are (JAX's own transpose of the gather), which costs O(V·d) per step.
+Integer arguments (labels, candidates, ids) and the option values are not differentiated. The options (``num_sampled``,
 ``num_classes``, ``temperature``, ...) must be Python values, not traced arrays.
 
 Without ``jax_enable_x64`` JAX has no 64-bit types: ids travel as int32 and floats as float32.
@@ -52,7 +52,7 @@ def _const_cotangent(g: Any) -> Any:
     return jnp.all(g == g[0])
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Sampled softmax / NCE
 
 # static = (nce, num_sampled, num_classes, num_true, remove_accidental_hits, subtract_log_q, focal_gamma, has_te,
@@ -122,8 +122,10 @@ def _sampled_fwd(static, w, b, x, lab, ids, te, se, rows):
         return (np.asarray(r.loss, dtype=w.dtype),) + _table_grads(r, w.shape[0], has_bias, w.dtype)
 
     out = _callback(
-        host, (jax.ShapeDtypeStruct((x.shape[0],), w.dtype),) + _grad_shapes(w, x), w, b, x, lab, ids, te, se, rows
-    )
+        host,
+        (jax.ShapeDtypeStruct((x.shape[0],), w.dtype),) + _grad_shapes(w, x),
+        w, b, x, lab, ids, te, se, rows,
+    )  # fmt: skip
     return out[0], (w, b, x, lab, ids, te, se, out[1:])
 
 
@@ -211,9 +213,13 @@ def _sampled(
         te = None if te is None else jnp.asarray(te)
         se = jnp.asarray(se)
         if ids.ndim not in (1, 2) or ids.shape[-1] != ns:
-            raise ValueError(f"sampled_values: candidates must be [{ns}] or [batch, {ns}], got shape {ids.shape}")
+            raise ValueError(
+                f"sampled_values: candidates must be [{ns}] or [batch, {ns}], got shape {ids.shape}"
+            )
         if se.shape != ids.shape:
-            raise ValueError(f"sampled_values: sampled_expected_count has shape {se.shape}, the candidates {ids.shape}")
+            raise ValueError(
+                f"sampled_values: sampled_expected_count has shape {se.shape}, the candidates {ids.shape}"
+            )
     has_te = te is not None
     if not has_te and log_q:
         raise ValueError(
@@ -272,14 +278,15 @@ def nce_loss(
     subtract_log_q: bool = True,
     focal_gamma: float = 0.0,
 ) -> Any:
-    """``zipfnce.nce_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and ``inputs``."""
+    """``zipfnce.nce_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
+    ``inputs``."""
     return _sampled(
         True, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
         remove_accidental_hits, seed, subtract_log_q, focal_gamma,
     )  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # InfoNCE
 
 # static = (temperature, symmetric, focal_gamma, max_logits_bytes, has_neg, has_kq, has_nq, has_kid, has_nid)
@@ -358,7 +365,8 @@ def _info_bwd(static, res, g):
 
     grads = jax.lax.cond(_const_cotangent(g), scaled, recompute, None)
     gn = grads[2] if n is not None else None
-    zq = lambda a: None if a is None else jnp.zeros_like(a)  # noqa: E731 - the log-q corrections are constants
+    # The log-q corrections are constants: zero cotangents.
+    zq = lambda a: None if a is None else jnp.zeros_like(a)  # noqa: E731
     return grads[0], grads[1], gn, zq(kq), zq(nq), None, None
 
 

@@ -5,10 +5,10 @@ samplers of ``tf.random``, plus ``info_nce_loss``, all on tensors.
 
 The losses work eagerly, inside ``tf.function`` and under ``tf.GradientTape``: each is a
 ``tf.custom_gradient`` whose passes call the NumPy API through ``tf.numpy_function``. For the sampled
-losses, when a gradient tape records the call, the forward pass makes one fused native call (loss and the gradients of ``loss.sum()``)
-and the backward pass scales them if the upstream gradient is the same for every row (``reduce_mean``,
-``reduce_sum``), else calls the native code again with the upstream gradient as row weights. Without a tape
-only the loss is computed. (``info_nce_loss``, whose arrays are small, computes the loss forward and its
+losses, when a gradient tape records the call, the forward pass makes one fused native call (loss and the
+gradients of ``loss.sum()``) and the backward pass scales them if the upstream gradient is the same for
+every row (``reduce_mean``, ``reduce_sum``), else calls the native code again with the upstream gradient as
+row weights. Without a tape only the loss is computed. (``info_nce_loss``, whose arrays are small, computes the loss forward and its
 gradients backward.) The weight and bias gradients are ``tf.IndexedSlices`` over the rows used (as
 ``tf.nn.*`` gives through its embedding lookups), so no ``[V, d]`` array is ever built. Because the ops run
 in Python, a graph using them cannot be serialised (SavedModel) or placed on another device.
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Samplers
 
 
@@ -138,7 +138,7 @@ def compute_accidental_hits(
     return _run(f, [tc, sc], [tf.int32, tf.int64, tf.float32], shapes, name)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Sampled softmax / NCE
 
 
@@ -321,7 +321,7 @@ def nce_loss(
     )  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # InfoNCE
 
 

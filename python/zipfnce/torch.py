@@ -262,7 +262,8 @@ def sampled_softmax_loss(
     array), ``inputs`` ``[B, d]``. ``sampled_values``: None (a unique log-uniform draw over ``num_classes``,
     made once per call, reproducible with ``seed``), TensorFlow's triple or a :class:`zipfnce.CandidateSample`
     (tensors or arrays). ``reduction``: ``"none"`` (``[B]``), ``"mean"`` or ``"sum"`` (scalars). The weight
-    and bias gradients are dense tensors (O(V·d)); :class:`SampledSoftmaxLoss` with ``sparse=True`` avoids it.
+    and bias gradients are dense tensors (O(V·d)); :class:`SampledSoftmaxLoss` with ``sparse=True`` avoids
+    it.
     """
     return _sampled(
         False, weight, bias, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
@@ -408,9 +409,12 @@ class _SampledLossModule(nn.Module):
         if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
             raise TypeError(f"sampler: expected a zipfnce sampler, got {type(sampler).__name__}")
         if sampler.range_max > self.num_classes:
-            raise ValueError(f"sampler: draws from {sampler.range_max} classes but num_classes is {self.num_classes}")
+            raise ValueError(
+                f"sampler: draws from {sampler.range_max} classes but num_classes is {self.num_classes}"
+            )
         self.sampler = sampler
-        self.remove_accidental_hits = (not self._nce) if remove_accidental_hits is None else bool(remove_accidental_hits)
+        hits = (not self._nce) if remove_accidental_hits is None else remove_accidental_hits
+        self.remove_accidental_hits = bool(hits)
         self.subtract_log_q = bool(subtract_log_q)
         self.focal_gamma = float(focal_gamma)
         self.reduction = _reduction(reduction)
