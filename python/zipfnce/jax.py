@@ -1,0 +1,429 @@
+"""JAX adapter: the sampled softmax, NCE and InfoNCE losses, differentiable with ``jax.grad`` and usable under
+``jax.jit``.
+
+``import zipfnce.jax as znj``. Importing this module imports jax; ``import zipfnce`` alone never does.
+
+Each loss is a ``jax.custom_vjp`` whose forward and backward passes call the NumPy API on the host through
+``jax.pure_callback``. Under differentiation the forward pass makes one fused native call (loss and the
+gradients of ``loss.sum()``); the backward pass scales those when the incoming cotangent is the same for
+every row (``jnp.mean``, ``jnp.sum`` of the loss: the usual case) and otherwise calls the native code again
+with the cotangent as row weights. Without differentiation only the loss is computed.
+
+The rows of ``weights`` and ``biases`` the call uses are gathered in JAX and only they go to the host, so a
+call moves O((B + S)·d) bytes whatever the vocabulary. The gradient of ``weights`` is still a dense
+``[V, d]`` array, as JAX gradients are (JAX's own transpose of the gather), which costs O(V·d) per step.
+Integer arguments (labels, candidates, ids) and the option values are not differentiated. The options (``num_sampled``,
+``num_classes``, ``temperature``, ...) must be Python values, not traced arrays.
+
+Without ``jax_enable_x64`` JAX has no 64-bit types: ids travel as int32 and floats as float32.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import zipfnce as _zn
+from zipfnce._validate import as_flag, as_float, as_int
+
+__all__ = ["sampled_softmax_loss", "nce_loss", "info_nce_loss"]
+
+
+def _int_dtype() -> Any:
+    return jax.dtypes.canonicalize_dtype(np.int64)
+
+
+def _float_dtype(x: Any, name: str) -> Any:
+    dt = jnp.result_type(x)
+    if dt not in (jnp.float32, jnp.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {dt}")
+    return dt
+
+
+def _callback(f: Any, out: Any, *args: Any) -> Any:
+    return jax.pure_callback(f, out, *args, vmap_method="sequential")
+
+
+def _const_cotangent(g: Any) -> Any:
+    return jnp.all(g == g[0])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampled softmax / NCE
+
+# static = (nce, num_sampled, num_classes, num_true, remove_accidental_hits, subtract_log_q, focal_gamma, has_te,
+#           rows of the weights)
+
+
+def _np_call(static: Tuple, w, b, x, lab, ids, te, se, want_grad: bool, grad_loss=None):
+    nce, ns, nc, nt, hits, log_q, gamma, has_te, _ = static
+    w = np.asarray(w)
+    b = None if b is None else np.asarray(b)
+    sv = (np.asarray(ids), np.asarray(te) if has_te else None, np.asarray(se))
+    args = (np.asarray(lab), np.asarray(x), ns, nc, nt, sv, hits, None)
+    kw = {"subtract_log_q": log_q, "focal_gamma": gamma}
+    if not want_grad:
+        f = _zn.nce_loss if nce else _zn.sampled_softmax_loss
+        return f(w, b, *args, **kw)
+    f = _zn.nce_loss_and_grad if nce else _zn.sampled_softmax_loss_and_grad
+    return f(w, b, *args, **kw, grad_loss=grad_loss)
+
+
+def _table_grads(r: Any, n_rows: int, has_bias: bool, dt: Any) -> Tuple[np.ndarray, ...]:
+    """The sparse row gradients of ``r`` as dense gradients of the small ``[n_rows, d]`` table."""
+    gw = r.grad_weights
+    vals = np.zeros((n_rows,) + gw.values.shape[1:], dtype=dt)
+    vals[gw.indices] = gw.values
+    bvals = np.zeros(n_rows, dtype=dt)
+    if has_bias:
+        bvals[r.grad_biases.indices] = r.grad_biases.values
+    return np.asarray(r.grad_inputs, dtype=dt), vals, bvals
+
+
+def _grad_shapes(w, x):
+    return (
+        jax.ShapeDtypeStruct(x.shape, w.dtype),
+        jax.ShapeDtypeStruct(w.shape, w.dtype),
+        jax.ShapeDtypeStruct((w.shape[0],), w.dtype),
+    )
+
+
+# The core works on the rows of the table the call uses, gathered in JAX (``w[rows]``): the host callback
+# then moves O((B + S) * d) bytes instead of the whole [V, d] table, and JAX differentiates the gather itself.
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sampled_core(static, w, b, x, lab, ids, te, se, rows):
+    def host(w, b, x, lab, ids, te, se, rows):
+        _check_rows(static, rows)
+        return np.asarray(_np_call(static, w, b, x, lab, ids, te, se, False), dtype=w.dtype)
+
+    return _callback(host, jax.ShapeDtypeStruct((x.shape[0],), w.dtype), w, b, x, lab, ids, te, se, rows)
+
+
+def _check_rows(static: Tuple, rows: np.ndarray) -> None:
+    # JAX clamps out-of-range gathers; the ids are checked here, where an error can be raised.
+    v = static[-1]
+    lo, hi = int(rows.min()), int(rows.max())
+    if lo < 0 or hi >= v:
+        raise ValueError(f"labels / sampled_values: class id {lo if lo < 0 else hi} is outside [0, {v})")
+
+
+def _sampled_fwd(static, w, b, x, lab, ids, te, se, rows):
+    has_bias = b is not None
+
+    def host(w, b, x, lab, ids, te, se, rows):
+        _check_rows(static, rows)
+        r = _np_call(static, w, b, x, lab, ids, te, se, True)
+        return (np.asarray(r.loss, dtype=w.dtype),) + _table_grads(r, w.shape[0], has_bias, w.dtype)
+
+    out = _callback(
+        host,
+        (jax.ShapeDtypeStruct((x.shape[0],), w.dtype),) + _grad_shapes(w, x),
+        w, b, x, lab, ids, te, se, rows,
+    )  # fmt: skip
+    return out[0], (w, b, x, lab, ids, te, se, out[1:])
+
+
+def _sampled_bwd(static, res, g):
+    w, b, x, lab, ids, te, se, grads1 = res
+    has_bias = b is not None
+    g = g.astype(w.dtype)
+
+    def scaled(_):
+        return tuple(a * g[0] for a in grads1)
+
+    def recompute(_):
+        def host(w, b, x, lab, ids, te, se, g):
+            r = _np_call(static, w, b, x, lab, ids, te, se, True, grad_loss=g)
+            return _table_grads(r, w.shape[0], has_bias, w.dtype)
+
+        return _callback(host, _grad_shapes(w, x), w, b, x, lab, ids, te, se, g)
+
+    gx, gw, gb = jax.lax.cond(_const_cotangent(g), scaled, recompute, None)
+    return gw, (gb if has_bias else None), gx, None, None, None, None, None
+
+
+_sampled_core.defvjp(_sampled_fwd, _sampled_bwd)
+
+
+def _sampled(
+    nce, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+    remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+):  # fmt: skip
+    ns = as_int(num_sampled, "num_sampled", lo=1)
+    nc = as_int(num_classes, "num_classes", lo=1)
+    nt = as_int(num_true, "num_true", lo=1)
+    hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
+    log_q = as_flag(subtract_log_q, "subtract_log_q")
+    gamma = as_float(focal_gamma, "focal_gamma")
+    if gamma < 0:
+        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
+    w = jnp.asarray(weights)
+    dt = _float_dtype(w, "weights")
+    if w.ndim != 2:
+        raise ValueError(f"weights: must be [num_classes, dim], got shape {w.shape}")
+    b = None if biases is None else jnp.asarray(biases, dtype=dt)
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"biases: must have shape ({w.shape[0]},) like the rows of weights, got {b.shape}")
+    x = jnp.asarray(inputs)
+    _float_dtype(x, "inputs")
+    x = x.astype(dt)
+    if x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"inputs: must be [batch, {w.shape[1]}], got shape {x.shape}")
+    lab = jnp.asarray(labels)
+    if not jnp.issubdtype(lab.dtype, jnp.integer):
+        raise TypeError(f"labels: expected integer class ids, got dtype {lab.dtype}")
+    if lab.ndim == 1 and nt == 1:
+        lab = lab.reshape(-1, 1)
+    if lab.ndim != 2 or lab.shape != (x.shape[0], nt):
+        raise ValueError(f"labels: must be [batch={x.shape[0]}, num_true={nt}], got shape {lab.shape}")
+    ity = _int_dtype()
+    lab = lab.astype(ity)
+    if sampled_values is None:
+        if nc > w.shape[0]:
+            raise ValueError(f"num_classes: is {nc} but weights has only {w.shape[0]} rows")
+        sd = seed
+
+        def draw(lab):
+            ids, te, se = _zn.log_uniform_candidate_sampler(np.asarray(lab), nt, ns, True, nc, seed=sd)
+            return ids.astype(ity), te.astype(np.float32), se.astype(np.float32)
+
+        ids, te, se = _callback(
+            draw,
+            (
+                jax.ShapeDtypeStruct((ns,), ity),
+                jax.ShapeDtypeStruct(lab.shape, jnp.float32),
+                jax.ShapeDtypeStruct((ns,), jnp.float32),
+            ),
+            lab,
+        )
+    else:
+        if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) not in (3, 4):
+            raise TypeError(
+                "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
+                f"true_expected_count, sampled_expected_count), got {type(sampled_values).__name__}"
+            )
+        ids, te, se = sampled_values[0], sampled_values[1], sampled_values[2]
+        ids = jnp.asarray(ids).astype(ity)
+        te = None if te is None else jnp.asarray(te)
+        se = jnp.asarray(se)
+        if ids.ndim not in (1, 2) or ids.shape[-1] != ns:
+            raise ValueError(
+                f"sampled_values: candidates must be [{ns}] or [batch, {ns}], got shape {ids.shape}"
+            )
+        if se.shape != ids.shape:
+            raise ValueError(
+                f"sampled_values: sampled_expected_count has shape {se.shape}, the candidates {ids.shape}"
+            )
+    has_te = te is not None
+    if not has_te and log_q:
+        raise ValueError(
+            "sampled_values: true_expected_count is None (sample with true_classes=labels), "
+            "but subtract_log_q needs it"
+        )
+    if not has_te:
+        te = jnp.ones(lab.shape, dt)
+    static = (bool(nce), ns, nc, nt, hits, log_q, gamma, has_te, int(w.shape[0]))
+    # The rows used: the sorted unique ids of labels and candidates, padded (static size) with the largest,
+    # so that ``searchsorted`` maps every id to the position of its first copy.
+    all_ids = jnp.concatenate([lab.ravel(), ids.ravel()])
+    rows = jnp.unique(all_ids, size=all_ids.shape[0], fill_value=jnp.max(all_ids))
+    lab_pos = jnp.searchsorted(rows, lab).astype(ity)
+    ids_pos = jnp.searchsorted(rows, ids).astype(ity)
+    w_rows = w[rows]
+    b_rows = None if b is None else b[rows]
+    return _sampled_core(static, w_rows, b_rows, x, lab_pos, ids_pos, te, se, rows)
+
+
+def sampled_softmax_loss(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = True,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+) -> Any:
+    """``zipfnce.sampled_softmax_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
+    ``inputs``. ``sampled_values=None`` draws the candidates on the host (reproducibly with ``seed``)."""
+    return _sampled(
+        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+        remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+    )  # fmt: skip
+
+
+def nce_loss(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = False,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+) -> Any:
+    """``zipfnce.nce_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
+    ``inputs``."""
+    return _sampled(
+        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+        remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# InfoNCE
+
+# static = (temperature, symmetric, focal_gamma, max_logits_bytes, has_neg, has_kq, has_nq, has_kid, has_nid)
+
+
+def _nce_kwargs(static, kq, nq, kid, nid):
+    t, sym, gamma, budget, _, has_kq, has_nq, has_kid, has_nid = static
+    return {
+        "temperature": t,
+        "symmetric": sym,
+        "focal_gamma": gamma,
+        "max_logits_bytes": budget,
+        "key_log_q": np.asarray(kq) if has_kq else None,
+        "negative_log_q": np.asarray(nq) if has_nq else None,
+        "key_ids": np.asarray(kid) if has_kid else None,
+        "negative_ids": np.asarray(nid) if has_nid else None,
+    }
+
+
+def _info_shapes(q, n):
+    shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(q.shape, q.dtype))
+    if n is not None:
+        shapes += (jax.ShapeDtypeStruct(n.shape, q.dtype),)
+    return shapes
+
+
+def _info_grads(r: Any, dt: Any, has_neg: bool) -> Tuple[np.ndarray, ...]:
+    out = (np.asarray(r.grad_query, dtype=dt), np.asarray(r.grad_keys, dtype=dt))
+    if has_neg:
+        out += (np.asarray(r.grad_negatives, dtype=dt),)
+    return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _info_core(static, q, k, n, kq, nq, kid, nid):
+    def host(q, k, n, kq, nq, kid, nid):
+        loss = _zn.info_nce_loss(
+            np.asarray(q), np.asarray(k), negatives=None if n is None else np.asarray(n),
+            **_nce_kwargs(static, kq, nq, kid, nid),
+        )  # fmt: skip
+        return np.asarray(loss, dtype=q.dtype)
+
+    return _callback(host, jax.ShapeDtypeStruct((q.shape[0],), q.dtype), q, k, n, kq, nq, kid, nid)
+
+
+def _info_fwd(static, q, k, n, kq, nq, kid, nid):
+    def host(q, k, n, kq, nq, kid, nid):
+        r = _zn.info_nce_loss_and_grad(
+            np.asarray(q), np.asarray(k), negatives=None if n is None else np.asarray(n),
+            **_nce_kwargs(static, kq, nq, kid, nid),
+        )  # fmt: skip
+        return (np.asarray(r.loss, dtype=q.dtype),) + _info_grads(r, q.dtype, n is not None)
+
+    out = _callback(
+        host, (jax.ShapeDtypeStruct((q.shape[0],), q.dtype),) + _info_shapes(q, n), q, k, n, kq, nq, kid, nid
+    )
+    return out[0], (q, k, n, kq, nq, kid, nid, out[1:])
+
+
+def _info_bwd(static, res, g):
+    q, k, n, kq, nq, kid, nid, grads1 = res
+    g = g.astype(q.dtype)
+
+    def scaled(_):
+        return tuple(a * g[0] for a in grads1)
+
+    def recompute(_):
+        def host(q, k, n, kq, nq, kid, nid, g):
+            r = _zn.info_nce_loss_and_grad(
+                np.asarray(q), np.asarray(k), negatives=None if n is None else np.asarray(n),
+                grad_loss=np.asarray(g), **_nce_kwargs(static, kq, nq, kid, nid),
+            )  # fmt: skip
+            return _info_grads(r, q.dtype, n is not None)
+
+        return _callback(host, _info_shapes(q, n), q, k, n, kq, nq, kid, nid, g)
+
+    grads = jax.lax.cond(_const_cotangent(g), scaled, recompute, None)
+    gn = grads[2] if n is not None else None
+    # The log-q corrections are constants: zero cotangents.
+    zq = lambda a: None if a is None else jnp.zeros_like(a)  # noqa: E731
+    return grads[0], grads[1], gn, zq(kq), zq(nq), None, None
+
+
+_info_core.defvjp(_info_fwd, _info_bwd)
+
+
+def info_nce_loss(
+    query: Any,
+    keys: Any,
+    *,
+    negatives: Any = None,
+    temperature: float = 0.1,
+    key_log_q: Any = None,
+    negative_log_q: Any = None,
+    key_ids: Any = None,
+    negative_ids: Any = None,
+    symmetric: bool = False,
+    focal_gamma: float = 0.0,
+    max_logits_bytes: Optional[int] = None,
+) -> Any:
+    """``zipfnce.info_nce_loss`` on JAX arrays: ``[B]``, differentiable in ``query``, ``keys`` and
+    ``negatives`` (the log-q corrections and ids are constants)."""
+    q = jnp.asarray(query)
+    dt = _float_dtype(q, "query")
+    if q.ndim != 2:
+        raise ValueError(f"query: must be two-dimensional [rows, dim], got shape {q.shape}")
+    k = jnp.asarray(keys)
+    _float_dtype(k, "keys")
+    k = k.astype(dt)
+    if k.shape != q.shape:
+        raise ValueError(f"keys: must have the shape of query {q.shape}, got {k.shape}")
+    n = None
+    if negatives is not None:
+        n = jnp.asarray(negatives)
+        _float_dtype(n, "negatives")
+        n = n.astype(dt)
+        if n.ndim != 2 or n.shape[1] != q.shape[1]:
+            raise ValueError(f"negatives: must be [N, {q.shape[1]}], got shape {n.shape}")
+    t = as_float(temperature, "temperature")
+    if not t > 0:
+        raise ValueError(f"temperature: must be > 0, got {t}")
+    gamma = as_float(focal_gamma, "focal_gamma")
+    if gamma < 0:
+        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
+    budget = None if max_logits_bytes is None else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
+    ity = _int_dtype()
+    kq = None if key_log_q is None else jnp.asarray(key_log_q, dtype=dt)
+    nq = None if negative_log_q is None else jnp.asarray(negative_log_q, dtype=dt)
+    kid = None if key_ids is None else jnp.asarray(key_ids).astype(ity)
+    nid = None if negative_ids is None else jnp.asarray(negative_ids).astype(ity)
+    for name, a, m in (("key_log_q", kq, q.shape[0]), ("key_ids", kid, q.shape[0]),
+                       ("negative_log_q", nq, 0 if n is None else n.shape[0]),
+                       ("negative_ids", nid, 0 if n is None else n.shape[0])):  # fmt: skip
+        if a is not None and a.shape != (m,):
+            raise ValueError(f"{name}: must have shape ({m},), got {a.shape}")
+    static = (
+        t, as_flag(symmetric, "symmetric"), gamma, budget, n is not None,
+        kq is not None, nq is not None, kid is not None, nid is not None,
+    )  # fmt: skip
+    return _info_core(static, q, k, n, kq, nq, kid, nid)

@@ -1,0 +1,516 @@
+"""PyTorch adapter: the sampled softmax, NCE and InfoNCE losses as differentiable torch functions and modules.
+
+``import zipfnce.torch as znt``. Importing this module imports torch; ``import zipfnce`` alone never does.
+
+Tensors go to the NumPy API without copies (``tensor.detach().numpy()`` on CPU tensors) and the results come
+back through ``torch.from_numpy``. Gradients reach ``weight``, ``bias`` and ``inputs`` (``query``, ``keys``,
+``negatives`` for InfoNCE) through a ``torch.autograd.Function``:
+
+- ``reduction="mean"`` or ``"sum"``: the forward pass computes the loss and every gradient in one fused
+  native call (rows weighted by 1/B for "mean"); backward only scales them by the incoming scalar gradient
+  (not at all for the usual ``loss.backward()``). A second backward through a retained graph recomputes.
+- ``reduction="none"``: the forward pass computes only the per-row loss; backward runs the native call again
+  with the upstream gradient as its row weights (the gradient is not a fixed multiple of one saved result).
+
+The weight gradient is sparse by nature (only the rows of the true and sampled classes). The functions and
+the modules with ``sparse=False`` return it as a dense ``[V, d]`` tensor, which costs O(V·d) memory and time
+per step as any dense gradient does; the modules with ``sparse=True`` return a ``torch.sparse_coo_tensor``
+holding only those rows (for ``torch.optim.SparseAdam``, ``SGD``, ``Adagrad``).
+
+Only CPU tensors of dtype float32 or float64 are accepted; all float tensors of one call share a dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import zipfnce as _zn
+from zipfnce._validate import as_int
+
+__all__ = [
+    "sampled_softmax_loss",
+    "nce_loss",
+    "info_nce_loss",
+    "SampledSoftmaxLoss",
+    "NCELoss",
+    "InfoNCELoss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _reduction(r: Any) -> str:
+    if not isinstance(r, str) or r not in _REDUCTIONS:
+        raise ValueError(f"reduction: must be one of 'none', 'mean', 'sum', got {r!r}")
+    return r
+
+
+def _cpu(t: torch.Tensor, name: str) -> None:
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: must be a CPU tensor, got a tensor on {t.device}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name}: must be a dense (strided) tensor, got layout {t.layout}")
+
+
+def _float_tensor(t: Any, name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _cpu(t, name)
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{name}: expected a float32 or float64 tensor, got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name}: has dtype {t.dtype}, but the call computes in {dtype}; convert it first")
+    return t
+
+
+def _as_np(x: Any, name: str) -> Any:
+    """Tensors (any dtype) as NumPy arrays sharing their memory; anything else unchanged."""
+    if isinstance(x, torch.Tensor):
+        _cpu(x, name)
+        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
+            raise TypeError(f"{name}: dtype {x.dtype} is not supported")
+        return x.detach().resolve_conj().resolve_neg().numpy()
+    return x
+
+
+def _sampled_values_np(sv: Any) -> Any:
+    if sv is None:
+        return None
+    if isinstance(sv, (tuple, list)) and len(sv) in (3, 4):
+        parts = [_as_np(v, "sampled_values") for v in sv]
+        if isinstance(sv, _zn.CandidateSample):
+            return _zn.CandidateSample(*parts)
+        return tuple(parts)
+    raise TypeError(
+        "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
+        f"true_expected_count, sampled_expected_count), got {type(sv).__name__}"
+    )
+
+
+def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
+    if reduction == "none":
+        return loss
+    return np.asarray(loss.sum() if reduction == "sum" else loss.mean(), dtype=loss.dtype)
+
+
+def _fused_weight(reduction: str, batch: int) -> Optional[float]:
+    """Row weight of the fused forward call: the gradients come out already scaled for the reduction, so
+    the usual ``loss.backward()`` (upstream gradient 1) hands them to autograd without touching them."""
+    return 1.0 / batch if reduction == "mean" else None
+
+
+def _upstream_rows(grad_output: torch.Tensor, reduction: str, batch: int) -> Any:
+    """The row weights of a recomputation: the upstream gradient itself for "none", else its scalar (over the
+    batch size for "mean")."""
+    if reduction == "none":
+        return grad_output.detach().numpy()
+    g = float(grad_output)
+    return g / batch if reduction == "mean" else g
+
+
+def _rows_to_grad(
+    idx: np.ndarray, vals: np.ndarray, like: Tuple[Tuple[int, ...], torch.dtype], scale: float, sparse: bool
+) -> torch.Tensor:
+    """A sparse row gradient (sorted unique ``idx``, ``vals``) as the gradient of a tensor of shape and dtype
+    ``like``."""
+    shape, dtype = like
+    v = torch.from_numpy(vals)
+    if scale != 1.0:
+        v = v * scale
+    i = torch.from_numpy(idx)
+    if sparse:
+        return torch.sparse_coo_tensor(i[None], v, shape, is_coalesced=True, check_invariants=False)
+    # A dense gradient of the whole table: O(V*d), as for any dense gradient.
+    return torch.zeros(shape, dtype=dtype).index_copy_(0, i, v)
+
+
+class _Sampled(torch.autograd.Function):
+    """Sampled softmax / NCE. ``spec`` holds the non-tensor arguments (labels, candidates, options)."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, inputs, spec):  # type: ignore[override]
+        w = weight.detach().numpy()
+        b = None if bias is None else bias.detach().numpy()
+        x = inputs.detach().numpy()
+        ctx.spec = spec
+        ctx.has_bias = bias is not None
+        if spec["fused"]:
+            gl = _fused_weight(spec["reduction"], x.shape[0])
+            r = spec["and_grad"](w, b, spec["labels"], x, *spec["args"], **spec["kw"], grad_loss=gl)
+            ctx.fused = r
+            loss = r.loss
+        else:
+            ctx.fused = None
+            loss = spec["loss"](w, b, spec["labels"], x, *spec["args"], **spec["kw"])
+        # Kept for a recomputation: "none", or a second backward through a retained graph.
+        ctx.save_for_backward(weight, bias, inputs)
+        return torch.from_numpy(_reduce(loss, spec["reduction"]))
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        spec = ctx.spec
+        weight_like = spec["weight_like"]
+        sparse = spec["sparse"]
+        if ctx.fused is not None:
+            # The saved gradients go to autograd without a copy, so they are handed over once only.
+            r, ctx.fused = ctx.fused, None
+            s = float(grad_output)
+        else:
+            weight, bias, inputs = ctx.saved_tensors
+            gl = _upstream_rows(grad_output, spec["reduction"], inputs.shape[0])
+            r = spec["and_grad"](
+                weight.detach().numpy(),
+                None if bias is None else bias.detach().numpy(),
+                spec["labels"],
+                inputs.detach().numpy(),
+                *spec["args"],
+                **spec["kw"],
+                grad_loss=gl,
+            )
+            s = 1.0
+        gx = gw = gb = None
+        if ctx.needs_input_grad[2]:
+            gx = torch.from_numpy(r.grad_inputs)
+            if s != 1.0:
+                gx = gx * s
+        if ctx.needs_input_grad[0]:
+            gw = _rows_to_grad(r.grad_weights.indices, r.grad_weights.values, weight_like, s, sparse)
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            gb = _rows_to_grad(r.grad_biases.indices, r.grad_biases.values, spec["bias_like"], s, sparse)
+        return gw, gb, gx, None
+
+
+def _sampled(
+    nce: bool,
+    weight: Any,
+    bias: Any,
+    labels: Any,
+    inputs: Any,
+    num_sampled: Any,
+    num_classes: Any,
+    num_true: Any,
+    sampled_values: Any,
+    remove_accidental_hits: Any,
+    seed: Any,
+    subtract_log_q: Any,
+    focal_gamma: Any,
+    reduction: Any,
+    sparse: bool = False,
+) -> torch.Tensor:
+    red = _reduction(reduction)
+    weight = _float_tensor(weight, "weight")
+    dt = weight.dtype
+    if bias is not None:
+        bias = _float_tensor(bias, "bias", dt)
+    inputs = _float_tensor(inputs, "inputs", dt)
+    lab = _as_np(labels, "labels")
+    sv = _sampled_values_np(sampled_values)
+    if sv is None:
+        # Draw here, so that a recomputation in backward sees the same candidates.
+        nt = as_int(num_true, "num_true", lo=1)
+        lab2 = np.asarray(lab)
+        if lab2.ndim == 1 and nt == 1:
+            lab2 = lab2.reshape(-1, 1)
+        nc = as_int(num_classes, "num_classes", lo=1)
+        if nc > weight.shape[0]:
+            raise ValueError(f"num_classes: is {nc} but weight has only {weight.shape[0]} rows")
+        sv = _zn.log_uniform_candidate_sampler(lab2, nt, num_sampled, True, nc, seed=seed)
+    need = torch.is_grad_enabled() and (
+        weight.requires_grad or inputs.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    spec = {
+        "loss": _zn.nce_loss if nce else _zn.sampled_softmax_loss,
+        "and_grad": _zn.nce_loss_and_grad if nce else _zn.sampled_softmax_loss_and_grad,
+        "labels": lab,
+        "args": (num_sampled, num_classes, num_true, sv, remove_accidental_hits, seed),
+        "kw": {"subtract_log_q": subtract_log_q, "focal_gamma": focal_gamma},
+        "reduction": red,
+        "fused": need and red != "none",
+        "sparse": sparse,
+        # Shapes and dtypes only: the gradient constructors need them, not the data.
+        "weight_like": (tuple(weight.shape), dt),
+        "bias_like": None if bias is None else (tuple(bias.shape), dt),
+    }
+    return _Sampled.apply(weight, bias, inputs, spec)
+
+
+def sampled_softmax_loss(
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: Any,
+    inputs: torch.Tensor,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = True,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Sampled softmax loss (``zipfnce.sampled_softmax_loss``) on torch tensors, differentiable.
+
+    ``weight`` ``[V, d]``, ``bias`` ``[V]`` or None, ``labels`` int ``[B]`` or ``[B, num_true]`` (tensor or
+    array), ``inputs`` ``[B, d]``. ``sampled_values``: None (a unique log-uniform draw over ``num_classes``,
+    made once per call, reproducible with ``seed``), TensorFlow's triple or a :class:`zipfnce.CandidateSample`
+    (tensors or arrays). ``reduction``: ``"none"`` (``[B]``), ``"mean"`` or ``"sum"`` (scalars). The weight
+    and bias gradients are dense tensors (O(V·d)); :class:`SampledSoftmaxLoss` with ``sparse=True`` avoids
+    it.
+    """
+    return _sampled(
+        False, weight, bias, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+        remove_accidental_hits, seed, subtract_log_q, focal_gamma, reduction,
+    )  # fmt: skip
+
+
+def nce_loss(
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    labels: Any,
+    inputs: torch.Tensor,
+    num_sampled: int,
+    num_classes: int,
+    num_true: int = 1,
+    sampled_values: Any = None,
+    remove_accidental_hits: bool = False,
+    seed: Optional[int] = None,
+    *,
+    subtract_log_q: bool = True,
+    focal_gamma: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """NCE loss (``zipfnce.nce_loss``) on torch tensors, differentiable; arguments as
+    :func:`sampled_softmax_loss`."""
+    return _sampled(
+        True, weight, bias, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+        remove_accidental_hits, seed, subtract_log_q, focal_gamma, reduction,
+    )  # fmt: skip
+
+
+class _InfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, keys, negatives, spec):  # type: ignore[override]
+        q, k = query.detach().numpy(), keys.detach().numpy()
+        n = None if negatives is None else negatives.detach().numpy()
+        ctx.spec = spec
+        ctx.has_neg = negatives is not None
+        if spec["fused"]:
+            gl = _fused_weight(spec["reduction"], q.shape[0])
+            r = _zn.info_nce_loss_and_grad(q, k, negatives=n, **spec["kw"], grad_loss=gl)
+            ctx.fused = r
+            loss = r.loss
+        else:
+            ctx.fused = None
+            loss = _zn.info_nce_loss(q, k, negatives=n, **spec["kw"])
+        ctx.save_for_backward(query, keys, negatives)
+        return torch.from_numpy(_reduce(loss, spec["reduction"]))
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        spec = ctx.spec
+        if ctx.fused is not None:
+            r, ctx.fused = ctx.fused, None
+            s = float(grad_output)
+        else:
+            query, keys, negatives = ctx.saved_tensors
+            r = _zn.info_nce_loss_and_grad(
+                query.detach().numpy(),
+                keys.detach().numpy(),
+                negatives=None if negatives is None else negatives.detach().numpy(),
+                grad_loss=_upstream_rows(grad_output, spec["reduction"], query.shape[0]),
+                **spec["kw"],
+            )
+            s = 1.0
+
+        def t(a: Optional[np.ndarray], i: int) -> Optional[torch.Tensor]:
+            if a is None or not ctx.needs_input_grad[i]:
+                return None
+            g = torch.from_numpy(a)
+            return g * s if s != 1.0 else g
+
+        return t(r.grad_query, 0), t(r.grad_keys, 1), t(r.grad_negatives, 2), None
+
+
+def info_nce_loss(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    negatives: Optional[torch.Tensor] = None,
+    temperature: float = 0.1,
+    key_log_q: Any = None,
+    negative_log_q: Any = None,
+    key_ids: Any = None,
+    negative_ids: Any = None,
+    symmetric: bool = False,
+    focal_gamma: float = 0.0,
+    max_logits_bytes: Optional[int] = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """InfoNCE (``zipfnce.info_nce_loss``) on torch tensors, differentiable in ``query``, ``keys`` and
+    ``negatives``. ``key_log_q``, ``negative_log_q``, ``key_ids``, ``negative_ids`` are constants (tensors or
+    arrays; no gradient flows to them). ``reduction`` as in :func:`sampled_softmax_loss`."""
+    red = _reduction(reduction)
+    query = _float_tensor(query, "query")
+    dt = query.dtype
+    keys = _float_tensor(keys, "keys", dt)
+    if negatives is not None:
+        negatives = _float_tensor(negatives, "negatives", dt)
+    kw = {
+        "temperature": temperature,
+        "key_log_q": _as_np(key_log_q, "key_log_q"),
+        "negative_log_q": _as_np(negative_log_q, "negative_log_q"),
+        "key_ids": _as_np(key_ids, "key_ids"),
+        "negative_ids": _as_np(negative_ids, "negative_ids"),
+        "symmetric": symmetric,
+        "focal_gamma": focal_gamma,
+        "max_logits_bytes": max_logits_bytes,
+    }
+    need = torch.is_grad_enabled() and (
+        query.requires_grad or keys.requires_grad or (negatives is not None and negatives.requires_grad)
+    )
+    spec = {"kw": kw, "reduction": red, "fused": need and red != "none"}
+    return _InfoNCE.apply(query, keys, negatives, spec)
+
+
+class _SampledLossModule(nn.Module):
+    _nce = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        num_sampled: int,
+        *,
+        sampler: Any = None,
+        num_true: int = 1,
+        remove_accidental_hits: Optional[bool] = None,
+        subtract_log_q: bool = True,
+        focal_gamma: float = 0.0,
+        reduction: str = "mean",
+        sparse: bool = False,
+        bias: bool = True,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = as_int(num_classes, "num_classes", lo=1)
+        self.embedding_dim = as_int(embedding_dim, "embedding_dim", lo=1)
+        self.num_sampled = as_int(num_sampled, "num_sampled", lo=1)
+        self.num_true = as_int(num_true, "num_true", lo=1)
+        if sampler is None:
+            sampler = _zn.LogUniformSampler(self.num_classes)
+        if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
+            raise TypeError(f"sampler: expected a zipfnce sampler, got {type(sampler).__name__}")
+        if sampler.range_max > self.num_classes:
+            raise ValueError(
+                f"sampler: draws from {sampler.range_max} classes but num_classes is {self.num_classes}"
+            )
+        self.sampler = sampler
+        hits = (not self._nce) if remove_accidental_hits is None else remove_accidental_hits
+        self.remove_accidental_hits = bool(hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.focal_gamma = float(focal_gamma)
+        self.reduction = _reduction(reduction)
+        self.sparse = bool(sparse)
+        dtype = torch.float32 if dtype is None else dtype
+        if dtype not in _FLOATS:
+            raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(self.num_classes, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight ~ N(0, 1/embedding_dim), bias 0."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, 1.0 / math.sqrt(self.embedding_dim))
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, num_sampled={self.num_sampled}, "
+            f"num_true={self.num_true}, sampler={self.sampler!r}, reduction={self.reduction!r}, sparse={self.sparse}"
+        )
+
+    def sample(self, labels: Any) -> Any:
+        """The candidates for one step: ``self.sampler.sample(num_sampled, true_classes=labels)``."""
+        return self.sampler.sample(self.num_sampled, unique=True, true_classes=labels)
+
+    def forward(self, inputs: torch.Tensor, labels: Any) -> torch.Tensor:
+        """``inputs`` ``[B, embedding_dim]``; ``labels`` int ``[B]`` or ``[B, num_true]``."""
+        lab = _as_np(labels, "labels")
+        lab = np.asarray(lab)
+        if lab.ndim == 1 and self.num_true == 1:
+            lab = lab.reshape(-1, 1)
+        if lab.dtype.kind not in "iu":
+            raise TypeError(f"labels: expected integer class ids, got dtype {lab.dtype}")
+        sv = self.sample(lab)
+        return _sampled(
+            self._nce, self.weight, self.bias, lab, inputs, self.num_sampled, self.num_classes, self.num_true,
+            sv, self.remove_accidental_hits, None, self.subtract_log_q, self.focal_gamma, self.reduction,
+            self.sparse,
+        )  # fmt: skip
+
+
+class SampledSoftmaxLoss(_SampledLossModule):
+    """Sampled softmax over ``num_classes`` that owns its output embedding (``weight`` ``[V, d]``, ``bias``
+    ``[V]``), like ``nn.AdaptiveLogSoftmaxWithLoss``.
+
+    ``forward(inputs, labels)`` draws ``num_sampled`` unique candidates from ``sampler`` (default
+    ``zipfnce.LogUniformSampler(num_classes)``; any zipfnce sampler, e.g. a seeded or unigram one) and returns
+    the loss reduced by ``reduction``. ``sparse=True`` gives ``weight`` and ``bias`` sparse gradients holding
+    only the rows used (as ``nn.Embedding(sparse=True)``; use ``torch.optim.SparseAdam`` or ``SGD``); with
+    ``sparse=False`` they are dense, which costs O(V·d) per step. ``bias=False`` drops the bias.
+    """
+
+    _nce = False
+
+
+class NCELoss(_SampledLossModule):
+    """NCE over ``num_classes`` with its own output embedding; as :class:`SampledSoftmaxLoss`
+    (``remove_accidental_hits`` defaults to False, as ``tf.nn.nce_loss``)."""
+
+    _nce = True
+
+
+class InfoNCELoss(nn.Module):
+    """InfoNCE / CLIP loss: ``forward(query, keys, negatives=None, **options)``; ``options`` are the other
+    keyword arguments of :func:`info_nce_loss` (``key_log_q``, ``key_ids``, ...), and may override the
+    constructor's ``temperature``, ``symmetric`` and ``focal_gamma`` for one call."""
+
+    def __init__(
+        self, temperature: float = 0.1, symmetric: bool = False, focal_gamma: float = 0.0, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        t = float(temperature)
+        if not t > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+        self.temperature = t
+        self.symmetric = bool(symmetric)
+        self.focal_gamma = float(focal_gamma)
+        self.reduction = _reduction(reduction)
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, symmetric={self.symmetric}, focal_gamma={self.focal_gamma}, "
+            f"reduction={self.reduction!r}"
+        )
+
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, negatives: Optional[torch.Tensor] = None, **options: Any
+    ) -> torch.Tensor:
+        kw = {
+            "temperature": self.temperature,
+            "symmetric": self.symmetric,
+            "focal_gamma": self.focal_gamma,
+            "reduction": self.reduction,
+        }
+        kw.update(options)
+        return info_nce_loss(query, keys, negatives=negatives, **kw)
