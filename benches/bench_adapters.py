@@ -104,7 +104,6 @@ def main() -> None:
     ap.add_argument("--frameworks", action="store_true", help="also time zipfnce.jax and zipfnce.tf (and tf.nn)")
     args = ap.parse_args()
     import torch
-
     import zipfnce as zn
 
     torch.set_num_threads(args.threads)

@@ -42,7 +42,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", str(_NT))
 os.environ.setdefault("OMP_NUM_THREADS", str(_NT))
 
 import numpy as np  # noqa: E402
-
 import zipfnce as zn  # noqa: E402
 
 try:

@@ -34,8 +34,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np
-import zipfnce as zn
+import numpy as np  # noqa: E402  (after the thread settings above)
+import zipfnce as zn  # noqa: E402
 
 B, D, V, S, S_ROW = 1024, 128, 1_000_000, 8192, 256
 

@@ -4,7 +4,6 @@ Run: ``pytest benches/bench_samplers.py --benchmark-only`` (the project's test r
 """
 
 import pytest
-
 from zipfnce.bench.cases import sampler_cases
 
 CASES = sampler_cases()

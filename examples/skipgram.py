@@ -71,7 +71,6 @@ if __name__ == "__main__":  # BLAS threads must be fixed before NumPy loads (the
             os.environ[_v] = _t
 
 import numpy as np
-
 import zipfnce as zn
 
 DTYPE = np.float32

@@ -13,10 +13,9 @@ import subprocess
 import sys
 import textwrap
 
+import _hardening as H  # noqa: F401 (tests dir on sys.path)
 import numpy as np
 import pytest
-
-import _hardening as H  # noqa: F401 (tests dir on sys.path)
 import zipfnce as zn
 
 

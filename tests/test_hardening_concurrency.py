@@ -12,10 +12,9 @@ import signal
 import threading
 import time
 
+import _hardening as H
 import numpy as np
 import pytest
-
-import _hardening as H
 import zipfnce as zn
 
 N_THREADS = 8

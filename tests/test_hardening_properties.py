@@ -16,13 +16,12 @@ Functions that are not in `zipfnce` yet (the losses) are skipped until their ent
 import os
 import re
 
+import _hardening as H
 import numpy as np
 import pytest
+import zipfnce as zn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import _hardening as H
-import zipfnce as zn
 
 PROFILE = settings(
     deadline=None,

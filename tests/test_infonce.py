@@ -16,7 +16,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 try:

@@ -4,9 +4,8 @@ the exactness of the Zipf normaliser, and the expected counts of unique sampling
 import mpmath
 import numpy as np
 import pytest
-from scipy import stats
-
 import zipfnce as zn
+from scipy import stats
 
 ALPHA = 1e-4  # a correct sampler fails one of these tests about once in ten thousand seeds
 

@@ -3,7 +3,6 @@ and inside tf.function; the samplers returning tensors."""
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 tf = pytest.importorskip("tensorflow")

@@ -7,7 +7,6 @@ accidental hits, the all-candidate sampler, shapes, dtypes and which arguments a
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 tf = pytest.importorskip("tensorflow")

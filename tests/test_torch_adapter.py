@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 torch = pytest.importorskip("torch")

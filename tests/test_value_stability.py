@@ -19,7 +19,6 @@ import sys
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 TC = np.array([[0, 5], [17, 99], [3, 3], [998, 1]], dtype=np.int64)

@@ -7,7 +7,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from .cases import all_cases
 from .runner import Result, format_time, run_case
