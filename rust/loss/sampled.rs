@@ -308,7 +308,33 @@ fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<Dims> 
             })
             .collect()
     };
+    crate::buf::ensure_memory("num_sampled", work_bytes::<T>(a, b, s, d, grad_loss.is_some()))?;
     Ok(Dims { b, d, s, lq_true: log_q(a.true_expected)?, lq_sampled: log_q(a.sampled_expected)? })
+}
+
+/// An upper bound of the bytes a call allocates besides its arguments (checked before anything large is
+/// allocated: the buffers come zeroed from the OS, so an impossible size would otherwise be found out
+/// only by the OOM killer while they are written).
+fn work_bytes<T>(a: &Args<'_, T>, b: usize, s: usize, d: usize, grad: bool) -> u128 {
+    let (b, s, d, nt) = (b as u128, s as u128, d as u128, a.num_true as u128);
+    let sz = std::mem::size_of::<T>() as u128;
+    let cand = if a.per_row { b * s } else { s };
+    // ln q of every column (f64), the true logits.
+    let mut n = (cand + b * nt) * 8 + b * nt * sz;
+    n += if a.per_row {
+        // Each worker thread's gathered rows and logits.
+        threads::num_threads() as u128 * (s * d + s + d) * sz
+    } else {
+        // The gathered rows of every block, and the kept logits (at most the budget).
+        s * d * sz + LOGIT_BUDGET as u128
+    };
+    if grad {
+        // dL/dx; the shared path's weight-row gradients per block; the per-row path's dL/dz;
+        // the sparse gradients: ids, their sort order and at most one row per entry.
+        n += b * d * sz + if a.per_row { cand * sz } else { s * d * sz };
+        n += (cand + b * nt) * (8 + 16 + d * sz + sz);
+    }
+    n
 }
 
 /// The bias of class `id` (0 without biases), checked finite.
