@@ -154,6 +154,9 @@ def _call(
     if sampled_values is None:
         if nc > v:
             raise ValueError(f"num_classes: is {nc} but weights has only {v} rows")
+        if lab.size and (lab.min() < 0 or lab.max() >= nc):
+            bad = lab.max() if lab.max() >= nc else lab.min()
+            raise ValueError(f"labels: class id {bad} is outside the default sampler's range [0, num_classes={nc})")
         ids, te, se = log_uniform_candidate_sampler(lab, nt, ns, True, nc, seed=sd)
     else:
         ids, te, se = _triple(sampled_values)
