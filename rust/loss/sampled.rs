@@ -880,8 +880,18 @@ fn forward_block<T: FastMath>(
                 for (col, (&bb, &q)) in blk.z.chunks_mut(n).zip(offsets) {
                     tile::add_offsets_vmax(&mut col[i0..i1], bb, q, ms);
                 }
+                // A row whose candidates in this block are all accidental hits has maximum −∞, and
+                // e^(z − m) would be e^(−∞ + ∞) = NaN: such rows subtract 0 instead (their entries become
+                // e^−∞ = 0, and their piece, sum 0, drops out of the merge). `m` itself stays −∞.
+                let safe: Vec<T>;
+                let ms_exp: &[T] = if ms.contains(&T::NEG_INFINITY) {
+                    safe = ms.iter().map(|&v| if v == T::NEG_INFINITY { T::ZERO } else { v }).collect();
+                    &safe
+                } else {
+                    ms
+                };
                 for col in blk.z.chunks_mut(n) {
-                    tile::vexp_sum(accs, &mut col[i0..i1], ms);
+                    tile::vexp_sum(accs, &mut col[i0..i1], ms_exp);
                 }
             }
             // Plain NCE keeps σ(z) for the backward pass; focal NCE keeps z.
@@ -1424,6 +1434,41 @@ mod tests {
         let e = loss(&Args { inputs: &big, weights: Weights::contiguous(&ones, p.v, p.d), ..a }).unwrap_err();
         assert_eq!(e.arg(), "inputs");
         assert!(loss_and_grad(&a, Some(&[1.0])).is_err());
+    }
+
+    #[test]
+    fn a_block_whose_candidates_are_all_masked_drops_out() {
+        // One candidate, equal to every row's label: softmax over the true column alone (loss 0, gradient
+        // 0). Its block's maximum is −∞ for every row, which used to give NaN and an "overflow" error.
+        let (v, d, b) = (3usize, 2usize, 4usize);
+        let w: Vec<f64> = (0..v * d).map(|i| i as f64 * 0.25 - 0.5).collect();
+        let x: Vec<f64> = (0..b * d).map(|i| 1.0 - i as f64 * 0.3).collect();
+        let labels = vec![1i64; b];
+        let (sampled, te, se) = (vec![1i64], vec![0.5f64; b], vec![0.5f64]);
+        for kind in [Kind::SampledSoftmax, Kind::Nce] {
+            let a = Args {
+                kind,
+                weights: Weights::contiguous(&w, v, d),
+                biases: None,
+                labels: &labels,
+                num_true: 1,
+                inputs: &x,
+                sampled: &sampled,
+                per_row: false,
+                true_expected: &te,
+                sampled_expected: &se,
+                remove_accidental_hits: true,
+                subtract_log_q: true,
+                focal_gamma: 0.0,
+            };
+            let g = loss_and_grad(&a, None).unwrap();
+            assert!(g.loss.iter().all(|l| l.is_finite()), "{kind:?}: {:?}", g.loss);
+            assert!(g.grad_inputs.iter().all(|l| l.is_finite()), "{kind:?}: {:?}", g.grad_inputs);
+            if kind == Kind::SampledSoftmax {
+                assert!(g.loss.iter().all(|&l| l == 0.0), "{:?}", g.loss);
+                assert!(g.grad_weights.values.iter().all(|&l| l == 0.0));
+            }
+        }
     }
 
     #[test]
