@@ -299,7 +299,8 @@ def test_unaligned_and_byte_swapped_loss_arguments_give_the_same_results(f, dtyp
     want = f(w, b, lab, x, 6, 30, 2, sv)
     te, se = sv.true_expected_count.astype(dtype), sv.sampled_expected_count.astype(dtype)
     for change in (_unaligned, lambda a: a.astype(a.dtype.newbyteorder(">"))):
-        got = f(change(w), change(b), change(lab), change(x), 6, 30, 2, (change(sv.ids), change(te), change(se)))
+        sv2 = (change(sv.ids), change(te), change(se))
+        got = f(change(w), change(b), change(lab), change(x), 6, 30, 2, sv2)
         for g, e in zip(_loss_parts(got), _loss_parts(want)):
             H._same(g, e)  # byte-swapped weights were a TypeError ("got dtype >f8")
 
@@ -315,8 +316,8 @@ def test_the_loss_binding_refuses_unaligned_arrays():
                       ("grad_loss", "gl")]:
         a = dict(ok, **{key: _unaligned(ok[key])})
         with pytest.raises(ValueError, match=f"^{name}:.*aligned"):
-            _core.sampled_loss(False, a["w"], a["b"], a["lab"], a["x"], a["ids"], a["te"], a["se"], True, True,
-                               0.0, True, a["gl"])
+            _core.sampled_loss(False, a["w"], a["b"], a["lab"], a["x"], a["ids"], a["te"], a["se"], True,
+                               True, 0.0, True, a["gl"])
 
 
 @pytest.mark.parametrize("f", LOSSES)

@@ -19,7 +19,8 @@ gradients (TensorFlow adds ``-FLT_MAX``, which has the same effect). True column
 
 Float math runs in the dtype of ``weights`` (float32 or float64); the other float arguments are converted to
 it. ``weights`` is read in place (only the rows used are touched); a weights array with negative strides or
-misaligned data, or in non-native byte order, is copied first. Non-finite values in ``inputs``, ``grad_loss``, the rows of ``weights`` and
+misaligned data, or in non-native byte order, is copied first. Non-finite values in ``inputs``,
+``grad_loss``, the rows of ``weights`` and
 entries of ``biases`` that the call uses, non-positive expected counts (with ``subtract_log_q``) and logits
 that overflow the float type raise ``ValueError`` rather than return NaN.
 """
@@ -156,7 +157,9 @@ def _call(
             raise ValueError(f"num_classes: is {nc} but weights has only {v} rows")
         if lab.size and (lab.min() < 0 or lab.max() >= nc):
             bad = lab.max() if lab.max() >= nc else lab.min()
-            raise ValueError(f"labels: class id {bad} is outside the default sampler's range [0, num_classes={nc})")
+            raise ValueError(
+                f"labels: class id {bad} is outside the default sampler's range [0, num_classes={nc})"
+            )
         ids, te, se = log_uniform_candidate_sampler(lab, nt, ns, True, nc, seed=sd)
     else:
         ids, te, se = _triple(sampled_values)
