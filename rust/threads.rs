@@ -6,6 +6,7 @@
 //! parent's. Results never depend on the pool's size: callers split work into fixed-size pieces.
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 struct Pool {
@@ -15,7 +16,9 @@ struct Pool {
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
-static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
+/// The requested size, 0 when unset. An atomic rather than a lock: a child forked while a parent thread held
+/// a lock would wait for it forever.
+static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Upper bound on the pool size, far above any machine's core count, to reject nonsense.
 pub const MAX_THREADS: usize = 4096;
@@ -38,7 +41,10 @@ fn default_threads() -> usize {
 
 /// The number of threads the library's calls use.
 pub fn num_threads() -> usize {
-    lock(&REQUESTED).unwrap_or_else(default_threads)
+    match REQUESTED.load(Ordering::Relaxed) {
+        0 => default_threads(),
+        n => n,
+    }
 }
 
 /// Set the number of threads of the library's pool (takes effect at the next call).
@@ -46,33 +52,48 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 || n > MAX_THREADS {
         return Err(Error::value("n", format!("must be between 1 and {MAX_THREADS}, got {n}")));
     }
-    *lock(&REQUESTED) = Some(n);
+    REQUESTED.store(n, Ordering::Relaxed);
     Ok(())
+}
+
+/// Put `p` in the slot and return what it held; a pool of another process (the parent, before a fork) is
+/// leaked, not returned: its workers do not exist here, and dropping it would try to signal them.
+fn swap_in(slot: &mut Option<Pool>, p: Option<Pool>, pid: u32) -> Option<Pool> {
+    let old = std::mem::replace(slot, p);
+    match old {
+        Some(o) if o.pid != pid => {
+            std::mem::forget(o);
+            None
+        }
+        o => o,
+    }
 }
 
 fn pool() -> Result<Arc<rayon::ThreadPool>> {
     let want = num_threads();
     let pid = std::process::id();
-    let mut guard = lock(&POOL);
-    if let Some(p) = guard.as_ref() {
-        if p.pid == pid && p.threads == want {
-            return Ok(p.pool.clone());
+    {
+        let guard = lock(&POOL);
+        if let Some(p) = guard.as_ref() {
+            if p.pid == pid && p.threads == want {
+                return Ok(p.pool.clone());
+            }
         }
     }
-    if let Some(old) = guard.take() {
-        if old.pid != pid {
-            // Forked child: the parent's workers do not exist here, and dropping the pool would try to
-            // signal them. Leak it deliberately (a few words of memory, once per fork).
-            std::mem::forget(old);
-        }
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(want)
-        .thread_name(|i| format!("zipfnce-{i}"))
-        .build()
-        .map_err(|e| Error::Threads { msg: e.to_string() })?;
-    let pool = Arc::new(pool);
-    *guard = Some(Pool { pid, threads: want, pool: pool.clone() });
+    // The lock is held only for the few instructions above and below, never while threads are spawned or
+    // joined: a fork that lands while another thread holds it leaves the child waiting on it forever.
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(want)
+            .thread_name(|i| format!("zipfnce-{i}"))
+            .build()
+            .map_err(|e| Error::Threads { msg: e.to_string() })?,
+    );
+    let old = {
+        let mut guard = lock(&POOL);
+        swap_in(&mut guard, Some(Pool { pid, threads: want, pool: pool.clone() }), pid)
+    };
+    drop(old); // (outside the lock: this joins nothing, but signals the old pool's workers to stop)
     Ok(pool)
 }
 

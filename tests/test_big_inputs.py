@@ -122,10 +122,23 @@ LOSS_CHILD = textwrap.dedent('''
     rng = np.random.default_rng(0)
     labels = rng.integers(0, V, size=(B, 1))
     x = rng.standard_normal((B, D)).astype(np.float32)
+    sv = zn.LogUniformSampler(V, seed=0).sample(S, true_classes=labels, seed=1)
+    used = np.unique(np.concatenate([labels.ravel(), sv.ids]))
+    rows = (0.1 * rng.standard_normal((used.size, D))).astype(np.float32)
+    w[used] = rows  # the only rows the call reads (a few MiB of pages)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    loss = zn.sampled_softmax_loss(w, None, labels, x, S, V, seed=1)
+    loss = zn.sampled_softmax_loss(w, None, labels, x, S, V, sampled_values=sv)
+    out = zn.sampled_softmax_loss_and_grad(w, None, labels, x, S, V, sampled_values=sv)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The same problem with the used rows packed into a small matrix (ids renumbered in the same order):
+    # the same arithmetic in the same order, so the same bits.
+    small = zn.sampled_softmax_loss_and_grad(rows, None, np.searchsorted(used, labels), x, S, used.size,
+        sampled_values=(np.searchsorted(used, sv.ids), sv.true_expected_count, sv.sampled_expected_count))
     assert loss.shape == (B,) and loss.dtype == np.float32 and np.all(np.isfinite(loss))
+    assert np.array_equal(loss, small.loss) and np.array_equal(out.loss, small.loss)
+    assert np.array_equal(out.grad_inputs, small.grad_inputs)
+    assert np.array_equal(out.grad_weights.indices, used[small.grad_weights.indices])
+    assert np.array_equal(out.grad_weights.values, small.grad_weights.values)
     print(after - before, w.nbytes)
 ''')
 
@@ -138,3 +151,41 @@ def test_loss_reads_5gb_of_weights_in_place(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     grown, size = map(int, out.stdout.split())
     assert grown < 0.05 * size, f"peak memory grew by {grown >> 20} MiB for {size >> 20} MiB of weights"
+
+
+def _loss_call(case):
+    """Loss calls whose arguments are small or broadcast views (no memory behind them) but whose copies or
+    work buffers cannot fit under the child's 6 GiB cap."""
+    f32 = np.float32
+    try:
+        if case == "shared work buffers":
+            # 2^24 candidates of 256 floats: 16 GiB of gathered rows. The arguments take 192 MiB.
+            v, d, s = 2**24, 256, 2**24
+            w = np.broadcast_to(np.full((1, d), 0.01, f32), (v, d))
+            sv = (np.arange(s), np.ones((4, 1), f32), np.ones(s, f32))
+            zn.sampled_softmax_loss_and_grad(w, None, np.zeros((4, 1), np.int64), np.ones((4, d), f32), s, v,
+                                             sampled_values=sv)
+        elif case == "per-row ids":
+            # [2^14, 2^16] int64 candidates, a broadcast view: the binding's copy of them takes 8 GiB (and
+            # aborted). Straight into the binding: the Python layer would refuse the counts' copy first.
+            b, s = 2**14, 2**16
+            ids = np.broadcast_to(np.int64(0), (b, s))
+            se = np.broadcast_to(f32(1), (b, s))
+            zn._core.sampled_loss(True, np.ones((2, 4), f32), None, np.zeros((b, 1), np.int64),
+                                  np.ones((b, 4), f32), ids, np.ones((b, 1), f32), se, False, True, 0.0, False)
+        elif case == "per-row counts":
+            b, s = 2**14, 2**16
+            se = np.broadcast_to(f32(1), (b, s))  # a float64 copy of it is 8 GiB
+            zn.nce_loss(np.ones((2, 4)), None, np.zeros(b, np.int64), np.ones((b, 4)), s, 2,
+                        sampled_values=(np.zeros((b, s), np.int8), np.ones(b), se))
+    except Exception as e:
+        return type(e).__name__, str(e)
+    return "no error", ""
+
+
+@pytest.mark.parametrize("case,name", [("shared work buffers", "num_sampled"),
+                                       ("per-row ids", "sampled_values"),
+                                       ("per-row counts", "sampled_values")])
+def test_loss_work_that_cannot_fit_is_a_value_error(case, name):
+    typ, msg = _run("_loss_call", case=case)
+    assert typ == "ValueError" and msg.startswith(name + ":") and "memory" in msg, (typ, msg)

@@ -65,6 +65,21 @@ if hasattr(zn, "sampled_softmax_loss"):
                                                                               seed=21))))
     if hasattr(zn, "nce_loss"):
         CALLS.append(("nce_loss", lambda: _t(zn.nce_loss(_W, _B, _L, _X, 512, 20_000, seed=22))))
+    if hasattr(zn, "nce_loss_and_grad"):
+        # Gradients (the parallel backward pass and the sparse sums), per-row candidates, float64, focal.
+        _G = rng.standard_normal(256).astype(np.float32)
+        _L3 = rng.integers(0, 20_000, size=(256, 3))
+        _PER_ROW = LOGU.sample_per_row(_L3 % V, 64, seed=23)
+        _PER_ROW = (_PER_ROW.ids % 20_000, _PER_ROW.true_expected_count, _PER_ROW.sampled_expected_count)
+        _W64 = _W.astype(np.float64)
+
+        def _flat(g):
+            return (g.loss, g.grad_inputs, *g.grad_weights, *(g.grad_biases or ()))
+
+        CALLS.append(("sampled_softmax_loss_and_grad", lambda: _flat(zn.sampled_softmax_loss_and_grad(
+            _W, _B, _L, _X, 2048, 20_000, seed=24, grad_loss=_G))))
+        CALLS.append(("nce_loss_and_grad per row", lambda: _flat(zn.nce_loss_and_grad(
+            _W64, None, _L3, _X, 64, 20_000, 3, sampled_values=_PER_ROW, focal_gamma=1.5))))
 if hasattr(zn, "info_nce_loss"):
     _Q = rng.standard_normal((256, 64)).astype(np.float32)
     _K = rng.standard_normal((256, 64)).astype(np.float32)
@@ -218,7 +233,8 @@ class _Rows:
         return 6
 
     def __getitem__(self, i):
-        name, f = CALLS[i % len(CALLS)]
+        # The first calls (samplers) and the last ones (losses, when present).
+        name, f = CALLS[i] if i < 3 else CALLS[len(CALLS) - (i - 2)]
         return name, f()
 
 

@@ -87,7 +87,10 @@ def test_hostile_arguments_are_named_errors_or_correct_results(worker, name):
         arg = data.draw(st.sampled_from(targets), label="hostile argument")
         base_args = dict(args)
         args = dict(args)
-        args[arg] = data.draw(hostile[arg], label=arg)
+        bad = data.draw(hostile[arg], label=arg)
+        if isinstance(bad, H.Mutate):  # a variant of the valid argument
+            bad = H.Mutate(bad.how, args[arg])
+        args[arg] = bad
         recipe = H.assemble((kind, args), name, hostile=arg)
         outcome = worker.run(recipe)
         statuses.append(outcome["status"])
@@ -109,6 +112,9 @@ def test_every_public_function_is_registered():
     """A public name of zipfnce that no registry entry covers fails here: register it in _hardening.py."""
     covered = {
         "CandidateSample": None,
+        # Result types: their fields are checked by the entries of the functions that return them.
+        "LossAndGrad": "sampled_softmax_loss_and_grad",
+        "SparseGrad": "nce_loss_and_grad",
         "LogUniformSampler": "Sampler.__init__",
         "UniformSampler": "Sampler.__init__",
         "UnigramSampler": "Sampler.__init__",
@@ -244,3 +250,97 @@ def test_huge_and_odd_scalars():
         s.sample(True)
     # num_tries up to 2^63 - 1: every count saturates at 1.
     np.testing.assert_array_equal(s.expected_count([0, 50, 99], 3, 2**63 - 1), np.ones(3, np.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Regressions of the losses (API.md sections 2-3)
+# ----------------------------------------------------------------------------------------------------------
+
+LOSSES = [zn.sampled_softmax_loss, zn.nce_loss, zn.sampled_softmax_loss_and_grad, zn.nce_loss_and_grad]
+
+
+def _loss_problem(dtype=np.float64):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((30, 4)).astype(dtype)
+    b = rng.standard_normal(30).astype(dtype)
+    x = rng.standard_normal((5, 4)).astype(dtype)
+    lab = rng.integers(0, 30, size=(5, 2))
+    sv = zn.LogUniformSampler(30, seed=0).sample(6, true_classes=lab, seed=2)
+    return w, b, lab, x, sv
+
+
+def _loss_parts(out):
+    return tuple(out) if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("f", LOSSES)
+@pytest.mark.parametrize("arg", ["weights", "biases", "inputs", "true_expected", "grad_loss"])
+def test_ragged_loss_arguments_are_named(f, arg):
+    w, b, lab, x, sv = _loss_problem()
+    kw = dict(weights=w, biases=b, labels=lab, inputs=x, num_sampled=6, num_classes=30, num_true=2,
+              sampled_values=sv)
+    ragged = [[1.0, 2.0], [3.0]]
+    name = arg
+    if arg == "true_expected":
+        kw["sampled_values"], name = (sv.ids, ragged, sv.sampled_expected_count), "sampled_values"
+    elif arg == "grad_loss":
+        if "grad" not in f.__name__:
+            return
+        kw["grad_loss"] = ragged
+    else:
+        kw[arg] = ragged
+    with pytest.raises(ValueError, match=f"^{name}:"):  # numpy's own message named nothing
+        f(**kw)
+
+
+@pytest.mark.parametrize("f", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unaligned_and_byte_swapped_loss_arguments_give_the_same_results(f, dtype):
+    w, b, lab, x, sv = _loss_problem(dtype)
+    want = f(w, b, lab, x, 6, 30, 2, sv)
+    te, se = sv.true_expected_count.astype(dtype), sv.sampled_expected_count.astype(dtype)
+    for change in (_unaligned, lambda a: a.astype(a.dtype.newbyteorder(">"))):
+        sv2 = (change(sv.ids), change(te), change(se))
+        got = f(change(w), change(b), change(lab), change(x), 6, 30, 2, sv2)
+        for g, e in zip(_loss_parts(got), _loss_parts(want)):
+            H._same(g, e)  # byte-swapped weights were a TypeError ("got dtype >f8")
+
+
+def test_the_loss_binding_refuses_unaligned_arrays():
+    from zipfnce import _core
+
+    w, b, lab, x, sv = _loss_problem()
+    te, se = sv.true_expected_count.astype(np.float64), sv.sampled_expected_count.astype(np.float64)
+    ok = dict(w=w, b=b, lab=lab, x=x, ids=sv.ids, te=te, se=se, gl=np.ones(5))
+    for name, key in [("weights", "w"), ("biases", "b"), ("labels", "lab"), ("inputs", "x"),
+                      ("sampled_values", "ids"), ("sampled_values", "te"), ("sampled_values", "se"),
+                      ("grad_loss", "gl")]:
+        a = dict(ok, **{key: _unaligned(ok[key])})
+        with pytest.raises(ValueError, match=f"^{name}:.*aligned"):
+            _core.sampled_loss(False, a["w"], a["b"], a["lab"], a["x"], a["ids"], a["te"], a["se"], True,
+                               True, 0.0, True, a["gl"])
+
+
+@pytest.mark.parametrize("f", LOSSES)
+def test_labels_outside_the_default_samplers_range_are_named(f):
+    w, b, lab, x, _ = _loss_problem()
+    with pytest.raises(ValueError, match="^labels:.*num_classes"):  # blamed "true_classes", not an argument
+        f(w, b, lab, x, 3, 10, 2, seed=1)
+
+
+@pytest.mark.parametrize("f", LOSSES)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_candidates_that_are_all_accidental_hits_drop_out(f, per_row):
+    """One candidate, equal to every row's label: softmax over the true column alone. The shared path gave
+    e^(-inf + inf) = NaN for the block and reported an overflow of `inputs`."""
+    rng = np.random.default_rng(1)
+    w, x = rng.standard_normal((3, 2)), rng.standard_normal((4, 2))
+    ids = np.ones((4, 1) if per_row else 1, np.int64)
+    out = f(w, None, [1] * 4, x, 1, 3, sampled_values=(ids, np.full(4, 0.5), np.full(ids.shape, 0.5)),
+            remove_accidental_hits=True)
+    loss = out[0] if isinstance(out, tuple) else out
+    z = x @ w[1] - np.log(0.5)
+    want = 0.0 * z if "softmax" in f.__name__ else np.logaddexp(0, -z)  # NCE: the true column's term
+    np.testing.assert_allclose(loss, want, atol=1e-12)
+    if isinstance(out, tuple):
+        assert np.all(np.isfinite(out.grad_inputs))

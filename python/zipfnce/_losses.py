@@ -19,7 +19,8 @@ gradients (TensorFlow adds ``-FLT_MAX``, which has the same effect). True column
 
 Float math runs in the dtype of ``weights`` (float32 or float64); the other float arguments are converted to
 it. ``weights`` is read in place (only the rows used are touched); a weights array with negative strides or
-misaligned data is copied first. Non-finite values in ``inputs``, ``grad_loss``, the rows of ``weights`` and
+misaligned data, or in non-native byte order, is copied first. Non-finite values in ``inputs``,
+``grad_loss``, the rows of ``weights`` and
 entries of ``biases`` that the call uses, non-positive expected counts (with ``subtract_log_q``) and logits
 that overflow the float type raise ``ValueError`` rather than return NaN.
 """
@@ -32,7 +33,7 @@ import numpy as np
 
 from . import _core
 from ._dropins import log_uniform_candidate_sampler
-from ._validate import MAX_COUNT, as_flag, as_float, as_ids, as_int, as_seed
+from ._validate import MAX_COUNT, as_array, as_flag, as_float, as_ids, as_int, as_seed, ensure_memory
 
 __all__ = [
     "SparseGrad",
@@ -62,9 +63,13 @@ class LossAndGrad(NamedTuple):
 
 
 def _weights(w: Any) -> np.ndarray:
-    a = w if isinstance(w, np.ndarray) else np.asarray(w)
-    if a.dtype not in (np.float32, np.float64):
+    a = as_array(w, "weights")  # (copies an unaligned array)
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
         raise TypeError(f"weights: expected a float32 or float64 array, got dtype {a.dtype}")
+    if not a.dtype.isnative:
+        # Byte-swapped floats (read from a big-endian file, say): the kernels need native ones.
+        ensure_memory("weights", a.nbytes)
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.ndim != 2:
         raise ValueError(f"weights: must be [num_classes, dim], got shape {a.shape}")
     if a.size == 0:
@@ -76,11 +81,15 @@ def _weights(w: Any) -> np.ndarray:
 
 def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     """``x`` as a C-contiguous array of ``dtype`` (float, or for ``grad_loss`` also integer, input)."""
-    a = np.asarray(x)
+    a = as_array(x, name)  # (names the argument in numpy's complaints; copies an unaligned array)
     ok = "f" if name != "grad_loss" else "fiu"
     if a.dtype.kind not in ok:
         raise TypeError(f"{name}: expected floats, got dtype {a.dtype}")
-    return np.asarray(a, dtype=dtype, order="C")
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        # A copy: refuse one that cannot fit (a broadcast view can be far larger than its memory).
+        ensure_memory(name, a.size * np.dtype(dtype).itemsize)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which the core reports
+        return np.asarray(a, dtype=dtype, order="C")
 
 
 def _triple(sampled_values: Any) -> Tuple[Any, Any, Any]:
@@ -146,6 +155,11 @@ def _call(
     if sampled_values is None:
         if nc > v:
             raise ValueError(f"num_classes: is {nc} but weights has only {v} rows")
+        if lab.size and (lab.min() < 0 or lab.max() >= nc):
+            bad = lab.max() if lab.max() >= nc else lab.min()
+            raise ValueError(
+                f"labels: class id {bad} is outside the default sampler's range [0, num_classes={nc})"
+            )
         ids, te, se = log_uniform_candidate_sampler(lab, nt, ns, True, nc, seed=sd)
     else:
         ids, te, se = _triple(sampled_values)

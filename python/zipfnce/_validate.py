@@ -81,6 +81,8 @@ def as_ids(x: Any, name: str) -> np.ndarray:
     """``x`` as an int64 array (any integer dtype; floats, bools and objects are a TypeError)."""
     a = as_array(x, name)
     if a.dtype != np.int64:
+        if a.dtype.kind in "iu":
+            ensure_memory(name, a.size * 8)  # the int64 copy below (of a broadcast view, say) must fit
         kind = a.dtype.kind
         if kind == "u":
             if a.size and int(a.max()) > INT64_MAX:

@@ -308,7 +308,33 @@ fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<Dims> 
             })
             .collect()
     };
+    crate::buf::ensure_memory("num_sampled", work_bytes::<T>(a, b, s, d, grad_loss.is_some()))?;
     Ok(Dims { b, d, s, lq_true: log_q(a.true_expected)?, lq_sampled: log_q(a.sampled_expected)? })
+}
+
+/// An upper bound of the bytes a call allocates besides its arguments (checked before anything large is
+/// allocated: the buffers come zeroed from the OS, so an impossible size would otherwise be found out
+/// only by the OOM killer while they are written).
+fn work_bytes<T>(a: &Args<'_, T>, b: usize, s: usize, d: usize, grad: bool) -> u128 {
+    let (b, s, d, nt) = (b as u128, s as u128, d as u128, a.num_true as u128);
+    let sz = std::mem::size_of::<T>() as u128;
+    let cand = if a.per_row { b * s } else { s };
+    // ln q of every column (f64), the true logits.
+    let mut n = (cand + b * nt) * 8 + b * nt * sz;
+    n += if a.per_row {
+        // Each worker thread's gathered rows and logits.
+        threads::num_threads() as u128 * (s * d + s + d) * sz
+    } else {
+        // The gathered rows of every block, and the kept logits (at most the budget).
+        s * d * sz + LOGIT_BUDGET as u128
+    };
+    if grad {
+        // dL/dx; the shared path's weight-row gradients per block; the per-row path's dL/dz;
+        // the sparse gradients: ids, their sort order and at most one row per entry.
+        n += b * d * sz + if a.per_row { cand * sz } else { s * d * sz };
+        n += (cand + b * nt) * (8 + 16 + d * sz + sz);
+    }
+    n
 }
 
 /// The bias of class `id` (0 without biases), checked finite.
@@ -854,8 +880,18 @@ fn forward_block<T: FastMath>(
                 for (col, (&bb, &q)) in blk.z.chunks_mut(n).zip(offsets) {
                     tile::add_offsets_vmax(&mut col[i0..i1], bb, q, ms);
                 }
+                // A row whose candidates in this block are all accidental hits has maximum −∞, and
+                // e^(z − m) would be e^(−∞ + ∞) = NaN: such rows subtract 0 instead (their entries become
+                // e^−∞ = 0, and their piece, sum 0, drops out of the merge). `m` itself stays −∞.
+                let safe: Vec<T>;
+                let ms_exp: &[T] = if ms.contains(&T::NEG_INFINITY) {
+                    safe = ms.iter().map(|&v| if v == T::NEG_INFINITY { T::ZERO } else { v }).collect();
+                    &safe
+                } else {
+                    ms
+                };
                 for col in blk.z.chunks_mut(n) {
-                    tile::vexp_sum(accs, &mut col[i0..i1], ms);
+                    tile::vexp_sum(accs, &mut col[i0..i1], ms_exp);
                 }
             }
             // Plain NCE keeps σ(z) for the backward pass; focal NCE keeps z.
@@ -1398,6 +1434,41 @@ mod tests {
         let e = loss(&Args { inputs: &big, weights: Weights::contiguous(&ones, p.v, p.d), ..a }).unwrap_err();
         assert_eq!(e.arg(), "inputs");
         assert!(loss_and_grad(&a, Some(&[1.0])).is_err());
+    }
+
+    #[test]
+    fn a_block_whose_candidates_are_all_masked_drops_out() {
+        // One candidate, equal to every row's label: softmax over the true column alone (loss 0, gradient
+        // 0). Its block's maximum is −∞ for every row, which used to give NaN and an "overflow" error.
+        let (v, d, b) = (3usize, 2usize, 4usize);
+        let w: Vec<f64> = (0..v * d).map(|i| i as f64 * 0.25 - 0.5).collect();
+        let x: Vec<f64> = (0..b * d).map(|i| 1.0 - i as f64 * 0.3).collect();
+        let labels = vec![1i64; b];
+        let (sampled, te, se) = (vec![1i64], vec![0.5f64; b], vec![0.5f64]);
+        for kind in [Kind::SampledSoftmax, Kind::Nce] {
+            let a = Args {
+                kind,
+                weights: Weights::contiguous(&w, v, d),
+                biases: None,
+                labels: &labels,
+                num_true: 1,
+                inputs: &x,
+                sampled: &sampled,
+                per_row: false,
+                true_expected: &te,
+                sampled_expected: &se,
+                remove_accidental_hits: true,
+                subtract_log_q: true,
+                focal_gamma: 0.0,
+            };
+            let g = loss_and_grad(&a, None).unwrap();
+            assert!(g.loss.iter().all(|l| l.is_finite()), "{kind:?}: {:?}", g.loss);
+            assert!(g.grad_inputs.iter().all(|l| l.is_finite()), "{kind:?}: {:?}", g.grad_inputs);
+            if kind == Kind::SampledSoftmax {
+                assert!(g.loss.iter().all(|&l| l == 0.0), "{:?}", g.loss);
+                assert!(g.grad_weights.values.iter().all(|&l| l == 0.0));
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (`python/zipfnce/_losses.py`) has already checked shapes and converted every float argument to the dtype
 //! of `weights`; this file borrows the arrays, releases the GIL and returns NumPy arrays.
 
-use super::{err, to_vec, to_vec2};
+use super::{check_aligned, err, to_vec, to_vec2};
+use crate::buf::ensure_memory;
 use crate::error::Error;
 use crate::loss::sampled::{self, Args, Kind, Weights};
 use crate::loss::tile::FastMath;
@@ -23,6 +24,10 @@ fn small<T: numpy::Element + crate::float::Float>(
     let a = a
         .cast::<PyArrayDyn<T>>()
         .map_err(|_| err(Error::ty(arg, format!("expected a {} array", T::NAME))))?;
+    check_aligned(a.is_aligned(), arg)?;
+    // The copy below is infallible: a view that is far larger than its memory (np.broadcast_to) must be
+    // refused here rather than abort or be OOM-killed while being copied.
+    ensure_memory(arg, a.len() as u128 * std::mem::size_of::<T>() as u128).map_err(err)?;
     Ok(to_vec(&a.readonly()))
 }
 
@@ -47,6 +52,11 @@ fn run<'py, T: FastMath + numpy::Element>(
     call: &Call<'_, 'py>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let Call { kind, biases, labels, inputs, sampled, true_expected, sampled_expected, flags, grad } = *call;
+    check_aligned(weights.is_aligned(), "weights")?;
+    check_aligned(labels.is_aligned(), "labels")?;
+    check_aligned(sampled.is_aligned(), "sampled_values")?;
+    ensure_memory("labels", labels.len() as u128 * 8).map_err(err)?;
+    ensure_memory("sampled_values", sampled.len() as u128 * 8).map_err(err)?;
     let w = weights.readonly();
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let item = std::mem::size_of::<T>() as isize;
