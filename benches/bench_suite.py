@@ -6,7 +6,6 @@ Run: ``pytest benches/bench_suite.py --benchmark-only`` (add ``-k InfoNCE`` etc.
 """
 
 import pytest
-
 from zipfnce.bench.cases import all_cases
 
 CASES = all_cases()
