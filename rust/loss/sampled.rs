@@ -21,9 +21,9 @@
 //! Weight and bias gradients come back sparse: the sorted unique ids touched, rows summed over duplicates.
 
 use super::tile::{self, FastMath, Lse, Mat, MatMut, Op, Scratch};
+use crate::buf::zeroed;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::sampler::unique::try_vec;
 use crate::threads;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -608,7 +608,7 @@ fn run<T: FastMath>(a: &Args<'_, T>, dims: &Dims, c: Option<&[T]>) -> Result<Out
 /// The true logits `[B, T]`: x_b·w_t + b_t − ln q_t.
 fn true_logits<T: FastMath>(a: &Args<'_, T>, dims: &Dims) -> Result<Vec<T>> {
     let (nt, d) = (a.num_true, dims.d);
-    let mut zt: Vec<T> = try_vec("labels", a.labels.len())?;
+    let mut zt: Vec<T> = zeroed("labels", a.labels.len())?;
     let res: Vec<Result<()>> = zt
         .par_chunks_mut(ROW_TASK * nt)
         .enumerate()
@@ -690,7 +690,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
         .map(|(bi, hits)| {
             let c0 = bi * nb;
             let w = nb.min(s - c0);
-            let mut rows: Vec<T> = try_vec("num_sampled", w * d)?;
+            let mut rows: Vec<T> = zeroed("num_sampled", w * d)?;
             let mut off_b = vec![T::ZERO; w];
             let mut off_q = vec![T::ZERO; w];
             for j in 0..w {
@@ -714,7 +714,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
                 hits,
                 z: Vec::new(),
                 m: Vec::new(),
-                gw: if grad { try_vec("num_sampled", w * d)? } else { Vec::new() },
+                gw: if grad { zeroed("num_sampled", w * d)? } else { Vec::new() },
                 gb: if grad { vec![T::ZERO; w] } else { Vec::new() },
             })
         })
@@ -723,7 +723,7 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
 
     let mut loss: Vec<T> = vec![T::ZERO; b];
     let mut gt: Vec<T> = vec![T::ZERO; b * nt];
-    let mut gx: Vec<T> = if c.is_some() { try_vec("inputs", b * d)? } else { Vec::new() };
+    let mut gx: Vec<T> = if c.is_some() { zeroed("inputs", b * d)? } else { Vec::new() };
 
     for r0 in (0..b).step_by(chunk) {
         let n = chunk.min(b - r0);
@@ -1000,8 +1000,8 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
     let grad = c.is_some();
     let mut loss = vec![T::ZERO; b];
     let mut gt = vec![T::ZERO; b * nt];
-    let mut g: Vec<T> = if grad { try_vec("sampled_values", b * s)? } else { Vec::new() };
-    let mut gx: Vec<T> = if grad { try_vec("inputs", b * d)? } else { Vec::new() };
+    let mut g: Vec<T> = if grad { zeroed("sampled_values", b * s)? } else { Vec::new() };
+    let mut gx: Vec<T> = if grad { zeroed("inputs", b * d)? } else { Vec::new() };
     let row_task = 4;
     {
         let mut gx_chunks: Vec<&mut [T]> = if grad {
@@ -1024,7 +1024,7 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
                 || (Vec::new(), vec![T::ZERO; s], vec![T::ZERO; d]),
                 |(rows, z, wt), (task, (((l, gtc), gxc), gc))| {
                     if rows.len() != s * d {
-                        *rows = try_vec("sampled_values", s * d)?;
+                        *rows = zeroed("sampled_values", s * d)?;
                     }
                     for (i, li) in l.iter_mut().enumerate() {
                         let r = task * row_task + i;
@@ -1115,7 +1115,7 @@ fn sparse<T: Float>(
     }
     starts.push(order.len());
     let u = uniq.len();
-    let mut values: Vec<T> = try_vec("weights", u * d)?;
+    let mut values: Vec<T> = zeroed("weights", u * d)?;
     const GROUP: usize = 64;
     values.par_chunks_mut(GROUP * d).enumerate().for_each(|(task, out)| {
         for (i, row) in out.chunks_mut(d).enumerate() {

@@ -173,7 +173,7 @@ impl Scratch {
                 v.resize(len, T::ZERO);
                 Ok(v)
             }
-            None => crate::sampler::unique::try_vec(arg, len),
+            None => crate::buf::zeroed(arg, len),
         }
     }
 

@@ -13,7 +13,7 @@
 //! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
 
 use super::Distribution;
-use crate::buf::{ensure_memory, fill_together, zeroed, Zeroable};
+use crate::buf::{ensure_memory, fill_together, zeroed};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
@@ -545,11 +545,6 @@ fn to_i64(ids: Vec<u64>) -> Vec<i64> {
     // SAFETY: u64 and i64 have the same size and alignment, the allocation is handed over whole (the
     // original Vec is never dropped), and every id is below 2^62, so its value is the same as an i64.
     unsafe { Vec::from_raw_parts(ptr as *mut i64, len, cap) }
-}
-
-/// A vector of `n` zeros, or an error naming `arg` (kept for the loss kernels; same as `buf::zeroed`).
-pub(crate) fn try_vec<T: Zeroable>(arg: &'static str, n: usize) -> Result<Vec<T>> {
-    zeroed(arg, n)
 }
 
 /// Draws with replacement and nothing avoided: every draw is kept, so each chunk draws its ids and their
