@@ -1025,12 +1025,12 @@ macro_rules! dispatch {
                 unsafe fn w256<$t: Kernel>($($a: $ty),*) -> $r {
                     $body($($a),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above), hence AVX2 and FMA: all that
-                    // `w512` requires. It runs the same safe code as the fallback.
+                if $crate::vmath::has_avx512() {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (`vmath::has_avx512` checks them and
+                    // more): all that `w512` requires. It runs the same safe code as the fallback.
                     return unsafe { w512($($a),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if $crate::vmath::has_avx2() {
                     // SAFETY: as above, for AVX2 + FMA and `w256`.
                     return unsafe { w256($($a),*) };
                 }

@@ -267,18 +267,6 @@ impl FastMath for f64 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) fn has_avx512() -> bool {
-    has_avx2() && std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
 /// Define `fn name<T: FastMath>(..)` whose body is compiled three times (baseline, AVX2 + FMA, AVX-512),
 /// the widest the CPU has chosen at run time. Bodies must be plain safe code over their arguments.
 macro_rules! kernel {
@@ -291,14 +279,14 @@ macro_rules! kernel {
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn wider<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
-                if $crate::loss::tile::has_avx512() {
-                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above), all that `wider`
-                    // requires; it runs the same safe code as `body`.
+                if $crate::vmath::has_avx512() {
+                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (`vmath::has_avx512` checks them and more), all
+                    // that `wider` requires; it runs the same safe code as `body`.
                     return unsafe { wider::<T>($($a),*) };
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn wide<T: $crate::loss::tile::FastMath>($($a: $t),*) $(-> $r)? { body::<T>($($a),*) }
-                if $crate::loss::tile::has_avx2() {
+                if $crate::vmath::has_avx2() {
                     // SAFETY: the CPU has AVX2 and FMA (checked just above), all that `wide` requires; it
                     // runs the same safe code as `body`.
                     return unsafe { wide::<T>($($a),*) };
