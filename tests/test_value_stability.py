@@ -163,7 +163,7 @@ PINS_JSON = r"""
   "num_tries": 85
  },
  "log_uniform 2^62": {
-  "ids_sha256": "763b55a94c0c7034267162f3a7923a9f3346e99099f175c8e8dc17c7d56dd05c",
+  "ids_sha256": "36f001c269599a92a586854c08cc56110981cf9ccc6aa8ae49891d7f7c06c117",
   "ids_head": [
    908050928472,
    267052628295,

@@ -4,7 +4,7 @@
 
 use super::{check_range, refine, Distribution};
 use crate::error::Result;
-use crate::rng::{unit_f64, Stream};
+use crate::rng::Stream;
 use crate::vmath::{self, simd};
 use std::sync::OnceLock;
 
@@ -15,12 +15,23 @@ pub struct LogUniform {
     /// Compute P(k) with TensorFlow's expression `log((k + 2.0) / (k + 1.0)) / log1p(range_max)`, whose
     /// quotient rounds before the logarithm (a relative error near 1e-16 * k), for bit parity with it.
     tf_formula: bool,
+    /// e^(a L / POW) for a in 0..POW (L = ln(range_max + 1)): the powers that the draws' table-driven
+    /// exponential starts from.
+    pow: Box<[f64; POW]>,
 }
+
+/// Size of the table of powers: a draw's uniform u = a / POW + f splits into its top bits a and a rest
+/// f < 1 / POW, and e^(u L) = pow[a] · e^(f L), where a short series gives e^(f L) to full precision.
+const POW_BITS: u32 = 11;
+const POW: usize = 1 << POW_BITS;
 
 impl LogUniform {
     pub fn new(range_max: i64) -> Result<Self> {
         let range_max = check_range(range_max)?;
-        Ok(LogUniform { range_max, log_range: (range_max as f64).ln_1p(), tf_formula: false })
+        let log_range = (range_max as f64).ln_1p();
+        let mut pow = Box::new([0.0; POW]);
+        pow_table(&mut pow, log_range);
+        Ok(LogUniform { range_max, log_range, tf_formula: false, pow })
     }
 
     /// The same distribution, with P(k) computed exactly as TensorFlow's kernel does.
@@ -40,8 +51,17 @@ impl LogUniform {
     }
 }
 
-/// ln(1 + 1/(k+1)) for the most frequent ids, where the series below would be inaccurate.
-const HEAD: usize = 1 << 15;
+simd! {
+    /// The table of powers e^(a L / POW): vectorised, since the TensorFlow drop-ins build a sampler per call.
+    fn pow_table(pow: &mut [f64; POW], log_range: f64) {
+        for (a, p) in pow.iter_mut().enumerate() {
+            *p = vmath::exp(a as f64 * (1.0 / POW as f64) * log_range);
+        }
+    }
+}
+
+/// ln(1 + 1/(k+1)) for the most frequent ids, where the series below would need many terms.
+const HEAD: usize = 1 << 11;
 
 fn head_table() -> &'static [f64; HEAD] {
     static TABLE: OnceLock<Box<[f64; HEAD]>> = OnceLock::new();
@@ -64,12 +84,17 @@ fn u64_to_f64(k: u64) -> f64 {
 }
 
 simd! {
-    /// P(k) = ln(1 + x) / ln(range_max + 1) with x = 1/(k+1): a table for k < 2^15, beyond it the series
-    /// x - x²/2 + x³/3 - x⁴/4 (x <= 2^-15, so the first omitted term is below 1e-18 relative).
+    /// P(k) = ln(1 + x) / ln(range_max + 1) with x = 1/(k+1): a table for k < 2^11 (16 KiB, stays in the
+    /// first-level cache), beyond it the series x - x²/2 + ... + x⁵/5 (x < 2^-11, so the first omitted term
+    /// is below 1e-17 relative).
     fn prob_kernel(ids: &[u64], out: &mut [f64], inv_log_range: f64, head: &[f64; HEAD]) {
         for (o, &k) in out.iter_mut().zip(ids) {
             let x = 1.0 / (u64_to_f64(k) + 1.0);
-            let series = x * (1.0 - x * (0.5 - x * (1.0 / 3.0 - x * 0.25)));
+            let mut c: f64 = 0.2;
+            for k in [0.25, 1.0 / 3.0, 0.5, 1.0] {
+                c = c.mul_add(-x, k);
+            }
+            let series = x * c;
             let table = head[k.min(HEAD as u64 - 1) as usize];
             *o = if k < HEAD as u64 { table } else { series } * inv_log_range;
         }
@@ -89,12 +114,31 @@ simd! {
     }
 }
 
+/// e^(u L) for the 52-bit uniform u of the word `w` (the value `unit_f64(w)`): u = a / POW + f with a the top
+/// POW_BITS bits, so e^(u L) = pow[a] · e^(f L), f L < L / 2^11 <= 0.022, and the series of e^(f L) to the
+/// degree 7 is exact to 1e-18. Relative error a few 1e-16, as the direct exponential.
+#[inline(always)]
+fn pow_exp(w: u64, pow: &[f64; POW], log_range: f64) -> f64 {
+    const REST: u64 = (1 << (52 - POW_BITS)) - 1;
+    let head = pow[(w >> (64 - POW_BITS)) as usize];
+    let f = f64::from_bits(((w >> 12) & REST) | 0x3ff0_0000_0000_0000) - 1.0;
+    let x = f * log_range;
+    // Estrin's scheme with fused multiply-adds (exact in every kernel: without hardware FMA, `mul_add` is
+    // the correctly rounded software fma, so all kernels still agree to the bit).
+    let x2 = x * x;
+    let x4 = x2 * x2;
+    let lo = x2.mul_add(x.mul_add(1.0 / 6.0, 0.5), x + 1.0);
+    let hi = x2.mul_add(x.mul_add(1.0 / 5040.0, 1.0 / 720.0), x.mul_add(1.0 / 120.0, 1.0 / 24.0));
+    let e = x4.mul_add(hi, lo);
+    head * e
+}
+
 simd! {
     /// Draws for ranges below 2^30: id = trunc(e^(u L)) - 1, clamped to the last id.
-    fn draw_small_kernel(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
+    fn draw_small_kernel(words: &[u64], out: &mut [u64], pow: &[f64; POW], log_range: f64, last: i64) {
         for (o, &w) in out.iter_mut().zip(words) {
-            // u L <= ln(2^30 + 1) and exp is clamped, so v is finite and in [1, 2^30 + 2).
-            let v = vmath::exp(unit_f64(w) * log_range).clamp(1.0, 2_000_000_000.0);
+            // e^(u L) < 2^30 + 1 (up to rounding), so the clamp keeps v finite and in [1, 2e9].
+            let v = pow_exp(w, pow, log_range).clamp(1.0, 2_000_000_000.0);
             // SAFETY: v is finite and within [1, 2e9], inside i32's range, so the unchecked conversion
             // (a single truncating instruction, unlike the saturating `as`) is defined.
             let t = unsafe { v.to_int_unchecked::<i32>() };
@@ -105,9 +149,9 @@ simd! {
 
 simd! {
     /// The continuous log-uniform value e^(u L) in [1, range_max + 1), for huge ranges.
-    fn draw_kernel(words: &[u64], out: &mut [f64], log_range: f64) {
+    fn draw_kernel(words: &[u64], out: &mut [f64], pow: &[f64; POW], log_range: f64) {
         for (o, &w) in out.iter_mut().zip(words) {
-            *o = vmath::exp(unit_f64(w) * log_range);
+            *o = pow_exp(w, pow, log_range);
         }
     }
 }
@@ -140,7 +184,7 @@ impl Distribution for LogUniform {
             for piece in out.chunks_mut(BLOCK) {
                 let n = piece.len();
                 stream.fill_u64(&mut words[..n]);
-                draw_small_kernel(&words[..n], piece, self.log_range, last as i64);
+                draw_small_kernel(&words[..n], piece, &self.pow, self.log_range, last as i64);
             }
             return;
         }
@@ -148,7 +192,7 @@ impl Distribution for LogUniform {
         for piece in out.chunks_mut(BLOCK) {
             let n = piece.len();
             stream.fill_u64(&mut words[..n]);
-            draw_kernel(&words[..n], &mut vals[..n], self.log_range);
+            draw_kernel(&words[..n], &mut vals[..n], &self.pow, self.log_range);
             for (o, &v) in piece.iter_mut().zip(&vals[..n]) {
                 // u has 52 bits, so v = e^(u L) stands for the cell [v, v e^(L 2^-52)).
                 let width = v * self.log_range * f64::EPSILON / 2.0;
