@@ -180,9 +180,8 @@ mod tests {
     }
 }
 
-/// A vector whose elements are written chunk by chunk, possibly from several threads, without first
-/// zeroing it all: each chunk is zeroed just before its writer gets it, while its cache lines are hot,
-/// which saves a full pass over memory on large outputs.
+/// A vector whose elements are written chunk by chunk, possibly from several threads, each chunk once: its
+/// writer fills a scratch buffer that stays in cache and streams it to the chunk's place.
 pub struct ChunkedVec<T: Zeroable> {
     vec: Vec<T>,
     n: usize,
@@ -191,7 +190,7 @@ pub struct ChunkedVec<T: Zeroable> {
 /// A raw pointer that may cross threads: the chunks handed out through it never overlap.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
-// SAFETY: only used by `ChunkedVec::fill`, which gives each thread a disjoint range of the allocation.
+// SAFETY: only used by `fill_together`, which gives each thread a disjoint range of the allocation.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above; shared references to `SendPtr` only copy the pointer.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -231,8 +230,43 @@ impl<T: Zeroable + Send> ChunkedVec<T> {
     }
 }
 
-/// Fill two vectors of `n` elements chunk by chunk: `f(c, a, b)` gets chunk `c` of each (zeroed, length `len`,
-/// the last shorter), on the library's threads when `parallel` (then call it inside `threads::install`).
+/// Copy `src` to `dst`, which must be valid for `src.len()` writes and not overlap it, with non-temporal
+/// stores where the platform has them: a large output is then written to memory once, instead of first being
+/// read into the cache (and evicting what is there) only to be overwritten.
+///
+/// # Safety
+/// `dst` must be valid for writes of `src.len()` elements of T and must not overlap `src`.
+unsafe fn stream_copy<T: Copy>(src: &[T], dst: *mut T) {
+    let bytes = std::mem::size_of_val(src);
+    let (s, d) = (src.as_ptr() as *const u8, dst as *mut u8);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        let head = d.align_offset(16).min(bytes);
+        let body = (bytes - head) / 16 * 16;
+        // SAFETY: all offsets stay within the `bytes` bytes of `src` and `dst` (the caller's contract); the
+        // streamed addresses are 16-byte aligned (after `head`), as `_mm_stream_si128` requires, and SSE2
+        // is part of x86_64's baseline. The fence orders the streamed stores before any later store, so a
+        // thread that sees this call finish sees its data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s, d, head);
+            for off in (head..head + body).step_by(16) {
+                _mm_stream_si128(d.add(off) as *mut __m128i, _mm_loadu_si128(s.add(off) as *const __m128i));
+            }
+            std::ptr::copy_nonoverlapping(s.add(head + body), d.add(head + body), bytes - head - body);
+            _mm_sfence();
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s, d, bytes)
+    };
+}
+
+/// Fill two vectors of `n` elements chunk by chunk: `f(c, a, b)` fills chunk `c` of each (length `len`, the
+/// last shorter) in zeroed scratch buffers, from which it is streamed into place (see `stream_copy`). On the
+/// library's threads (see `threads::run`) when `parallel`.
 pub fn fill_together<A, B, F>(
     arg: &'static str,
     n: usize,
@@ -245,26 +279,40 @@ where
     B: Zeroable + Send,
     F: Fn(usize, &mut [A], &mut [B]) + Sync,
 {
-    use rayon::prelude::*;
     let mut a = ChunkedVec::<A>::new(arg, n)?;
     let mut b = ChunkedVec::<B>::new(arg, n)?;
     let len = len.max(1);
     let parts: Vec<_> = a.parts(len).into_iter().zip(b.parts(len)).collect();
-    let one = |(c, ((pa, la), (pb, lb))): (usize, &((SendPtr<A>, usize), (SendPtr<B>, usize)))| {
-        // SAFETY: chunk c covers [c*len, c*len + la) of `a` (likewise `b`), inside the allocation, and no
-        // two chunks overlap, so each slice is exclusively this closure's. Zeroing first initialises it.
-        let (sa, sb) = unsafe {
-            std::ptr::write_bytes(pa.0, 0, *la);
-            std::ptr::write_bytes(pb.0, 0, *lb);
-            (std::slice::from_raw_parts_mut(pa.0, *la), std::slice::from_raw_parts_mut(pb.0, *lb))
+    let one = |c: usize| {
+        let ((pa, la), (pb, lb)) = parts[c];
+        let (mut sa, mut sb) = match (zeroed::<A>(arg, la), zeroed::<B>(arg, lb)) {
+            (Ok(sa), Ok(sb)) => (sa, sb),
+            // Scratch of one chunk (at most a few tens of KiB) that cannot be had: the process is out of
+            // memory anyway; write in place instead (zeroing first, so the slices are initialised).
+            _ => {
+                // SAFETY: chunk c covers [c*len, c*len + la) of `a` (likewise `b`) inside the allocation, no
+                // two chunks overlap, so the slices are this closure's alone; zeroing initialises them.
+                let (da, db) = unsafe {
+                    std::ptr::write_bytes(pa.0, 0, la);
+                    std::ptr::write_bytes(pb.0, 0, lb);
+                    (std::slice::from_raw_parts_mut(pa.0, la), std::slice::from_raw_parts_mut(pb.0, lb))
+                };
+                f(c, da, db);
+                return;
+            }
         };
-        f(c, sa, sb);
+        f(c, &mut sa, &mut sb);
+        // SAFETY: as above, chunk c of each output is this closure's alone and has room for la (lb) elements.
+        unsafe {
+            stream_copy(&sa, pa.0);
+            stream_copy(&sb, pb.0);
+        }
     };
     if parallel {
-        parts.par_iter().enumerate().for_each(one);
+        crate::threads::run(parts.len(), one)?;
     } else {
-        parts.iter().enumerate().for_each(one);
+        (0..parts.len()).for_each(one);
     }
-    // SAFETY: the chunks cover 0..n of both vectors and each was zeroed, then written by `f`.
+    // SAFETY: the chunks cover 0..n of both vectors and each was written whole.
     Ok(unsafe { (a.finish(), b.finish()) })
 }

@@ -54,23 +54,24 @@ pub fn check_range(range_max: i64) -> Result<u64> {
     Ok(range_max as u64)
 }
 
-/// Check that every id lies in `0..range_max` and return them as unsigned.
-pub fn check_ids(arg: &'static str, ids: &[i64], range_max: u64) -> Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for &id in ids {
-        if id < 0 || id as u64 >= range_max {
-            return Err(Error::IdOutOfRange { arg, id, range_max });
-        }
-        out.push(id as u64);
+/// Check that every id lies in `0..range_max` and return them as unsigned (the same memory, reinterpreted).
+pub fn check_ids<'a>(arg: &'static str, ids: &'a [i64], range_max: u64) -> Result<&'a [u64]> {
+    // A negative id is a huge unsigned one, so one comparison catches both; the fold vectorises.
+    let bad = ids.iter().fold(false, |bad, &id| bad | (id as u64 >= range_max));
+    if bad {
+        let &id = ids.iter().find(|&&id| id as u64 >= range_max).unwrap_or(&-1);
+        return Err(Error::IdOutOfRange { arg, id, range_max });
     }
-    Ok(out)
+    // SAFETY: i64 and u64 have the same size and alignment and every bit pattern is valid for both; the
+    // ids are non-negative (checked above), so each has the same value in both types.
+    Ok(unsafe { std::slice::from_raw_parts(ids.as_ptr() as *const u64, ids.len()) })
 }
 
 /// P(k) for each id of `ids`, validated against the distribution's range.
 pub fn probability(dist: &dyn Distribution, ids: &[i64]) -> Result<Vec<f64>> {
     let ids = check_ids("ids", ids, dist.range_max())?;
     let mut out = vec![0.0; ids.len()];
-    dist.prob_into(&ids, &mut out);
+    dist.prob_into(ids, &mut out);
     Ok(out)
 }
 

@@ -18,14 +18,18 @@ use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
 use crate::vmath::{self, simd};
-use rayon::prelude::*;
 
 /// Unique sampling gives up (with an error) after this many draws rather than appear to hang.
 pub const MAX_TRIES: u64 = 1 << 31;
 /// The most candidates one call may ask for.
 pub const MAX_SAMPLED: u64 = 1 << 36;
-/// Below this many draws a call stays on the caller's thread.
-const PARALLEL_MIN: usize = 1 << 13;
+/// Calls with fewer candidates (and true classes) than this stay on the caller's thread; larger ones let
+/// the library's other threads help (see `threads::run` and `threads::pipeline`).
+const PARALLEL_MIN: usize = 1 << 12;
+/// Per-row sampling hands rows to threads in groups of about this many draws.
+const ROW_GROUP: usize = 1 << 12;
+/// A unique draw's helpers draw at most this many chunks ahead of the one being consumed.
+const AHEAD: usize = 4;
 /// Expected counts are computed in pieces of this many ids (in parallel for large requests).
 const COUNT_PIECE: usize = 2048;
 
@@ -53,6 +57,7 @@ fn chunk_len(n: usize) -> usize {
 }
 
 /// An open-addressing hash set of ids (linear probing, multiplicative hashing).
+#[derive(Default)]
 pub(crate) struct IdSet {
     slots: Vec<u64>,
     used: Vec<usize>,
@@ -128,28 +133,41 @@ impl IdSet {
     }
 }
 
-/// Ranges up to this size de-duplicate with a bitset (at most 8 MiB of scratch per thread) when the bitset
-/// is not much larger than the draw (at most 16 words per id); others use a hash set, which stays in cache.
+/// Ranges up to this size de-duplicate with a byte per id (at most 4 MiB of scratch per thread).
+const BYTEMAP_MAX_RANGE: u64 = 1 << 22;
+/// Larger ranges up to this size use a bitset (at most 8 MiB per thread); beyond, a hash set, which
+/// stays in cache.
 const BITSET_MAX_RANGE: u64 = 1 << 26;
 
-/// Per-thread scratch bitset: all zero between uses unless `dirty` (a use that did not finish).
+/// Per-thread scratch maps. `bytes` marks an id seen by the current use when it holds `stamp`; each use
+/// takes a new stamp, so nothing needs clearing between uses but once every 255. `bits` is all zero between
+/// uses unless `dirty` (a use that did not finish).
 #[derive(Default)]
 struct Scratch {
+    bytes: Vec<u8>,
+    stamp: u8,
     bits: Vec<u64>,
     dirty: bool,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    /// Buffers for chunks of draws, kept between calls.
+    static CHUNKS: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where draws go: a membership test that also inserts.
 trait Seen {
     /// Insert `id`; true when it was not there yet.
     fn insert(&mut self, id: u64) -> bool;
+
+    /// Ask the cache for the memory `insert(id)` will touch (a hint; no effect on results).
+    #[inline(always)]
+    fn prefetch(&self, _id: u64) {}
 }
 
 /// With replacement: every draw is new.
+#[derive(Default)]
 struct Everything;
 
 impl Seen for Everything {
@@ -166,6 +184,7 @@ impl Seen for IdSet {
     }
 }
 
+#[derive(Default)]
 struct Bits<'a>(&'a mut [u64]);
 
 impl Seen for Bits<'_> {
@@ -179,46 +198,106 @@ impl Seen for Bits<'_> {
     }
 }
 
-/// The ids collected so far by a sequential draw, with one spare slot at the end for branch-free writes.
+/// A byte per id: the id was seen when its byte holds `stamp`. Marking is a plain store, so draws of the
+/// same few frequent ids never wait on one another, as read-modify-writes of a bitset's shared words do.
+#[derive(Default)]
+struct Bytes<'a> {
+    map: &'a mut [u8],
+    stamp: u8,
+}
+
+impl Seen for Bytes<'_> {
+    #[inline(always)]
+    fn insert(&mut self, id: u64) -> bool {
+        let b = &mut self.map[id as usize];
+        let new = *b != self.stamp;
+        *b = self.stamp;
+        new
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, id: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(b) = self.map.get(id as usize) {
+            // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program
+            // and needs no CPU feature beyond x86_64's baseline (SSE).
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    b as *const u8 as *const i8,
+                )
+            };
+        }
+    }
+}
+
+/// How many draws ahead of the one being de-duplicated its map entry is fetched into the cache.
+const PREFETCH: usize = 16;
+
+/// The ids collected so far by a sequential draw, with capacity for one more: the consume loop writes each
+/// draw to the next free place before it knows whether the id is new, which saves a branch per draw.
 struct Collect {
     out: Vec<u64>,
-    filled: usize,
     /// Draws that were not avoided (each is a draw from the renormalised distribution).
     tries: u64,
 }
 
 impl Collect {
+    fn new(n: usize) -> Result<Self> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(n + 1)
+            .map_err(|_| Error::too_large("num_sampled", format!("cannot allocate {n} candidates")))?;
+        Ok(Collect { out, tries: 0 })
+    }
+
+    fn filled(&self) -> usize {
+        self.out.len()
+    }
+
     /// Consume `buf` in order: skip avoided ids, count the rest as tries, keep the ones `seen` calls new,
     /// stop at `n` ids. Returns how many draws of `buf` were consumed.
     #[inline(always)]
-    fn consume<S: Seen, const AVOID: bool>(
+    fn consume<S: Seen + Default, const AVOID: bool>(
         &mut self,
         buf: &[u64],
         avoid: Option<&Avoid>,
         seen: &mut S,
         n: usize,
     ) -> u64 {
-        let (mut f, mut t, mut used) = (self.filled, self.tries, 0u64);
-        for &id in buf {
-            used += 1;
-            if AVOID && avoid.is_some_and(|a| a.set.contains(id)) {
-                continue;
-            }
-            t += 1;
-            self.out[f] = id;
-            f += seen.insert(id) as usize;
-            if f == n {
-                break;
+        // Work on local copies: stores into the id map may not alias `seen` or `self.out`, but the compiler
+        // cannot tell (a byte store may alias anything) and would reload their pointers at every draw.
+        let mut set = std::mem::take(seen);
+        let filled = self.out.len();
+        let want = n - filled;
+        let free = self.out.spare_capacity_mut();
+        let (mut f, mut t, mut used) = (0, self.tries, 0u64);
+        if want > 0 {
+            for (i, &id) in buf.iter().enumerate() {
+                if let Some(&ahead) = buf.get(i + PREFETCH) {
+                    set.prefetch(ahead);
+                }
+                used += 1;
+                if AVOID && avoid.is_some_and(|a| a.set.contains(id)) {
+                    continue;
+                }
+                t += 1;
+                free[f].write(id);
+                f += set.insert(id) as usize;
+                if f == want {
+                    break;
+                }
             }
         }
-        self.filled = f;
+        *seen = set;
+        // SAFETY: the first f places after the filled ones were written above (f <= want <= capacity - filled).
+        unsafe { self.out.set_len(filled + f) };
         self.tries = t;
         used
     }
 
-    /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected.
+    /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected. With
+    /// `parallel`, the library's other threads draw chunks ahead while this thread consumes them.
     #[allow(clippy::too_many_arguments)]
-    fn run<S: Seen, const AVOID: bool>(
+    fn run<S: Seen + Default, const AVOID: bool>(
         &mut self,
         dist: &dyn Distribution,
         key: u64,
@@ -228,53 +307,59 @@ impl Collect {
         avoid: Option<&Avoid>,
         seen: &mut S,
     ) -> Result<()> {
-        let mut buf: Vec<u64> = Vec::new();
-        let (mut next_chunk, mut consumed) = (0u64, 0u64);
+        let mut consumed = 0u64;
         // When the reachability check below runs next (in draws consumed); it doubles, so it costs
         // O(n log draws) in all.
         let mut next_check = (4 * n as u64).saturating_add(1024);
         let avoided_mass = avoid.map_or(0.0, |a| a.mass);
-        while self.filled < n {
-            // Generate about as many chunks as the missing ids need at the acceptance rate seen so far,
-            // plus a quarter (at least one chunk, at most 256). This only changes how much is generated
-            // ahead, never which draws are consumed.
-            let rate = if consumed == 0 { 1.0 } else { (self.filled as f64 / consumed as f64).max(1e-3) };
-            let want = ((n - self.filled) as f64 * 1.25 / rate) as usize;
-            let chunks = want.div_ceil(len).clamp(1, 256);
-            buf.resize(chunks * len, 0);
-            raw_chunks(dist, key, next_chunk, len, &mut buf, parallel && chunks * len >= PARALLEL_MIN);
-            next_chunk += chunks as u64;
-            consumed += self.consume::<S, AVOID>(&buf, avoid, seen, n);
-            if self.filled < n && consumed >= next_check {
+        let take = |_: u64, buf: &Vec<u64>| -> Result<u64> {
+            consumed += self.consume::<S, AVOID>(buf, avoid, seen, n);
+            if self.filled() == n {
+                return Ok(0);
+            }
+            if consumed >= next_check {
                 next_check = consumed.saturating_mul(2);
                 let budget = MAX_TRIES.saturating_sub(consumed);
-                if out_of_reach(dist, &self.out[..self.filled], avoided_mass, n - self.filled, budget) {
+                if out_of_reach(dist, &self.out, avoided_mass, n - self.filled(), budget) {
                     return Err(Error::TooFewClasses {
                         arg: "num_sampled",
                         msg: format!(
                             "gave up after {consumed} draws with {} of {n} classes: the classes not drawn yet \
                              carry too little probability to be found in {MAX_TRIES} draws",
-                            self.filled
+                            self.filled()
                         ),
                     });
                 }
             }
-            if self.filled < n && consumed >= MAX_TRIES {
+            if consumed >= MAX_TRIES {
                 return Err(Error::TooFewClasses {
                     arg: "num_sampled",
                     msg: format!(
                         "gave up after {consumed} draws with {} of {n} distinct classes: the distribution \
                          is too concentrated for that many",
-                        self.filled
+                        self.filled()
                     ),
                 });
             }
-        }
-        Ok(())
+            // The chunks still needed at the acceptance rate so far (an estimate for the helpers only).
+            let rate = self.filled().max(1) as f64 / consumed as f64;
+            Ok(((n - self.filled()) as f64 / (rate * len as f64)).ceil() as u64 + 1)
+        };
+        let make = |c: u64, buf: &mut Vec<u64>| {
+            buf.resize(len, 0);
+            raw_chunk(dist, key, c, buf)
+        };
+        // With `parallel`, the other threads draw chunks ahead while this one consumes them.
+        let alone = if parallel { 0 } else { u64::MAX };
+        let expect = (n as u64).div_ceil(len as u64) + 1;
+        CHUNKS.with(|spare| match spare.try_borrow_mut() {
+            Ok(mut spare) => threads::pipeline(alone, AHEAD, expect, &mut spare, Vec::new, make, take),
+            Err(_) => threads::pipeline(alone, AHEAD, expect, &mut Vec::new(), Vec::new, make, take),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_with<S: Seen>(
+    fn run_with<S: Seen + Default>(
         &mut self,
         dist: &dyn Distribution,
         key: u64,
@@ -319,15 +404,9 @@ impl Avoid {
     }
 }
 
-/// Fill `out` with the raw draws of chunks `first..`, each `len` long, in parallel when `parallel`.
-fn raw_chunks(dist: &dyn Distribution, key: u64, first: u64, len: usize, out: &mut [u64], parallel: bool) {
-    let one =
-        |(i, piece): (usize, &mut [u64])| dist.draw(&mut Stream::new(derive(key, first + i as u64)), piece);
-    if parallel {
-        out.par_chunks_mut(len).enumerate().for_each(one);
-    } else {
-        out.chunks_mut(len).enumerate().for_each(one);
-    }
+/// The raw draws of chunk `c` of the stream `key`.
+fn raw_chunk(dist: &dyn Distribution, key: u64, c: u64, out: &mut [u64]) {
+    dist.draw(&mut Stream::new(derive(key, c)), out)
 }
 
 /// Draw `n` candidates from the stream `key`: the first `n` accepted draws in chunk order (a draw is accepted
@@ -362,27 +441,48 @@ fn draw(
     if !unique && avoid.is_none() {
         // Every draw is accepted: chunk c fills out[c*len..], independently.
         let mut out: Vec<u64> = zeroed("num_sampled", n)?;
-        raw_chunks(dist, key, 0, len, &mut out, parallel && n >= PARALLEL_MIN);
+        let parts: Vec<&mut [u64]> = out.chunks_mut(len).collect();
+        if parallel {
+            threads::run_parts(parts, |c, piece| raw_chunk(dist, key, c as u64, piece))?;
+        } else {
+            parts.into_iter().enumerate().for_each(|(c, piece)| raw_chunk(dist, key, c as u64, piece));
+        }
         return Ok((out, n as u64));
     }
-    let mut c = Collect { out: zeroed("num_sampled", n + 1)?, filled: 0, tries: 0 };
+    let mut c = Collect::new(n)?;
     let range = dist.range_max();
     if !unique {
         c.run_with(dist, key, n, len, parallel, avoid, &mut Everything)?;
     } else if range <= BITSET_MAX_RANGE {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
-                let words = range.div_ceil(64) as usize;
-                if scratch.dirty {
-                    scratch.bits.iter_mut().for_each(|w| *w = 0);
+                let scratch = &mut *scratch;
+                if range <= BYTEMAP_MAX_RANGE {
+                    let size = range as usize;
+                    if scratch.bytes.len() < size {
+                        scratch.bytes.resize(size, 0);
+                    }
+                    scratch.stamp = scratch.stamp.wrapping_add(1);
+                    if scratch.stamp == 0 {
+                        // Every stamp has been used: start afresh.
+                        scratch.bytes.fill(0);
+                        scratch.stamp = 1;
+                    }
+                    let map = &mut Bytes { map: &mut scratch.bytes[..size], stamp: scratch.stamp };
+                    return c.run_with(dist, key, n, len, parallel, avoid, map);
                 }
+                if scratch.dirty {
+                    scratch.bits.fill(0);
+                }
+                scratch.dirty = true;
+                let words = range.div_ceil(64) as usize;
                 if scratch.bits.len() < words {
                     scratch.bits.resize(words, 0);
                 }
-                scratch.dirty = true;
-                let r = c.run_with(dist, key, n, len, parallel, avoid, &mut Bits(&mut scratch.bits[..words]));
+                let map = &mut Bits(&mut scratch.bits[..words]);
+                let r = c.run_with(dist, key, n, len, parallel, avoid, map);
                 // Clear exactly the bits set: those of the ids collected.
-                for &id in &c.out[..c.filled] {
+                for &id in &c.out {
                     scratch.bits[(id >> 6) as usize] = 0;
                 }
                 scratch.dirty = false;
@@ -434,40 +534,50 @@ fn out_of_reach(
 /// Above this P, ln(1 - P) leaves the series of [`count_kernel`] and is computed exactly, one by one.
 const SERIES_MAX: f64 = 1.0 / 128.0;
 
+/// How `count_kernel` computes.
+#[derive(Clone, Copy, PartialEq)]
+enum Counts {
+    /// With replacement (or no rejection): P * num_sampled.
+    Plain,
+    /// Unique, every scaled P below SERIES_MAX: ln(1 - q) from its series.
+    Series,
+    /// Unique, some scaled P at or above SERIES_MAX: those take the exact logarithm.
+    Mixed,
+}
+
 simd! {
     /// Expected counts from probabilities (see the module doc); `scale` renormalises P. In the unique case
-    /// ln(1 - q) comes from its series, exact to 1e-19 for q < 2^-7: the caller fixes up larger q.
-    fn count_kernel(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32, num_tries: f64, plain: bool) {
-        if plain {
+    /// -ln(1 - q) = q (1 + q/2 + ... + q⁶/7), exact to 3e-16 for q < 2^-7; larger q (only with
+    /// `Counts::Mixed`) use the logarithm of 1 - q, which is exact in float64 there (q is a float32 value).
+    fn count_kernel(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32, num_tries: f64, how: Counts) {
+        if how == Counts::Plain {
             for (o, &q) in out.iter_mut().zip(p) {
                 *o = ((q * scale) as f32) * num_sampled;
             }
-        } else {
-            for (o, &q) in out.iter_mut().zip(p) {
-                let q = ((q * scale) as f32) as f64;
-                // -ln(1 - q) = q + q²/2 + ... + q⁹/9, by Estrin's scheme.
-                let q2 = q * q;
-                let q4 = q2 * q2;
-                let head = (1.0 + q * 0.5) + q2 * (1.0 / 3.0 + q * 0.25);
-                let tail = (0.2 + q * (1.0 / 6.0)) + q2 * (1.0 / 7.0 + q * 0.125) + q4 * (1.0 / 9.0);
-                let l = -q * (head + q4 * tail);
-                *o = -vmath::exp_m1(num_tries * l) as f32;
+            return;
+        }
+        for (o, &q) in out.iter_mut().zip(p) {
+            let q = ((q * scale) as f32) as f64;
+            let mut c: f64 = 1.0 / 7.0;
+            for k in [1.0 / 6.0, 0.2, 0.25, 1.0 / 3.0, 0.5, 1.0] {
+                c = c.mul_add(q, k);
             }
+            let mut l = -(q * c);
+            if how == Counts::Mixed {
+                // q = 1 (all the mass in one class) is certain to be drawn: ln(0) = -inf gives -expm1 = 1.
+                let exact = if q >= 1.0 { f64::NEG_INFINITY } else { vmath::ln(1.0 - q) };
+                l = if q >= SERIES_MAX { exact } else { l };
+            }
+            *o = -vmath::exp_m1(num_tries * l) as f32;
         }
     }
 }
 
 simd! {
-    /// The unique-case expected counts of probabilities (already scaled) of any size: -expm1(t ln(1 - q)).
-    /// q is a float32 value, so 1 - q is exact in float64 for q >= 2^-7, where this is used.
-    fn count_exact_kernel(q: &[f64], out: &mut [f32], num_tries: f64) {
-        for (o, &q) in out.iter_mut().zip(q) {
-            let q = (q as f32) as f64;
-            let certain = q >= 1.0;
-            let l = vmath::ln(if certain { 0.5 } else { 1.0 - q });
-            let e = -vmath::exp_m1(num_tries * l) as f32;
-            *o = if certain { 1.0 } else { e };
-        }
+    /// The largest of non-negative numbers, through their bit patterns (which order them the same way), so
+    /// that the loop vectorises.
+    fn max_bits(p: &[f64]) -> u64 {
+        p.iter().map(|q| q.to_bits()).fold(0, u64::max)
     }
 }
 
@@ -483,27 +593,19 @@ pub fn expected_counts(
 ) {
     const BLOCK: usize = 256;
     let mut p = [0f64; BLOCK];
-    let mut big_q = [0f64; BLOCK];
-    let mut big_at = [0u16; BLOCK];
-    let mut big_ec = [0f32; BLOCK];
-    let plain = num_tries == num_sampled;
+    // Below this unscaled P, P * scale is below SERIES_MAX (with room for rounding).
+    let small = SERIES_MAX / scale * (1.0 - 1e-9);
     for (idc, oc) in ids.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
         let p = &mut p[..idc.len()];
         dist.prob_into(idc, p);
-        count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, plain);
-        if !plain {
-            // The few large probabilities, gathered and recomputed exactly.
-            let mut m = 0;
-            for (i, &q) in p.iter().enumerate() {
-                big_q[m] = q * scale;
-                big_at[m] = i as u16;
-                m += (q * scale >= SERIES_MAX) as usize;
-            }
-            count_exact_kernel(&big_q[..m], &mut big_ec[..m], num_tries as f64);
-            for (&i, &e) in big_at[..m].iter().zip(&big_ec[..m]) {
-                oc[i as usize] = e;
-            }
-        }
+        let how = if num_tries == num_sampled {
+            Counts::Plain
+        } else if f64::from_bits(max_bits(p)) < small {
+            Counts::Series
+        } else {
+            Counts::Mixed
+        };
+        count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, how);
     }
 }
 
@@ -524,7 +626,7 @@ pub fn expected_counts_for(
     }
     let ids = super::check_ids("ids", ids, dist.range_max())?;
     let mut out: Vec<f32> = zeroed("ids", ids.len())?;
-    expected_counts(dist, &ids, n as u64, num_tries as u64, 1.0, &mut out);
+    expected_counts(dist, ids, n as u64, num_tries as u64, 1.0, &mut out);
     Ok(out)
 }
 
@@ -590,7 +692,7 @@ pub fn sample(
         (Some(t), true) => Some(Avoid::new(dist, t)),
         _ => None,
     };
-    let parallel = n + truth.as_ref().map_or(0, |t| t.len()) >= PARALLEL_MIN;
+    let parallel = threads::num_threads() > 1 && n + truth.as_ref().map_or(0, |t| t.len()) >= PARALLEL_MIN;
     // Bytes per candidate: ids and counts, plus the draw buffer without replacement or with exclusions,
     // plus the hash set (up to 4n slots and n indices) of unique draws over large ranges.
     let per_id: u128 = match (unique, avoid.is_some()) {
@@ -600,40 +702,53 @@ pub fn sample(
     };
     let truth_len = truth.as_ref().map_or(0, |t| t.len()) as u128;
     ensure_memory("num_sampled", n as u128 * per_id + truth_len * 4)?;
-    let work = || -> Result<Sample> {
+    let work = || {
         if !unique && avoid.is_none() {
-            return plain_sample(dist, key, n, truth.as_deref(), parallel);
-        }
-        let (ids, tries) = draw(dist, key, n, unique, avoid.as_ref(), parallel)?;
-        let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
-        let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
-        let mut true_expected = None;
-        if let Some(t) = &truth {
-            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
-            if parallel {
-                t.par_chunks(COUNT_PIECE)
-                    .zip(te.par_chunks_mut(COUNT_PIECE))
-                    .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, 1.0, o));
-            } else {
-                expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
-            }
-            true_expected = Some(te);
-        }
-        if parallel {
-            ids.par_chunks(COUNT_PIECE)
-                .zip(sampled_expected.par_chunks_mut(COUNT_PIECE))
-                .for_each(|(i, o)| expected_counts(dist, i, n as u64, tries, scale, o));
+            plain_sample(dist, key, n, truth, parallel)
         } else {
-            expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
+            drawn_sample(dist, key, n, unique, truth, avoid.as_ref(), parallel)
         }
-        Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
+    };
+    work()
+}
+
+/// A sample without replacement or with exclusions: `draw`, then the expected counts.
+fn drawn_sample(
+    dist: &dyn Distribution,
+    key: u64,
+    n: usize,
+    unique: bool,
+    truth: Option<&[u64]>,
+    avoid: Option<&Avoid>,
+    parallel: bool,
+) -> Result<Sample> {
+    let (ids, tries) = draw(dist, key, n, unique, avoid, parallel)?;
+    let scale = avoid.map_or(1.0, |a| 1.0 / (1.0 - a.mass));
+    let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
+    let truth_ids = truth.unwrap_or(&[]);
+    let mut true_expected: Vec<f32> = zeroed("true_classes", truth_ids.len())?;
+    // Pieces of both lists of counts, for the library's threads.
+    let mut parts: Vec<(&[u64], &mut [f32], f64)> = Vec::new();
+    parts.extend(
+        ids.chunks(COUNT_PIECE).zip(sampled_expected.chunks_mut(COUNT_PIECE)).map(|(i, o)| (i, o, scale)),
+    );
+    parts.extend(
+        truth_ids.chunks(COUNT_PIECE).zip(true_expected.chunks_mut(COUNT_PIECE)).map(|(i, o)| (i, o, 1.0)),
+    );
+    let count = |_: usize, (i, o, scale): &mut (&[u64], &mut [f32], f64)| {
+        expected_counts(dist, i, n as u64, tries, *scale, o)
     };
     if parallel {
-        threads::install(work)?
+        threads::run_parts(parts, count)?;
     } else {
-        work()
+        parts.iter_mut().enumerate().for_each(|(c, p)| count(c, p));
     }
+    let true_expected = truth.map(|_| true_expected);
+    Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
 }
+
+/// One group of rows of a per-row sample: ids, sampled and true counts, tries, and how the group went.
+type PerRowPart<'a> = ((((&'a mut [i64], &'a mut [f32]), &'a mut [f32]), &'a mut [i64]), &'a mut Result<()>);
 
 /// A separate set of `num_sampled` candidates for each of the `rows` rows of `true_classes`
 /// (row-major, `num_true` per row). Row r draws from the stream `derive(key, r)`.
@@ -684,39 +799,34 @@ pub fn sample_per_row(
         Ok(())
     };
     // Rows go to threads in groups; each row's result is its own, whatever thread ran it.
-    let group = (PARALLEL_MIN / s.max(1)).clamp(1, 256);
-    let run_group =
-        |(g, (((ids, se), te), tries)): (usize, (((&mut [i64], &mut [f32]), &mut [f32]), &mut [i64]))| {
-            let nrows = tries.len();
-            for i in 0..nrows {
-                row(
-                    g * group + i,
-                    &mut ids[i * s..(i + 1) * s],
-                    &mut se[i * s..(i + 1) * s],
-                    &mut te[i * num_true..(i + 1) * num_true],
-                    &mut tries[i],
-                )?;
-            }
-            Ok(())
-        };
+    let group = (ROW_GROUP / s.max(1)).clamp(1, 256);
     let s1 = s.max(1);
-    if total >= PARALLEL_MIN && rows > group {
-        threads::install(|| {
-            ids.par_chunks_mut(group * s1)
-                .zip(sampled_expected.par_chunks_mut(group * s1))
-                .zip(true_expected.par_chunks_mut(group * num_true))
-                .zip(num_tries.par_chunks_mut(group))
-                .enumerate()
-                .try_for_each(run_group)
-        })??;
+    let groups = rows.div_ceil(group);
+    let mut status: Vec<Result<()>> = (0..groups).map(|_| Ok(())).collect();
+    let parts: Vec<_> = ids
+        .chunks_mut(group * s1)
+        .zip(sampled_expected.chunks_mut(group * s1))
+        .zip(true_expected.chunks_mut(group * num_true))
+        .zip(num_tries.chunks_mut(group))
+        .zip(status.iter_mut())
+        .collect();
+    let run_group = |g: usize, ((((ids, se), te), tries), status): &mut PerRowPart<'_>| {
+        **status = (0..tries.len()).try_for_each(|i| {
+            row(
+                g * group + i,
+                &mut ids[i * s..(i + 1) * s],
+                &mut se[i * s..(i + 1) * s],
+                &mut te[i * num_true..(i + 1) * num_true],
+                &mut tries[i],
+            )
+        });
+    };
+    if threads::num_threads() > 1 && total >= PARALLEL_MIN && rows > group {
+        threads::run_parts(parts, run_group)?;
     } else {
-        ids.chunks_mut(group * s1)
-            .zip(sampled_expected.chunks_mut(group * s1))
-            .zip(true_expected.chunks_mut(group * num_true))
-            .zip(num_tries.chunks_mut(group))
-            .enumerate()
-            .try_for_each(run_group)?;
+        parts.into_iter().enumerate().for_each(|(g, mut p)| run_group(g, &mut p));
     }
+    status.into_iter().collect::<Result<()>>()?;
     Ok(PerRowSample { ids, true_expected, sampled_expected, num_tries })
 }
 
@@ -856,6 +966,25 @@ mod tests {
         let three = run();
         threads::set_num_threads(2).unwrap();
         assert_eq!(one, three);
+    }
+
+    #[test]
+    fn reused_scratch_maps_give_the_same_draws() {
+        // The per-thread byte map is reused with a new stamp per draw and cleared when the stamps run out
+        // (every 255 uses): many draws in a row must each see a clean map.
+        let d = LogUniform::new(3000).unwrap();
+        let first = sample(&d, 11, 1500, true, None, false).unwrap();
+        for _ in 0..600 {
+            assert_eq!(sample(&d, 11, 1500, true, None, false).unwrap(), first);
+        }
+        let rows: Vec<i64> = (0..700).collect();
+        let per_row = sample_per_row(&d, 4, &rows, 1, 40, true, true).unwrap();
+        for r in 0..700 {
+            let row = &per_row.ids[r * 40..(r + 1) * 40];
+            let set: std::collections::HashSet<_> = row.iter().collect();
+            assert_eq!(set.len(), 40, "row {r}");
+        }
+        assert_eq!(per_row, sample_per_row(&d, 4, &rows, 1, 40, true, true).unwrap());
     }
 
     #[test]
