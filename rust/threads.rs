@@ -1,6 +1,6 @@
 //! The library's threads: a rayon pool for long calls (the losses, through [`install`]) and a crew of
-//! helpers for short ones (sampling, through [`run`] and [`pipeline`]), where the caller works too and
-//! helpers join in when they are awake.
+//! helpers for short ones (sampling, through [`run`]), where the caller works too and helpers join in when
+//! they are awake.
 //!
 //! Their size comes from `set_num_threads`, else from the environment variable `ZIPFNCE_NUM_THREADS`, else
 //! from the number of cores. Both remember the process that built them: after `fork()` the child has no
@@ -8,7 +8,6 @@
 //! parent's. Results never depend on the number of threads: callers split work into fixed-size pieces.
 
 use crate::error::{Error, Result};
-use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicPtr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -118,17 +117,16 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
     Ok(pool.install(f))
 }
 
-/// What the caller of [`run`] or [`pipeline`] shares with the helpers it asked for, besides the work.
+/// What the caller of [`run`] shares with the helpers it asked for, besides the work.
 #[derive(Default)]
 struct Shared {
-    /// The next index or item nobody has claimed.
+    /// The next index nobody has claimed.
     next: AtomicU64,
     /// Helpers that have started and not yet finished.
     active: AtomicUsize,
     /// Set by the caller before it returns: a helper that starts later does nothing.
     closed: AtomicBool,
-    /// Set when a helper panicked; the first panic is kept for the caller.
-    failed: AtomicBool,
+    /// The first panic of a helper, kept for the caller.
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
@@ -147,20 +145,21 @@ impl Shared {
             if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
                 self.next.store(EXHAUSTED, Ordering::SeqCst);
                 lock(&self.panic).get_or_insert(p);
-                self.failed.store(true, Ordering::SeqCst);
             }
         }
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// Wait for a condition another thread will soon make true: spin briefly, then yield the core.
+/// Wait for a condition another thread will soon make true: spin briefly, then yield the core now and
+/// then. Yielding matters when the other thread shares this core (the scheduler put both on one CPU):
+/// spinning would then keep it from running for a whole time slice.
 fn backoff(spins: &mut u32) {
-    if *spins < 1 << 12 {
-        std::hint::spin_loop();
-        *spins += 1;
-    } else {
+    *spins = spins.wrapping_add(1);
+    if spins.is_multiple_of(64) {
         std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
     }
 }
 
@@ -175,7 +174,7 @@ unsafe impl<F: ?Sized + Sync> Sync for Erased<F> {}
 /// A job for the crew: every helper that sees it calls it once.
 type Job = Arc<dyn Fn() + Send + Sync>;
 
-/// The helper threads of [`run`] and [`pipeline`]: `size` threads that wait for posted jobs, spinning for
+/// The helper threads of [`run`]: `size` threads that wait for posted jobs, spinning for
 /// a while after each (so back-to-back calls find them awake), then sleeping on a condition variable.
 struct Crew {
     pid: u32,
@@ -257,9 +256,9 @@ impl Crew {
                 if self.retired.load(Ordering::Relaxed) {
                     return;
                 }
-                std::hint::spin_loop();
-                spins = spins.wrapping_add(1);
-                if spins % 256 == 0 && start.elapsed() > SPIN {
+                // Yield now and then, in case the thread that will post shares this core.
+                backoff(&mut spins);
+                if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                     let mut g = lock(&self.job);
                     self.sleepers.fetch_add(1, Ordering::Relaxed);
                     // The epoch only changes under the lock, so no post is missed between check and wait.
@@ -340,163 +339,6 @@ pub fn run_parts<P: Send>(parts: Vec<P>, work: impl Fn(usize, &mut P) + Sync) ->
     run(cells.len(), |i| work(i, &mut lock(&cells[i])))
 }
 
-/// Items `0, 1, 2, ...` made by `make(i, buffer)` and handed in order to `take(i, buffer)` on the calling
-/// thread until it returns `Ok(0)` or an error; otherwise `take` returns about how many more items it
-/// expects to need (at least 1), and `expect` is that estimate before the first. The first `alone` items are
-/// made by the caller; from then on, with more than one thread, helpers make items ahead (at most `ahead`
-/// beyond the one being taken, each in its own buffer, and not beyond what `take` expects to need) while the
-/// caller takes them. While an item is still being made elsewhere the caller makes later ones, so it never
-/// waits for a helper to wake up. Which thread made an item never changes what `take` sees. Handing items
-/// between cores costs a little, so `alone` keeps short runs on the caller.
-///
-/// Buffers are taken from `spare` (or made by `new_buffer` when it runs out) and put back at the end, so
-/// that repeated calls reuse them.
-pub fn pipeline<T: Send + 'static>(
-    alone: u64,
-    ahead: usize,
-    expect: u64,
-    spare: &mut Vec<T>,
-    new_buffer: impl Fn() -> T,
-    make: impl Fn(u64, &mut T) + Sync,
-    mut take: impl FnMut(u64, &T) -> Result<u64>,
-) -> Result<()> {
-    let helpers = num_threads().saturating_sub(1);
-    let mut buf = spare.pop().unwrap_or_else(&new_buffer);
-    let mut expect = expect;
-    for i in 0..if helpers == 0 { u64::MAX } else { alone } {
-        make(i, &mut buf);
-        expect = take(i, &buf).inspect_err(|_| spare.push(std::mem::replace(&mut buf, new_buffer())))?;
-        if expect == 0 {
-            spare.push(buf);
-            return Ok(());
-        }
-    }
-    let window = ahead.max(2);
-    let mut slots = vec![UnsafeCell::new(buf)];
-    slots.extend((1..window).map(|_| UnsafeCell::new(spare.pop().unwrap_or_else(&new_buffer))));
-    let pipe = Arc::new(Pipe {
-        slots: slots.into_boxed_slice(),
-        made: (0..window).map(|_| AtomicU64::new(0)).collect(),
-        taken: AtomicU64::new(alone),
-        limit: AtomicU64::new(alone + expect.max(1)),
-        shared: Shared { next: AtomicU64::new(alone), ..Shared::default() },
-    });
-    let local: &(dyn Fn(u64, &mut T) + Sync) = &make;
-    // SAFETY: only the lifetime changes (see `Erased`).
-    let erased = Erased(unsafe { std::mem::transmute::<&(dyn Fn(u64, &mut T) + Sync), &'static _>(local) });
-    let p = pipe.clone();
-    let help = move || p.shared.helper(|| p.help(erased.0));
-    let r = with_helpers(&pipe.shared, help, || -> Result<()> {
-        for i in alone.. {
-            let buf = pipe.get(i, local)?;
-            let more = take(i, buf)?;
-            pipe.limit.store(i + 1 + more, Ordering::Relaxed);
-            pipe.taken.store(i + 1, Ordering::Release);
-            if more == 0 {
-                break;
-            }
-        }
-        Ok(())
-    });
-    for slot in pipe.slots.iter() {
-        // SAFETY: the caller has closed the pipeline and no helper is active (`with_helpers` waited), nor can
-        // one become active: nobody else touches the slots any more.
-        spare.push(std::mem::replace(unsafe { &mut *slot.get() }, new_buffer()));
-    }
-    r
-}
-
-/// The shared state of a `pipeline`: item i lives in slot i % (number of slots).
-struct Pipe<T> {
-    slots: Box<[UnsafeCell<T>]>,
-    /// Per slot: 1 + the item made into it (0: none yet).
-    made: Box<[AtomicU64]>,
-    /// Items the caller has finished taking.
-    taken: AtomicU64,
-    /// Items from here on are not expected to be needed: helpers do not start them.
-    limit: AtomicU64,
-    shared: Shared,
-}
-
-// SAFETY: the slots are mutable state handed between threads by the protocol of `Pipe::help` and
-// `Pipe::get`: a slot is written only by the one thread that claimed its current item, after the caller
-// has finished taking the slot's previous item, and read by the caller only after that write is published.
-unsafe impl<T: Send> Sync for Pipe<T> {}
-// SAFETY: as above.
-unsafe impl<T: Send> Send for Pipe<T> {}
-
-impl<T> Pipe<T> {
-    fn slot(&self, i: u64) -> usize {
-        (i % self.slots.len() as u64) as usize
-    }
-
-    /// Claim item j (the next unclaimed one) if it is below `bound`.
-    fn claim_below(&self, bound: u64) -> Option<u64> {
-        let j = self.shared.next.load(Ordering::Relaxed);
-        if j >= bound {
-            return None;
-        }
-        self.shared.next.compare_exchange(j, j + 1, Ordering::Relaxed, Ordering::Relaxed).ok()
-    }
-
-    /// A helper: claim items in order and make each, as long as its slot is free and it is expected to be
-    /// needed, until the caller closes.
-    fn help(&self, make: &(dyn Fn(u64, &mut T) + Sync)) {
-        let window = self.slots.len() as u64;
-        let mut spins = 0u32;
-        while !self.shared.closed.load(Ordering::Relaxed) {
-            // The slot of item j is free once the caller has taken item j - window.
-            let bound = self.limit.load(Ordering::Relaxed).min(self.taken.load(Ordering::Acquire) + window);
-            let Some(j) = self.claim_below(bound) else {
-                backoff(&mut spins);
-                continue;
-            };
-            spins = 0;
-            let s = self.slot(j);
-            // SAFETY: this thread claimed item j (the CAS gives each item to one thread); the caller has
-            // taken item j - window, the slot's previous item, and reads the slot again only after the
-            // release store below.
-            make(j, unsafe { &mut *self.slots[s].get() });
-            self.made[s].store(j + 1, Ordering::Release);
-        }
-    }
-
-    /// The caller's item i, made by a helper or here. While a helper is still making it, the caller makes
-    /// later items that nobody has claimed yet (work that is needed anyway) rather than wait.
-    fn get(&self, i: u64, make: &(dyn Fn(u64, &mut T) + Sync)) -> Result<&T> {
-        let window = self.slots.len() as u64;
-        let s = self.slot(i);
-        let mut spins = 0u32;
-        loop {
-            if self.made[s].load(Ordering::Acquire) == i + 1 {
-                break;
-            }
-            // Item i itself, or a later one whose slot is free (its previous item, j - window, is below i,
-            // the item the caller is at, so it was taken) and that is expected to be needed.
-            let bound = if self.shared.next.load(Ordering::Relaxed) == i {
-                i + 1
-            } else {
-                self.limit.load(Ordering::Relaxed).min(i + window)
-            };
-            if let Some(j) = self.claim_below(bound) {
-                let sj = self.slot(j);
-                // SAFETY: item j was claimed here; its slot's previous item was taken (above), and no helper
-                // writes the slot before the caller has taken item j (helpers wait for that).
-                make(j, unsafe { &mut *self.slots[sj].get() });
-                self.made[sj].store(j + 1, Ordering::Release);
-                continue;
-            }
-            if self.shared.failed.load(Ordering::SeqCst) {
-                return Err(Error::Threads { msg: "a helper thread panicked".into() });
-            }
-            backoff(&mut spins);
-        }
-        // SAFETY: item i is in the slot (made by this thread, or published by a release store that the
-        // acquire load saw), and no thread writes the slot until the caller marks item i taken.
-        Ok(unsafe { &*self.slots[s].get() })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,79 +380,6 @@ mod tests {
         }
         // The pool is still usable.
         run(4, |_| ()).unwrap();
-    }
-
-    /// A pipeline whose items are their own index squared, taken until `stop`; returns what `take` saw.
-    fn squares(threads: usize, stop: u64, alone: u64) -> Vec<u64> {
-        set_num_threads(threads).unwrap();
-        let mut seen = Vec::new();
-        let mut spare = Vec::new();
-        pipeline(
-            alone,
-            3,
-            2,
-            &mut spare,
-            || 0u64,
-            |i, b| *b = i * i,
-            |i, b| {
-                seen.push(*b);
-                Ok(if i + 1 < stop { 1 + (i % 3) } else { 0 })
-            },
-        )
-        .unwrap();
-        // The buffers come back for the next call.
-        assert!(!spare.is_empty());
-        seen
-    }
-
-    #[test]
-    fn pipeline_hands_every_item_in_order() {
-        for stop in [1u64, 2, 7, 200] {
-            let want: Vec<u64> = (0..stop).map(|i| i * i).collect();
-            for threads in [1, 2, 4] {
-                for alone in [0, 1, 5] {
-                    assert_eq!(squares(threads, stop, alone), want, "{threads} threads, stop {stop}");
-                }
-            }
-        }
-        set_num_threads(2).unwrap();
-    }
-
-    #[test]
-    fn pipeline_errors_and_panics_reach_the_caller() {
-        set_num_threads(2).unwrap();
-        let mut spare = Vec::new();
-        let r = pipeline(
-            0,
-            4,
-            8,
-            &mut spare,
-            || 0u64,
-            |_, _| (),
-            |i, _| {
-                if i == 5 {
-                    Err(Error::value("x", "stop"))
-                } else {
-                    Ok(1)
-                }
-            },
-        );
-        assert!(matches!(r, Err(Error::Value { .. })));
-        for _ in 0..10 {
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                pipeline(
-                    0,
-                    4,
-                    8,
-                    &mut Vec::new(),
-                    || 0u64,
-                    |i, _| assert!(i != 3, "item three"),
-                    |_, _| Ok(1),
-                )
-            }));
-            assert!(r.is_err());
-        }
-        assert_eq!(squares(2, 5, 0), vec![0, 1, 4, 9, 16]);
     }
 
     #[test]

@@ -18,20 +18,18 @@ use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
 use crate::vmath::{self, simd};
+use std::mem::MaybeUninit;
 
 /// Unique sampling gives up (with an error) after this many draws rather than appear to hang.
 pub const MAX_TRIES: u64 = 1 << 31;
 /// The most candidates one call may ask for.
 pub const MAX_SAMPLED: u64 = 1 << 36;
-/// Calls with fewer candidates (and true classes) than this stay on the caller's thread; larger ones let
-/// the library's other threads help (see `threads::run` and `threads::pipeline`).
+/// Draws with replacement of fewer candidates than this, and per-row draws of fewer in all, stay on the
+/// caller's thread; larger ones let the library's other threads help (see `threads::run`). Each thread then
+/// draws whole chunks and writes them to their place in the output, so no data passes between threads.
 const PARALLEL_MIN: usize = 1 << 12;
 /// Per-row sampling hands rows to threads in groups of about this many draws.
 const ROW_GROUP: usize = 1 << 12;
-/// A unique draw's helpers draw at most this many chunks ahead of the one being consumed.
-const AHEAD: usize = 4;
-/// Expected counts are computed in pieces of this many ids (in parallel for large requests).
-const COUNT_PIECE: usize = 2048;
 
 /// A set of candidates shared by a batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,8 +150,8 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-    /// Buffers for chunks of draws, kept between calls.
-    static CHUNKS: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The buffer for a chunk of draws, kept between calls.
+    static CHUNK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where draws go: a membership test that also inserts.
@@ -164,6 +162,24 @@ trait Seen {
     /// Ask the cache for the memory `insert(id)` will touch (a hint; no effect on results).
     #[inline(always)]
     fn prefetch(&self, _id: u64) {}
+
+    /// Insert the ids of `buf` in order, writing each to `free[f]` and counting it in `f` when new, until
+    /// `f == want`. Returns (f, draws of `buf` used). Implementations may override it with a tighter loop.
+    #[inline(always)]
+    fn scan(&mut self, buf: &[u64], free: &mut [MaybeUninit<u64>], want: usize) -> (usize, usize) {
+        let mut f = 0;
+        for (i, &id) in buf.iter().enumerate() {
+            if let Some(&ahead) = buf.get(i + PREFETCH) {
+                self.prefetch(ahead);
+            }
+            free[f].write(id);
+            f += self.insert(id) as usize;
+            if f == want {
+                return (f, i + 1);
+            }
+        }
+        (f, buf.len())
+    }
 }
 
 /// With replacement: every draw is new.
@@ -208,6 +224,11 @@ struct Bytes<'a> {
 
 impl Seen for Bytes<'_> {
     #[inline(always)]
+    fn scan(&mut self, buf: &[u64], free: &mut [MaybeUninit<u64>], want: usize) -> (usize, usize) {
+        scan_bytes(self.map, self.stamp, buf, free, want)
+    }
+
+    #[inline(always)]
     fn insert(&mut self, id: u64) -> bool {
         let b = &mut self.map[id as usize];
         let new = *b != self.stamp;
@@ -230,8 +251,42 @@ impl Seen for Bytes<'_> {
     }
 }
 
+/// `Seen::scan` over a byte map, with the map and the stamp as arguments: the compiler then knows that
+/// storing into the map changes neither (a byte store could alias anything it loaded from memory), and
+/// keeps them in registers instead of reloading them at every draw.
+#[inline(never)]
+fn scan_bytes(
+    map: &mut [u8],
+    stamp: u8,
+    buf: &[u64],
+    free: &mut [MaybeUninit<u64>],
+    want: usize,
+) -> (usize, usize) {
+    let mut f = 0;
+    for (i, &id) in buf.iter().enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(b) = buf.get(i + PREFETCH).and_then(|&a| map.get(a as usize)) {
+            // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program
+            // and needs no CPU feature beyond x86_64's baseline (SSE).
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    b as *const u8 as *const i8,
+                )
+            };
+        }
+        free[f].write(id);
+        let b = &mut map[id as usize];
+        f += (*b != stamp) as usize;
+        *b = stamp;
+        if f == want {
+            return (f, i + 1);
+        }
+    }
+    (f, buf.len())
+}
+
 /// How many draws ahead of the one being de-duplicated its map entry is fetched into the cache.
-const PREFETCH: usize = 16;
+const PREFETCH: usize = 64;
 
 /// The ids collected so far by a sequential draw, with capacity for one more: the consume loop writes each
 /// draw to the next free place before it knows whether the id is new, which saves a branch per draw.
@@ -270,13 +325,18 @@ impl Collect {
         let want = n - filled;
         let free = self.out.spare_capacity_mut();
         let (mut f, mut t, mut used) = (0, self.tries, 0u64);
-        if want > 0 {
+        if want > 0 && !AVOID {
+            let (got, n_used) = set.scan(buf, free, want);
+            f = got;
+            used = n_used as u64;
+            t += used;
+        } else if want > 0 {
             for (i, &id) in buf.iter().enumerate() {
                 if let Some(&ahead) = buf.get(i + PREFETCH) {
                     set.prefetch(ahead);
                 }
                 used += 1;
-                if AVOID && avoid.is_some_and(|a| a.set.contains(id)) {
+                if avoid.is_some_and(|a| a.set.contains(id)) {
                     continue;
                 }
                 t += 1;
@@ -294,16 +354,18 @@ impl Collect {
         used
     }
 
-    /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected. With
-    /// `parallel`, the library's other threads draw chunks ahead while this thread consumes them.
-    #[allow(clippy::too_many_arguments)]
+    /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected.
+    ///
+    /// This stays on one thread. Letting other threads draw chunks ahead was tried: de-duplicating costs
+    /// about as much as drawing, so it could at best halve the time, and handing each chunk to another core
+    /// costs as much again where the two cores do not share a cache (on the virtual machines measured, the
+    /// same process was fast or three times slower depending on where its threads landed).
     fn run<S: Seen + Default, const AVOID: bool>(
         &mut self,
         dist: &dyn Distribution,
         key: u64,
         n: usize,
         len: usize,
-        parallel: bool,
         avoid: Option<&Avoid>,
         seen: &mut S,
     ) -> Result<()> {
@@ -312,49 +374,46 @@ impl Collect {
         // O(n log draws) in all.
         let mut next_check = (4 * n as u64).saturating_add(1024);
         let avoided_mass = avoid.map_or(0.0, |a| a.mass);
-        let take = |_: u64, buf: &Vec<u64>| -> Result<u64> {
-            consumed += self.consume::<S, AVOID>(buf, avoid, seen, n);
-            if self.filled() == n {
-                return Ok(0);
-            }
-            if consumed >= next_check {
-                next_check = consumed.saturating_mul(2);
-                let budget = MAX_TRIES.saturating_sub(consumed);
-                if out_of_reach(dist, &self.out, avoided_mass, n - self.filled(), budget) {
+        CHUNK.with(|cell| {
+            let mut own = Vec::new();
+            let mut borrowed = cell.try_borrow_mut();
+            let buf = match borrowed.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut own, // re-entered on this thread (cannot happen today)
+            };
+            buf.resize(len, 0);
+            for c in 0u64.. {
+                raw_chunk(dist, key, c, buf);
+                consumed += self.consume::<S, AVOID>(buf, avoid, seen, n);
+                if self.filled() == n {
+                    return Ok(());
+                }
+                if consumed >= next_check {
+                    next_check = consumed.saturating_mul(2);
+                    let budget = MAX_TRIES.saturating_sub(consumed);
+                    if out_of_reach(dist, &self.out, avoided_mass, n - self.filled(), budget) {
+                        return Err(Error::TooFewClasses {
+                            arg: "num_sampled",
+                            msg: format!(
+                                "gave up after {consumed} draws with {} of {n} classes: the classes not drawn \
+                                 yet carry too little probability to be found in {MAX_TRIES} draws",
+                                self.filled()
+                            ),
+                        });
+                    }
+                }
+                if consumed >= MAX_TRIES {
                     return Err(Error::TooFewClasses {
                         arg: "num_sampled",
                         msg: format!(
-                            "gave up after {consumed} draws with {} of {n} classes: the classes not drawn yet \
-                             carry too little probability to be found in {MAX_TRIES} draws",
+                            "gave up after {consumed} draws with {} of {n} distinct classes: the distribution \
+                             is too concentrated for that many",
                             self.filled()
                         ),
                     });
                 }
             }
-            if consumed >= MAX_TRIES {
-                return Err(Error::TooFewClasses {
-                    arg: "num_sampled",
-                    msg: format!(
-                        "gave up after {consumed} draws with {} of {n} distinct classes: the distribution \
-                         is too concentrated for that many",
-                        self.filled()
-                    ),
-                });
-            }
-            // The chunks still needed at the acceptance rate so far (an estimate for the helpers only).
-            let rate = self.filled().max(1) as f64 / consumed as f64;
-            Ok(((n - self.filled()) as f64 / (rate * len as f64)).ceil() as u64 + 1)
-        };
-        let make = |c: u64, buf: &mut Vec<u64>| {
-            buf.resize(len, 0);
-            raw_chunk(dist, key, c, buf)
-        };
-        // With `parallel`, the other threads draw chunks ahead while this one consumes them.
-        let alone = if parallel { 0 } else { u64::MAX };
-        let expect = (n as u64).div_ceil(len as u64) + 1;
-        CHUNKS.with(|spare| match spare.try_borrow_mut() {
-            Ok(mut spare) => threads::pipeline(alone, AHEAD, expect, &mut spare, Vec::new, make, take),
-            Err(_) => threads::pipeline(alone, AHEAD, expect, &mut Vec::new(), Vec::new, make, take),
+            Ok(())
         })
     }
 
@@ -365,13 +424,12 @@ impl Collect {
         key: u64,
         n: usize,
         len: usize,
-        parallel: bool,
         avoid: Option<&Avoid>,
         seen: &mut S,
     ) -> Result<()> {
         match avoid {
-            Some(_) => self.run::<S, true>(dist, key, n, len, parallel, avoid, seen),
-            None => self.run::<S, false>(dist, key, n, len, parallel, avoid, seen),
+            Some(_) => self.run::<S, true>(dist, key, n, len, avoid, seen),
+            None => self.run::<S, false>(dist, key, n, len, avoid, seen),
         }
     }
 }
@@ -411,14 +469,12 @@ fn raw_chunk(dist: &dyn Distribution, key: u64, c: u64, out: &mut [u64]) {
 
 /// Draw `n` candidates from the stream `key`: the first `n` accepted draws in chunk order (a draw is accepted
 /// when it is not avoided and, with `unique`, not seen before). Returns the ids and `num_tries`.
-/// `parallel` lets large requests generate chunks on the library's threads; it never changes the result.
 fn draw(
     dist: &dyn Distribution,
     key: u64,
     n: usize,
     unique: bool,
     avoid: Option<&Avoid>,
-    parallel: bool,
 ) -> Result<(Vec<u64>, u64)> {
     let avoid = avoid.filter(|a| !a.is_empty());
     let available = dist.support_size() - avoid.map_or(0, |a| a.in_support);
@@ -441,18 +497,13 @@ fn draw(
     if !unique && avoid.is_none() {
         // Every draw is accepted: chunk c fills out[c*len..], independently.
         let mut out: Vec<u64> = zeroed("num_sampled", n)?;
-        let parts: Vec<&mut [u64]> = out.chunks_mut(len).collect();
-        if parallel {
-            threads::run_parts(parts, |c, piece| raw_chunk(dist, key, c as u64, piece))?;
-        } else {
-            parts.into_iter().enumerate().for_each(|(c, piece)| raw_chunk(dist, key, c as u64, piece));
-        }
+        out.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(dist, key, c as u64, piece));
         return Ok((out, n as u64));
     }
     let mut c = Collect::new(n)?;
     let range = dist.range_max();
     if !unique {
-        c.run_with(dist, key, n, len, parallel, avoid, &mut Everything)?;
+        c.run_with(dist, key, n, len, avoid, &mut Everything)?;
     } else if range <= BITSET_MAX_RANGE {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
@@ -469,7 +520,7 @@ fn draw(
                         scratch.stamp = 1;
                     }
                     let map = &mut Bytes { map: &mut scratch.bytes[..size], stamp: scratch.stamp };
-                    return c.run_with(dist, key, n, len, parallel, avoid, map);
+                    return c.run_with(dist, key, n, len, avoid, map);
                 }
                 if scratch.dirty {
                     scratch.bits.fill(0);
@@ -480,7 +531,7 @@ fn draw(
                     scratch.bits.resize(words, 0);
                 }
                 let map = &mut Bits(&mut scratch.bits[..words]);
-                let r = c.run_with(dist, key, n, len, parallel, avoid, map);
+                let r = c.run_with(dist, key, n, len, avoid, map);
                 // Clear exactly the bits set: those of the ids collected.
                 for &id in &c.out {
                     scratch.bits[(id >> 6) as usize] = 0;
@@ -489,10 +540,10 @@ fn draw(
                 r
             }
             // Re-entered on this thread (cannot happen today): use a private set.
-            Err(_) => c.run_with(dist, key, n, len, parallel, avoid, &mut IdSet::with_capacity(n)),
+            Err(_) => c.run_with(dist, key, n, len, avoid, &mut IdSet::with_capacity(n)),
         })?;
     } else {
-        c.run_with(dist, key, n, len, parallel, avoid, &mut IdSet::with_capacity(n))?;
+        c.run_with(dist, key, n, len, avoid, &mut IdSet::with_capacity(n))?;
     }
     let tries = c.tries;
     let mut out = c.out;
@@ -558,10 +609,11 @@ simd! {
         }
         for (o, &q) in out.iter_mut().zip(p) {
             let q = ((q * scale) as f32) as f64;
-            let mut c: f64 = 1.0 / 7.0;
-            for k in [1.0 / 6.0, 0.2, 0.25, 1.0 / 3.0, 0.5, 1.0] {
-                c = c.mul_add(q, k);
-            }
+            // -ln(1 - q) = q c, c = 1 + q/2 + q²/3 + ... + q⁶/7 by Estrin's scheme (short dependency chains).
+            let q2 = q * q;
+            let lo = q2.mul_add(q.mul_add(0.25, 1.0 / 3.0), q.mul_add(0.5, 1.0));
+            let hi = q2.mul_add(1.0 / 7.0, q.mul_add(1.0 / 6.0, 0.2));
+            let c = (q2 * q2).mul_add(hi, lo);
             let mut l = -(q * c);
             if how == Counts::Mixed {
                 // q = 1 (all the mass in one class) is certain to be drawn: ln(0) = -inf gives -expm1 = 1.
@@ -692,7 +744,6 @@ pub fn sample(
         (Some(t), true) => Some(Avoid::new(dist, t)),
         _ => None,
     };
-    let parallel = threads::num_threads() > 1 && n + truth.as_ref().map_or(0, |t| t.len()) >= PARALLEL_MIN;
     // Bytes per candidate: ids and counts, plus the draw buffer without replacement or with exclusions,
     // plus the hash set (up to 4n slots and n indices) of unique draws over large ranges.
     let per_id: u128 = match (unique, avoid.is_some()) {
@@ -702,17 +753,16 @@ pub fn sample(
     };
     let truth_len = truth.as_ref().map_or(0, |t| t.len()) as u128;
     ensure_memory("num_sampled", n as u128 * per_id + truth_len * 4)?;
-    let work = || {
-        if !unique && avoid.is_none() {
-            plain_sample(dist, key, n, truth, parallel)
-        } else {
-            drawn_sample(dist, key, n, unique, truth, avoid.as_ref(), parallel)
-        }
-    };
-    work()
+    if !unique && avoid.is_none() {
+        plain_sample(dist, key, n, truth, threads::num_threads() > 1 && n >= PARALLEL_MIN)
+    } else {
+        drawn_sample(dist, key, n, unique, truth, avoid.as_ref())
+    }
 }
 
-/// A sample without replacement or with exclusions: `draw`, then the expected counts.
+/// A sample without replacement or with exclusions: `draw`, then the expected counts. On the calling
+/// thread: the de-duplication is sequential, and the counts read what it wrote, which other cores would
+/// have to fetch from this one's cache first (see `Collect::run`).
 fn drawn_sample(
     dist: &dyn Distribution,
     key: u64,
@@ -720,30 +770,19 @@ fn drawn_sample(
     unique: bool,
     truth: Option<&[u64]>,
     avoid: Option<&Avoid>,
-    parallel: bool,
 ) -> Result<Sample> {
-    let (ids, tries) = draw(dist, key, n, unique, avoid, parallel)?;
+    let (ids, tries) = draw(dist, key, n, unique, avoid)?;
     let scale = avoid.map_or(1.0, |a| 1.0 / (1.0 - a.mass));
     let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
-    let truth_ids = truth.unwrap_or(&[]);
-    let mut true_expected: Vec<f32> = zeroed("true_classes", truth_ids.len())?;
-    // Pieces of both lists of counts, for the library's threads.
-    let mut parts: Vec<(&[u64], &mut [f32], f64)> = Vec::new();
-    parts.extend(
-        ids.chunks(COUNT_PIECE).zip(sampled_expected.chunks_mut(COUNT_PIECE)).map(|(i, o)| (i, o, scale)),
-    );
-    parts.extend(
-        truth_ids.chunks(COUNT_PIECE).zip(true_expected.chunks_mut(COUNT_PIECE)).map(|(i, o)| (i, o, 1.0)),
-    );
-    let count = |_: usize, (i, o, scale): &mut (&[u64], &mut [f32], f64)| {
-        expected_counts(dist, i, n as u64, tries, *scale, o)
+    expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
+    let true_expected = match truth {
+        Some(t) => {
+            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
+            expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
+            Some(te)
+        }
+        None => None,
     };
-    if parallel {
-        threads::run_parts(parts, count)?;
-    } else {
-        parts.iter_mut().enumerate().for_each(|(c, p)| count(c, p));
-    }
-    let true_expected = truth.map(|_| true_expected);
     Ok(Sample { ids: to_i64(ids), true_expected, sampled_expected, num_tries: tries })
 }
 
@@ -788,7 +827,7 @@ pub fn sample_per_row(
     let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];
         let avoid = if remove_true { Some(Avoid::new(dist, t)) } else { None };
-        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref(), false)?;
+        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref())?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
         expected_counts(dist, &drawn, s as u64, n_tries, scale, se);
         expected_counts(dist, t, s as u64, n_tries, 1.0, te);
