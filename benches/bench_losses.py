@@ -125,6 +125,11 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+#: Pause before each timed call: thread pools that spin after their work (OpenBLAS, TensorFlow's Eigen
+#: pool) would otherwise compete with whichever contender runs next.
+SETTLE = 0.05
+
+
 def measure(fns: dict, repeats: int, cpu: dict | None = None) -> dict:
     """Median wall seconds of each function, the functions interleaved in every repeat (the machine is
     shared). With ``cpu``, also the median process CPU seconds per call, into it."""
@@ -135,6 +140,7 @@ def measure(fns: dict, repeats: int, cpu: dict | None = None) -> dict:
     cpus: dict = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            time.sleep(SETTLE)
             c = _cpu()
             t = time.perf_counter()
             f()

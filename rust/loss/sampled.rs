@@ -798,17 +798,27 @@ fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) 
     ids.extend_from_slice(a.sampled);
     ids.extend_from_slice(a.labels);
     let blocks = &blocks;
-    let row_of = |e: usize, out: &mut [T]| {
+    let row_of = |e: usize, out: &mut [T], first: bool| {
         if e < s {
             let blk = &blocks[e / nb];
             let j = e - blk.c0;
-            for (o, &v) in out.iter_mut().zip(&blk.gw[j * d..(j + 1) * d]) {
-                *o += v;
+            let src = &blk.gw[j * d..(j + 1) * d];
+            if first {
+                out.copy_from_slice(src);
+            } else {
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o += v;
+                }
             }
         } else {
             let e = e - s;
             let r = e / nt;
-            tile::axpy(gt[e], &a.inputs[r * d..(r + 1) * d], out);
+            let x = &a.inputs[r * d..(r + 1) * d];
+            if first {
+                tile::scale_into(gt[e], x, out);
+            } else {
+                tile::axpy(gt[e], x, out);
+            }
         }
     };
     let bias_of_entry = |e: usize| -> T {
@@ -1081,9 +1091,14 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
     ids.extend_from_slice(a.sampled);
     ids.extend_from_slice(a.labels);
     let bs = b * s;
-    let row_of = |e: usize, out: &mut [T]| {
+    let row_of = |e: usize, out: &mut [T], first: bool| {
         let (coef, r) = if e < bs { (g[e], e / s) } else { (gt[e - bs], (e - bs) / nt) };
-        tile::axpy(coef, &a.inputs[r * d..(r + 1) * d], out);
+        let x = &a.inputs[r * d..(r + 1) * d];
+        if first {
+            tile::scale_into(coef, x, out);
+        } else {
+            tile::axpy(coef, x, out);
+        }
     };
     let bias_of_entry = |e: usize| if e < bs { g[e] } else { gt[e - bs] };
     let (gw, gb) = sparse(&ids, d, row_of, a.biases.is_some(), bias_of_entry)?;
@@ -1093,13 +1108,18 @@ fn per_row<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>)
     })
 }
 
-/// Sum per-entry gradient rows by class id: `ids[e]` is the class of entry e, `row_of(e, out)` adds its
-/// row to `out`, `bias_of(e)` is its bias gradient. Entries of one id are added in entry order.
+/// Sum per-entry gradient rows by class id: `ids[e]` is the class of entry e, `row_of(e, out, first)` adds
+/// its row to `out` (or, for the first entry of an id, writes it there), `bias_of(e)` is its bias gradient.
+/// Entries of one id are added in entry order.
+///
+/// Writing each output row before reading it matters: the values are fresh zeroed memory, whose untouched
+/// pages read as the shared zero page, so a read-modify-write would fault twice per page (read, then
+/// copy-on-write with a TLB shootdown across the library's threads); a first write faults once.
 #[allow(clippy::type_complexity)]
 fn sparse<T: Float>(
     ids: &[i64],
     d: usize,
-    row_of: impl Fn(usize, &mut [T]) + Sync,
+    row_of: impl Fn(usize, &mut [T], bool) + Sync,
     with_bias: bool,
     bias_of: impl Fn(usize) -> T + Sync,
 ) -> Result<(SparseGrad<T>, Option<SparseGrad<T>>)> {
@@ -1120,8 +1140,8 @@ fn sparse<T: Float>(
     values.par_chunks_mut(GROUP * d).enumerate().for_each(|(task, out)| {
         for (i, row) in out.chunks_mut(d).enumerate() {
             let q = task * GROUP + i;
-            for &(_, e) in &order[starts[q]..starts[q + 1]] {
-                row_of(e, row);
+            for (k, &(_, e)) in order[starts[q]..starts[q + 1]].iter().enumerate() {
+                row_of(e, row, k == 0);
             }
         }
     });

@@ -455,6 +455,15 @@ kernel! {
 }
 
 kernel! {
+    /// `y = c·x`.
+    pub fn scale_into<T>(c: T, x: &[T], y: &mut [T]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = c * v;
+        }
+    }
+}
+
+kernel! {
     /// The largest element (-inf for an empty slice; NaN-free input assumed).
     pub fn max<T>(x: &[T]) -> T {
         let mut acc = [T::NEG_INFINITY; LANES];

@@ -171,6 +171,7 @@ def sampler_sweeps() -> List[Case]:
 
 
 BOUND = "numpy sgemm bound"
+GATHER = "numpy gather of the B·S rows"
 
 
 def _loss_data(batch: int, dim: int, vocab: int, seed: int = 0):
@@ -184,7 +185,8 @@ def _loss_data(batch: int, dim: int, vocab: int, seed: int = 0):
 
 def sampled_loss_case(kind: str, batch: int, dim: int, vocab: int, num_sampled: int, per_row: bool = False) -> Impls:
     """Loss and all gradients of sampled softmax / NCE against TensorFlow (tf.function + GradientTape, same
-    candidates) and against the three NumPy/OpenBLAS products of the step (x·Wsᵀ, G·Ws, Gᵀ·x)."""
+    candidates) and against the three NumPy/OpenBLAS products of the step (x·Wsᵀ, G·Ws, Gᵀ·x); with per-row
+    candidates also against the NumPy gather of the rows the step reads."""
     import zipfnce as zn
 
     w, b, x, labels = _loss_data(batch, dim, vocab)
@@ -204,6 +206,11 @@ def sampled_loss_case(kind: str, batch: int, dim: int, vocab: int, num_sampled: 
         g.T @ x
 
     impls[BOUND] = bound
+    if per_row:
+        # Each row reads its own candidates' weight rows: the gather of all B·S rows is the step's memory
+        # traffic, a lower bound that the three small products above do not capture.
+        flat = sv.ids.ravel()
+        impls[GATHER] = lambda: w[flat]
     tf = _tf()
     if tf is not None and not per_row:
         tw, tb = tf.Variable(w), tf.Variable(b)

@@ -23,6 +23,11 @@ class Result:
         return self.seconds[peer] / self.seconds["zipfnce"]
 
 
+#: Pause before each implementation's turn: thread pools that spin for a while after their work (OpenBLAS,
+#: TensorFlow's Eigen pool) would otherwise compete with whichever implementation runs next.
+SETTLE = 0.02
+
+
 def _calls_per_sample(fn: Callable[[], object], budget: float) -> int:
     t = time.perf_counter()
     fn()
@@ -41,6 +46,7 @@ def run_case(case: Case, repeats: int = 15, budget: float = 0.02) -> Result:
     samples: Dict[str, List[float]] = {name: [] for name in impls}
     for _ in range(repeats):
         for name, fn in impls.items():
+            time.sleep(SETTLE)
             n = loops[name]
             t = time.perf_counter()
             for _ in range(n):
