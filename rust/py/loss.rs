@@ -15,6 +15,7 @@ use numpy::{
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use std::borrow::Cow;
 
 /// The elements of an array of the call's float type, in C order (a copy; used for the small arrays).
 fn small<T: numpy::Element + crate::float::Float>(
@@ -75,7 +76,24 @@ fn run<'py, T: FastMath + numpy::Element>(
         unsafe { std::slice::from_raw_parts(w.as_array().as_ptr(), span) }
     };
     let weights = Weights { data, rows, cols, row_stride: rs, col_stride: cs };
-    let biases = biases.map(|b| small::<T>(b, "biases")).transpose()?;
+    // Biases ([V], as large as a column of the weights) are read in place like the weights, unless they
+    // are strided (then copied).
+    let biases_ro = biases
+        .map(|b| {
+            let a = b
+                .cast::<PyArrayDyn<T>>()
+                .map_err(|_| err(Error::ty("biases", format!("expected a {} array", T::NAME))))?;
+            check_aligned(a.is_aligned(), "biases")?;
+            Ok::<_, PyErr>(a.readonly())
+        })
+        .transpose()?;
+    let biases: Option<Cow<'_, [T]>> = match (biases, &biases_ro) {
+        (Some(b), Some(r)) => Some(match r.as_slice() {
+            Ok(s) if r.is_c_contiguous() => Cow::Borrowed(s),
+            _ => Cow::Owned(small::<T>(b, "biases")?),
+        }),
+        _ => None,
+    };
     let inputs = small::<T>(inputs, "inputs")?;
     let te = small::<T>(true_expected, "sampled_values")?;
     let se = small::<T>(sampled_expected, "sampled_values")?;
