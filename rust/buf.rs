@@ -309,7 +309,7 @@ where
         }
     };
     if parallel {
-        crate::threads::run(parts.len(), one)?;
+        crate::threads::run(parts.len(), one);
     } else {
         (0..parts.len()).for_each(one);
     }

@@ -304,16 +304,16 @@ fn with_helpers<R>(shared: &Shared, help: impl Fn() + Send + Sync + 'static, min
 }
 
 /// Run `work(i)` for every `i` in `0..count`, on the calling thread, with up to `num_threads() - 1`
-/// threads of the pool helping. Indices are handed out one at a time, so the caller never waits for a
+/// helper threads (the crew, not the rayon pool) joining in. Indices are handed out one at a time, so the caller never waits for a
 /// helper that has not started yet (waking a sleeping thread takes microseconds): it does whatever is left
 /// itself and then waits only for indices already underway. Meant for calls of tens of microseconds, where
 /// `install` would cost as much as the work; give each index at least a few microseconds of work.
 /// Results never depend on the thread count as long as each index writes only its own part of the output.
-pub fn run<F: Fn(usize) + Sync>(count: usize, work: F) -> Result<()> {
+pub fn run<F: Fn(usize) + Sync>(count: usize, work: F) {
     let helpers = num_threads().min(count).saturating_sub(1);
     if helpers == 0 {
         (0..count).for_each(work);
-        return Ok(());
+        return;
     }
     let shared = Arc::new(Shared::default());
     let claim = move |sh: &Shared, work: &(dyn Fn(usize) + Sync)| loop {
@@ -329,12 +329,11 @@ pub fn run<F: Fn(usize) + Sync>(count: usize, work: F) -> Result<()> {
     let sh = shared.clone();
     let help = move || sh.helper(|| claim(&sh, erased.0));
     with_helpers(&shared, help, || claim(&shared, local));
-    Ok(())
 }
 
 /// [`run`] over owned parts: `work(i, &mut parts[i])` for every i, each part (a tuple of disjoint mutable
 /// slices of the outputs, say) going to exactly one thread.
-pub fn run_parts<P: Send>(parts: Vec<P>, work: impl Fn(usize, &mut P) + Sync) -> Result<()> {
+pub fn run_parts<P: Send>(parts: Vec<P>, work: impl Fn(usize, &mut P) + Sync) {
     let cells: Vec<Mutex<P>> = parts.into_iter().map(Mutex::new).collect();
     run(cells.len(), |i| work(i, &mut lock(&cells[i])))
 }
@@ -358,8 +357,7 @@ mod tests {
                 let hits: Vec<AtomicU32> = (0..count).map(|_| AtomicU32::new(0)).collect();
                 run(count, |i| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
-                })
-                .unwrap();
+                });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{threads} threads, {count}");
             }
         }
@@ -378,8 +376,8 @@ mod tests {
             });
             assert!(r.is_err());
         }
-        // The pool is still usable.
-        run(4, |_| ()).unwrap();
+        // The crew is still usable.
+        run(4, |_| ());
     }
 
     #[test]

@@ -238,16 +238,20 @@ impl Seen for Bytes<'_> {
 
     #[inline(always)]
     fn prefetch(&self, id: u64) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(b) = self.map.get(id as usize) {
-            // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program
-            // and needs no CPU feature beyond x86_64's baseline (SSE).
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    b as *const u8 as *const i8,
-                )
-            };
-        }
+        prefetch_byte(self.map, id)
+    }
+}
+
+/// Ask the cache for `map[id]` (nothing when out of range).
+#[inline(always)]
+fn prefetch_byte(map: &[u8], id: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(b) = map.get(id as usize) {
+        // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program and
+        // needs no CPU feature beyond x86_64's baseline (SSE).
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(b as *const u8 as *const i8)
+        };
     }
 }
 
@@ -264,15 +268,8 @@ fn scan_bytes(
 ) -> (usize, usize) {
     let mut f = 0;
     for (i, &id) in buf.iter().enumerate() {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(b) = buf.get(i + PREFETCH).and_then(|&a| map.get(a as usize)) {
-            // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program
-            // and needs no CPU feature beyond x86_64's baseline (SSE).
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    b as *const u8 as *const i8,
-                )
-            };
+        if let Some(&ahead) = buf.get(i + PREFETCH) {
+            prefetch_byte(map, ahead);
         }
         free[f].write(id);
         let b = &mut map[id as usize];
@@ -861,7 +858,7 @@ pub fn sample_per_row(
         });
     };
     if threads::num_threads() > 1 && total >= PARALLEL_MIN && rows > group {
-        threads::run_parts(parts, run_group)?;
+        threads::run_parts(parts, run_group);
     } else {
         parts.into_iter().enumerate().for_each(|(g, mut p)| run_group(g, &mut p));
     }
