@@ -49,28 +49,10 @@ impl Stream {
         Stream { s, buf: [0; LANES], pos: LANES }
     }
 
-    /// Advance all lanes once and return their outputs.
-    #[inline(always)]
-    fn step(&mut self) -> [u64; LANES] {
-        let [s0, s1, s2, s3] = &mut self.s;
-        let mut out = [0u64; LANES];
-        for l in 0..LANES {
-            out[l] = s0[l].wrapping_add(s3[l]).rotate_left(23).wrapping_add(s0[l]);
-            let t = s1[l] << 17;
-            s2[l] ^= s0[l];
-            s3[l] ^= s1[l];
-            s1[l] ^= s2[l];
-            s0[l] ^= s3[l];
-            s2[l] ^= t;
-            s3[l] = s3[l].rotate_left(45);
-        }
-        out
-    }
-
     #[inline(always)]
     pub fn next_u64(&mut self) -> u64 {
         if self.pos == LANES {
-            self.buf = self.step();
+            self.buf = step(&mut self.s);
             self.pos = 0;
         }
         let x = self.buf[self.pos];
@@ -134,21 +116,28 @@ fn fill_kernel(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
     fill_portable(s, out)
 }
 
-fn fill_portable(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
-    let [mut s0, mut s1, mut s2, mut s3] = *s;
-    for b in out.chunks_exact_mut(LANES) {
-        for l in 0..LANES {
-            b[l] = s0[l].wrapping_add(s3[l]).rotate_left(23).wrapping_add(s0[l]);
-            let t = s1[l] << 17;
-            s2[l] ^= s0[l];
-            s3[l] ^= s1[l];
-            s1[l] ^= s2[l];
-            s0[l] ^= s3[l];
-            s2[l] ^= t;
-            s3[l] = s3[l].rotate_left(45);
-        }
+/// Advance the four lanes of the state once and return their outputs (xoshiro256++).
+#[inline(always)]
+fn step(s: &mut [[u64; LANES]; 4]) -> [u64; LANES] {
+    let [s0, s1, s2, s3] = s;
+    let mut out = [0u64; LANES];
+    for l in 0..LANES {
+        out[l] = s0[l].wrapping_add(s3[l]).rotate_left(23).wrapping_add(s0[l]);
+        let t = s1[l] << 17;
+        s2[l] ^= s0[l];
+        s3[l] ^= s1[l];
+        s1[l] ^= s2[l];
+        s0[l] ^= s3[l];
+        s2[l] ^= t;
+        s3[l] = s3[l].rotate_left(45);
     }
-    *s = [s0, s1, s2, s3];
+    out
+}
+
+fn fill_portable(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
+    for b in out.chunks_exact_mut(LANES) {
+        b.copy_from_slice(&step(s));
+    }
 }
 
 /// The loop of `fill_portable` on four lanes in 256-bit registers; `$rol23` and `$rol45` rotate each lane.
