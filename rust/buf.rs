@@ -264,9 +264,14 @@ unsafe fn stream_copy<T: Copy>(src: &[T], dst: *mut T) {
     };
 }
 
+/// Outputs at least this large are written with non-temporal stores (`stream_copy`): they would not stay in
+/// the cache anyway. Smaller ones are copied normally, so that the caller finds them in the cache.
+const STREAM_MIN_BYTES: usize = 4 << 20;
+
 /// Fill two vectors of `n` elements chunk by chunk: `f(c, a, b)` fills chunk `c` of each (length `len`, the
-/// last shorter) in zeroed scratch buffers, from which it is streamed into place (see `stream_copy`). On the
-/// library's threads (see `threads::run`) when `parallel`.
+/// last shorter) in zeroed scratch buffers, from which it is copied into place (streamed past the cache when
+/// the outputs are large, see `STREAM_MIN_BYTES`). On the library's threads (see `threads::run`) when
+/// `parallel`.
 pub fn fill_together<A, B, F>(
     arg: &'static str,
     n: usize,
@@ -283,6 +288,7 @@ where
     let mut b = ChunkedVec::<B>::new(arg, n)?;
     let len = len.max(1);
     let parts: Vec<_> = a.parts(len).into_iter().zip(b.parts(len)).collect();
+    let stream = n * (std::mem::size_of::<A>() + std::mem::size_of::<B>()) >= STREAM_MIN_BYTES;
     let one = |c: usize| {
         let ((pa, la), (pb, lb)) = parts[c];
         let (mut sa, mut sb) = match (zeroed::<A>(arg, la), zeroed::<B>(arg, lb)) {
@@ -304,8 +310,13 @@ where
         f(c, &mut sa, &mut sb);
         // SAFETY: as above, chunk c of each output is this closure's alone and has room for la (lb) elements.
         unsafe {
-            stream_copy(&sa, pa.0);
-            stream_copy(&sb, pb.0);
+            if stream {
+                stream_copy(&sa, pa.0);
+                stream_copy(&sb, pb.0);
+            } else {
+                std::ptr::copy_nonoverlapping(sa.as_ptr(), pa.0, la);
+                std::ptr::copy_nonoverlapping(sb.as_ptr(), pb.0, lb);
+            }
         }
     };
     if parallel {

@@ -579,7 +579,7 @@ fn out_of_reach(
     !(r > 0.0) || missing as f64 / r > 1000.0 * budget as f64
 }
 
-/// Above this P, ln(1 - P) leaves the series of [`count_kernel`] and is computed exactly, one by one.
+/// Above this P, ln(1 - P) leaves the series of [`count_kernel`] for the exact logarithm (`Counts::Mixed`).
 const SERIES_MAX: f64 = 1.0 / 128.0;
 
 /// How `count_kernel` computes.
@@ -1021,6 +1021,22 @@ mod tests {
             assert_eq!(set.len(), 40, "row {r}");
         }
         assert_eq!(per_row, sample_per_row(&d, 4, &rows, 1, 40, true, true).unwrap());
+    }
+
+    #[test]
+    fn large_plain_samples_are_their_chunks_draws() {
+        // 400,000 draws: past the size where the outputs are streamed to memory (and run on several
+        // threads); every id and count must be what the chunk's own stream gives.
+        let d = LogUniform::new(1_000_000).unwrap();
+        let n = 400_000;
+        let s = sample(&d, 21, n as i64, false, None, false).unwrap();
+        let len = chunk_len(n);
+        let mut want = vec![0u64; n];
+        want.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(&d, 21, c as u64, piece));
+        assert!(s.ids.iter().zip(&want).all(|(&a, &b)| a as u64 == b));
+        let mut ec = vec![0f32; n];
+        expected_counts(&d, &want, n as u64, n as u64, 1.0, &mut ec);
+        assert_eq!(s.sampled_expected, ec);
     }
 
     #[test]
