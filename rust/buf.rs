@@ -3,12 +3,13 @@
 
 use crate::error::{Error, Result};
 
-/// Plain numbers whose all-zero bit pattern is the value zero.
+/// Plain numbers whose all-zero bit pattern is the value zero, and for which every bit pattern is a valid
+/// value (so memory holding numbers of one such type may be read as another, see `fill_together`).
 ///
 /// # Safety
-/// Implement only for types for which every all-zero byte pattern is a valid value.
+/// Implement only for types of alignment at most 8 for which every byte pattern is a valid value.
 pub unsafe trait Zeroable: Copy {}
-// SAFETY: zero bytes are 0 / 0.0 for each of these.
+// SAFETY: zero bytes are 0 / 0.0 for each of these, any bytes are some value, alignment <= 8.
 unsafe impl Zeroable for u32 {}
 // SAFETY: as above.
 unsafe impl Zeroable for i32 {}
@@ -264,14 +265,24 @@ unsafe fn stream_copy<T: Copy>(src: &[T], dst: *mut T) {
     };
 }
 
+thread_local! {
+    /// The scratch of `fill_together`, as plain words, kept between calls.
+    static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The u64 words that hold `n` values of T.
+fn words_for<T>(n: usize) -> usize {
+    (n * std::mem::size_of::<T>()).div_ceil(8)
+}
+
 /// Outputs at least this large are written with non-temporal stores (`stream_copy`): they would not stay in
 /// the cache anyway. Smaller ones are copied normally, so that the caller finds them in the cache.
 const STREAM_MIN_BYTES: usize = 4 << 20;
 
 /// Fill two vectors of `n` elements chunk by chunk: `f(c, a, b)` fills chunk `c` of each (length `len`, the
-/// last shorter) in zeroed scratch buffers, from which it is copied into place (streamed past the cache when
+/// last shorter) in scratch buffers, from which it is copied into place (streamed past the cache when
 /// the outputs are large, see `STREAM_MIN_BYTES`). On the library's threads (see `threads::run`) when
-/// `parallel`.
+/// `parallel`. The scratch is the thread's own and is reused: `f` must write every element of its chunk.
 pub fn fill_together<A, B, F>(
     arg: &'static str,
     n: usize,
@@ -291,33 +302,50 @@ where
     let stream = n * (std::mem::size_of::<A>() + std::mem::size_of::<B>()) >= STREAM_MIN_BYTES;
     let one = |c: usize| {
         let ((pa, la), (pb, lb)) = parts[c];
-        let (mut sa, mut sb) = match (zeroed::<A>(arg, la), zeroed::<B>(arg, lb)) {
-            (Ok(sa), Ok(sb)) => (sa, sb),
-            // Scratch of one chunk (at most a few tens of KiB) that cannot be had: the process is out of
-            // memory anyway; write in place instead (zeroing first, so the slices are initialised).
-            _ => {
-                // SAFETY: chunk c covers [c*len, c*len + la) of `a` (likewise `b`) inside the allocation, no
-                // two chunks overlap, so the slices are this closure's alone; zeroing initialises them.
+        let fill = |sa: &mut [A], sb: &mut [B]| {
+            f(c, sa, sb);
+            // SAFETY: chunk c covers [c*len, c*len + la) of `a` (likewise `b`) inside the allocation, and no
+            // two chunks overlap, so these places are this closure's alone.
+            unsafe {
+                if stream {
+                    stream_copy(sa, pa.0);
+                    stream_copy(sb, pb.0);
+                } else {
+                    std::ptr::copy_nonoverlapping(sa.as_ptr(), pa.0, la);
+                    std::ptr::copy_nonoverlapping(sb.as_ptr(), pb.0, lb);
+                }
+            }
+        };
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut words) => {
+                let (wa, wb) = (words_for::<A>(la), words_for::<B>(lb));
+                if words.len() < wa + wb {
+                    words.resize(wa + wb, 0);
+                }
+                let (ha, hb) = words.split_at_mut(wa);
+                // SAFETY: `ha` holds wa >= la * size_of::<A>() / 8 initialised u64 words, aligned for A
+                // (alignment <= 8), and every byte pattern is an A (`Zeroable`); likewise `hb` for B. The
+                // two slices do not overlap and live as long as the borrow of `words`.
+                let (sa, sb) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(ha.as_mut_ptr() as *mut A, la),
+                        std::slice::from_raw_parts_mut(hb.as_mut_ptr() as *mut B, lb),
+                    )
+                };
+                fill(sa, sb);
+            }
+            // Re-entered on this thread (cannot happen today): write in place, zeroing first so that the
+            // slices are initialised.
+            Err(_) => {
+                // SAFETY: as above, the chunk's places are this closure's alone; zeroing initialises them.
                 let (da, db) = unsafe {
                     std::ptr::write_bytes(pa.0, 0, la);
                     std::ptr::write_bytes(pb.0, 0, lb);
                     (std::slice::from_raw_parts_mut(pa.0, la), std::slice::from_raw_parts_mut(pb.0, lb))
                 };
                 f(c, da, db);
-                return;
             }
-        };
-        f(c, &mut sa, &mut sb);
-        // SAFETY: as above, chunk c of each output is this closure's alone and has room for la (lb) elements.
-        unsafe {
-            if stream {
-                stream_copy(&sa, pa.0);
-                stream_copy(&sb, pb.0);
-            } else {
-                std::ptr::copy_nonoverlapping(sa.as_ptr(), pa.0, la);
-                std::ptr::copy_nonoverlapping(sb.as_ptr(), pb.0, lb);
-            }
-        }
+        });
     };
     if parallel {
         crate::threads::run(parts.len(), one);
