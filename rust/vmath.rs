@@ -13,7 +13,7 @@ const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
 const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// 1.5 * 2^52: adding it rounds a double of magnitude < 2^51 to an integer held in the low mantissa bits.
-const ROUND_SHIFT: f64 = 6_755_399_441_055_744.0;
+pub(crate) const ROUND_SHIFT: f64 = 6_755_399_441_055_744.0;
 
 /// e^x for x in [-708, 709] (clamped outside: the result stays finite and positive).
 #[inline(always)]

@@ -5,7 +5,7 @@
 use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
-use crate::vmath::{self, simd};
+use crate::vmath::{self, simd, ROUND_SHIFT};
 
 #[derive(Clone, Debug)]
 pub struct LogUniform {
@@ -76,8 +76,6 @@ const EXP2_16: [f64; 16] = [
 const INV_LN2_16: f64 = 23.083120654223414;
 const LN2_16_HI: f64 = 0.04332169878499658;
 const LN2_16_LO: f64 = 1.838577007591136e-18;
-/// 1.5 * 2^52: adding it rounds a double of magnitude < 2^51 to an integer held in the low mantissa bits.
-const ROUND_SHIFT: f64 = 6_755_399_441_055_744.0;
 /// The Taylor coefficients of e^r to the degree 7, highest first: |r| <= ln2/32, so the first omitted term
 /// is below 2e-18.
 const EXP_TAYLOR: [f64; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
