@@ -17,15 +17,24 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::borrow::Cow;
 
+/// `a` as an aligned array of the call's float type, or the error naming `arg`.
+fn typed<'a, 'py, T: numpy::Element + crate::float::Float>(
+    a: &'a Bound<'py, PyAny>,
+    arg: &'static str,
+) -> PyResult<&'a Bound<'py, PyArrayDyn<T>>> {
+    let a = a
+        .cast::<PyArrayDyn<T>>()
+        .map_err(|_| err(Error::ty(arg, format!("expected a {} array", T::NAME))))?;
+    check_aligned(a.is_aligned(), arg)?;
+    Ok(a)
+}
+
 /// The elements of an array of the call's float type, in C order (a copy; used for the small arrays).
 fn small<T: numpy::Element + crate::float::Float>(
     a: &Bound<'_, PyAny>,
     arg: &'static str,
 ) -> PyResult<Vec<T>> {
-    let a = a
-        .cast::<PyArrayDyn<T>>()
-        .map_err(|_| err(Error::ty(arg, format!("expected a {} array", T::NAME))))?;
-    check_aligned(a.is_aligned(), arg)?;
+    let a = typed::<T>(a, arg)?;
     // The copy below is infallible: a view that is far larger than its memory (np.broadcast_to) must be
     // refused here rather than abort or be OOM-killed while being copied.
     ensure_memory(arg, a.len() as u128 * std::mem::size_of::<T>() as u128).map_err(err)?;
@@ -78,15 +87,7 @@ fn run<'py, T: FastMath + numpy::Element>(
     let weights = Weights { data, rows, cols, row_stride: rs, col_stride: cs };
     // Biases ([V], as large as a column of the weights) are read in place like the weights, unless they
     // are strided (then copied).
-    let biases_ro = biases
-        .map(|b| {
-            let a = b
-                .cast::<PyArrayDyn<T>>()
-                .map_err(|_| err(Error::ty("biases", format!("expected a {} array", T::NAME))))?;
-            check_aligned(a.is_aligned(), "biases")?;
-            Ok::<_, PyErr>(a.readonly())
-        })
-        .transpose()?;
+    let biases_ro = biases.map(|b| typed::<T>(b, "biases").map(|a| a.readonly())).transpose()?;
     let biases: Option<Cow<'_, [T]>> = match (biases, &biases_ro) {
         (Some(b), Some(r)) => Some(match r.as_slice() {
             Ok(s) if r.is_c_contiguous() => Cow::Borrowed(s),
