@@ -80,6 +80,13 @@ impl Stream {
         (m >> 64) as u64
     }
 
+    /// The generator's lanes, when no word is buffered (as after `new`, or after whole steps of four words):
+    /// stepping them `k` times is drawing the next `4 k` words. None when words are buffered.
+    #[inline]
+    pub(crate) fn lanes(&mut self) -> Option<&mut [[u64; LANES]; 4]> {
+        (self.pos == LANES).then_some(&mut self.s)
+    }
+
     /// Fill `out` with the next `out.len()` words: the same words as that many calls of `next_u64`.
     pub fn fill_u64(&mut self, out: &mut [u64]) {
         let mut i = 0;
@@ -140,28 +147,36 @@ fn fill_portable(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
     }
 }
 
+/// One step of the four lanes in 256-bit registers `$s0..$s3` (xoshiro256++, as `step`); evaluates to the
+/// four outputs. `$rol23` and `$rol45` rotate each lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! step_simd {
+    ($s0:ident, $s1:ident, $s2:ident, $s3:ident, $rol23:expr, $rol45:expr) => {{
+        use std::arch::x86_64::{_mm256_add_epi64, _mm256_slli_epi64, _mm256_xor_si256};
+        let r = _mm256_add_epi64($rol23(_mm256_add_epi64($s0, $s3)), $s0);
+        let t = _mm256_slli_epi64::<17>($s1);
+        $s2 = _mm256_xor_si256($s2, $s0);
+        $s3 = _mm256_xor_si256($s3, $s1);
+        $s1 = _mm256_xor_si256($s1, $s2);
+        $s0 = _mm256_xor_si256($s0, $s3);
+        $s2 = _mm256_xor_si256($s2, t);
+        $s3 = $rol45($s3);
+        r
+    }};
+}
+
 /// The loop of `fill_portable` on four lanes in 256-bit registers; `$rol23` and `$rol45` rotate each lane.
 #[cfg(target_arch = "x86_64")]
 macro_rules! fill_simd {
     ($s:ident, $out:ident, $rol23:expr, $rol45:expr) => {{
-        use std::arch::x86_64::{
-            __m256i, _mm256_add_epi64, _mm256_loadu_si256, _mm256_slli_epi64, _mm256_storeu_si256,
-            _mm256_xor_si256,
-        };
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_storeu_si256};
         // SAFETY: each lane array holds exactly four u64, the 32 bytes read (unaligned load).
         let load = |l: &[u64; LANES]| unsafe { _mm256_loadu_si256(l.as_ptr() as *const __m256i) };
         let (mut s0, mut s1, mut s2, mut s3) = (load(&$s[0]), load(&$s[1]), load(&$s[2]), load(&$s[3]));
         for b in $out.chunks_exact_mut(LANES) {
-            let r = _mm256_add_epi64($rol23(_mm256_add_epi64(s0, s3)), s0);
+            let r = step_simd!(s0, s1, s2, s3, $rol23, $rol45);
             // SAFETY: `b` holds exactly four u64, the 32 bytes written (unaligned store).
             unsafe { _mm256_storeu_si256(b.as_mut_ptr() as *mut __m256i, r) };
-            let t = _mm256_slli_epi64::<17>(s1);
-            s2 = _mm256_xor_si256(s2, s0);
-            s3 = _mm256_xor_si256(s3, s1);
-            s1 = _mm256_xor_si256(s1, s2);
-            s0 = _mm256_xor_si256(s0, s3);
-            s2 = _mm256_xor_si256(s2, t);
-            s3 = $rol45(s3);
         }
         for (lane, v) in $s.iter_mut().zip([s0, s1, s2, s3]) {
             // SAFETY: each lane array holds exactly four u64, the 32 bytes written.
@@ -184,6 +199,57 @@ fn fill_avx2(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
 fn fill_avx512(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
     use std::arch::x86_64::_mm256_rol_epi64;
     fill_simd!(s, out, _mm256_rol_epi64::<23>, _mm256_rol_epi64::<45>)
+}
+
+/// The four lanes of a stream in registers, for AVX-512 kernels that consume words as they make them
+/// (see `Stream::lanes`): [`Lanes8::next8`] gives the next eight words of the stream, in order.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Lanes8 {
+    s: [std::arch::x86_64::__m256i; 4],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes8 {
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512VL and AVX2 (as for `store` and `next8`).
+    #[inline(always)]
+    pub(crate) unsafe fn load(s: &[[u64; LANES]; 4]) -> Self {
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256};
+        // SAFETY: each lane array holds exactly four u64, the 32 bytes read (unaligned load); the CPU has
+        // AVX (the caller's promise).
+        let load = |l: &[u64; LANES]| unsafe { _mm256_loadu_si256(l.as_ptr() as *const __m256i) };
+        Lanes8 { s: [load(&s[0]), load(&s[1]), load(&s[2]), load(&s[3])] }
+    }
+
+    /// # Safety
+    /// As for `load`.
+    #[inline(always)]
+    pub(crate) unsafe fn store(&self, s: &mut [[u64; LANES]; 4]) {
+        use std::arch::x86_64::{__m256i, _mm256_storeu_si256};
+        for (lane, &v) in s.iter_mut().zip(&self.s) {
+            // SAFETY: each lane array holds exactly four u64, the 32 bytes written.
+            unsafe { _mm256_storeu_si256(lane.as_mut_ptr() as *mut __m256i, v) };
+        }
+    }
+
+    /// Two steps: the next eight words (the first step's four, then the second's).
+    ///
+    /// # Safety
+    /// As for `load`.
+    #[inline(always)]
+    pub(crate) unsafe fn next8(&mut self) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::{_mm256_rol_epi64, _mm512_castsi256_si512, _mm512_inserti64x4};
+        let [mut s0, mut s1, mut s2, mut s3] = self.s;
+        // SAFETY: register arithmetic only; the CPU has AVX-512F/VL and AVX2 (the caller's promise).
+        let (a, b) = unsafe {
+            let a = step_simd!(s0, s1, s2, s3, _mm256_rol_epi64::<23>, _mm256_rol_epi64::<45>);
+            let b = step_simd!(s0, s1, s2, s3, _mm256_rol_epi64::<23>, _mm256_rol_epi64::<45>);
+            (a, b)
+        };
+        self.s = [s0, s1, s2, s3];
+        // SAFETY: as above.
+        unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b) }
+    }
 }
 
 /// The top 52 bits of `x` as a double in [0, 1) (placed in the mantissa of a double in [1, 2), then

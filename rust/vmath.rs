@@ -1,4 +1,4 @@
-//! Branch-free `exp`, `exp_m1`, `ln` and `ln_1p` in f64 that the compiler can vectorise.
+//! Branch-free `exp`, `ln`, `ln_1p` and 1 - e^x in f64 that the compiler can vectorise.
 //!
 //! The standard library calls libm for every element, which stops loops from vectorising; sampling and
 //! expected counts evaluate one or two transcendentals per draw, so those calls would dominate.
@@ -70,35 +70,114 @@ pub fn ln_1p(y: f64) -> f64 {
     ln(u) - c / u
 }
 
-/// e^z - 1 for z in [-708, 709] (clamped outside), within about 1e-15 relative everywhere, near 0 too: the
-/// reduction z = n ln2 + r with |r| <= ln2/2, e^r - 1 from its Taylor series to the degree 12 (error below
-/// 6e-16 relative), then e^z - 1 = 2^n (e^r - 1) + (2^n - 1), which does not cancel. Fused multiply-adds
-/// (correctly rounded in software where the CPU has none) keep every kernel's result the same.
+/// 2^(j/16), j = 0..16, correctly rounded.
+pub(crate) const EXP2_16: [f64; 16] = [
+    1.0,
+    1.0442737824274138,
+    1.0905077326652577,
+    1.1387886347566916,
+    1.189207115002721,
+    1.241857812073484,
+    1.2968395546510096,
+    1.3542555469368927,
+    std::f64::consts::SQRT_2,
+    1.4768261459394993,
+    1.5422108254079407,
+    1.6104903319492543,
+    1.681792830507429,
+    1.7562521603732995,
+    1.8340080864093424,
+    1.9152065613971474,
+];
+/// 16 / ln 2, and ln2 / 16 split in a head and a tail (head + tail = ln2 / 16 to 1e-35).
+pub(crate) const INV_LN2_16: f64 = 23.083120654223414;
+pub(crate) const LN2_16_HI: f64 = 0.04332169878499658;
+pub(crate) const LN2_16_LO: f64 = 1.838577007591136e-18;
+/// The Taylor coefficients of (e^r - 1)/r to the degree 6 (1, 1/2!, ..., 1/7!): on |r| <= ln2/32 the
+/// first omitted term is below 1e-14 relative, far below the float32 rounding of what `one_minus_exp`
+/// feeds.
+const EXPM1_C: [f64; 7] = [1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0];
+
+/// 1 - e^x for x <= 0 (clamped at -708, where the result is 1), rounded to float32, within 2e-14 relative
+/// before that rounding (so the float32 is the correctly rounded value but for ties that close). With
+/// x = (16 n + j) ln2/16 + r, |r| <= ln2/32: e^x = s e^r with s = 2^n 2^(j/16), and
+/// 1 - e^x = (1 - s) - s (e^r - 1), where 1 - s is exact or at least 1/2 (s <= 2^(-1/16) unless n = j = 0,
+/// where s = 1 and the result is -(e^r - 1) itself), so nothing cancels.
 #[inline(always)]
-pub fn exp_m1(z: f64) -> f64 {
-    let z = z.clamp(-708.0, 709.0);
-    let t = z * LOG2E + ROUND_SHIFT;
-    let n = t - ROUND_SHIFT;
-    let ni = t.to_bits().wrapping_sub(ROUND_SHIFT.to_bits());
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, z));
-    // c = 1 + r/2! + r²/3! + ... + r¹¹/12!, by Estrin's scheme: a dependency chain of depth 5 instead of
-    // Horner's 11, so that consecutive elements overlap in the vector units.
+pub(crate) fn one_minus_exp(x: f64) -> f32 {
+    let x = x.max(-708.0);
+    let t = x.mul_add(INV_LN2_16, ROUND_SHIFT);
+    let m = t - ROUND_SHIFT;
+    let mi = t.to_bits().wrapping_sub(ROUND_SHIFT.to_bits()) as i64;
+    let r = m.mul_add(-LN2_16_LO, m.mul_add(-LN2_16_HI, x));
     let r2 = r * r;
-    let r4 = r2 * r2;
-    let r8 = r4 * r4;
-    let pair = |a: f64, b: f64| r.mul_add(b, a);
-    let q0 = r2.mul_add(pair(1.0 / 6.0, 1.0 / 24.0), pair(1.0, 0.5));
-    let q1 = r2.mul_add(pair(1.0 / 5_040.0, 1.0 / 40_320.0), pair(1.0 / 120.0, 1.0 / 720.0));
-    let q2 =
-        r2.mul_add(pair(1.0 / 39_916_800.0, 1.0 / 479_001_600.0), pair(1.0 / 362_880.0, 1.0 / 3_628_800.0));
-    let c = r8.mul_add(q2, r4.mul_add(q1, q0));
-    let p = r * c;
-    // 2^n, n in [-1022, 1023]. For n = 0 the result is p itself (which keeps the sign of a zero z).
-    let s = f64::from_bits(ni.wrapping_add(1023) << 52);
-    if n == 0.0 {
-        p
-    } else {
-        s.mul_add(p, s - 1.0)
+    let c0 = r.mul_add(EXPM1_C[1], EXPM1_C[0]);
+    let c1 = r.mul_add(EXPM1_C[3], EXPM1_C[2]);
+    let c2 = r.mul_add(EXPM1_C[5], EXPM1_C[4]);
+    let inner = r2.mul_add(c1, c0);
+    let outer = r2.mul_add(EXPM1_C[6], c2);
+    let em1 = r * (r2 * r2).mul_add(outer, inner);
+    // s = 2^(j/16) with n added to its exponent (mi >> 4 = n, rounding down, as mi & 15 = j >= 0).
+    let s =
+        f64::from_bits((EXP2_16[(mi & 15) as usize].to_bits() as i64).wrapping_add((mi >> 4) << 52) as u64);
+    (-s).mul_add(em1, 1.0 - s) as f32
+}
+
+simd! {
+    fn one_minus_exp_kernel(x: &[f64], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = one_minus_exp(v);
+        }
+    }
+}
+
+/// `one_minus_exp` of each element of `x` into `out`, by the widest kernel the CPU has (the same bits).
+pub(crate) fn one_minus_exp_into(x: &[f64], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has the features `one_minus_exp_avx512` is compiled for (checked).
+        return unsafe { one_minus_exp_avx512(x, out) };
+    }
+    one_minus_exp_kernel(x, out)
+}
+
+/// `one_minus_exp_kernel` with AVX-512 intrinsics: the same operations in the same order, eight lanes at a
+/// time, the table of 2^(j/16) in two registers (a permute) instead of gathered from memory.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+fn one_minus_exp_avx512(x: &[f64], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(out.len()) / 8 * 8;
+    let c = |v: f64| _mm512_set1_pd(v);
+    // SAFETY: the table holds 16 doubles, the 128 bytes read.
+    let (t0, t1) = unsafe { (_mm512_loadu_pd(EXP2_16.as_ptr()), _mm512_loadu_pd(EXP2_16.as_ptr().add(8))) };
+    let shift = c(ROUND_SHIFT);
+    for (o, v) in out[..n].chunks_exact_mut(8).zip(x[..n].chunks_exact(8)) {
+        // SAFETY: `v` holds exactly eight doubles, the 64 bytes read.
+        let v = unsafe { _mm512_loadu_pd(v.as_ptr()) };
+        let v = _mm512_max_pd(v, c(-708.0));
+        let t = _mm512_fmadd_pd(v, c(INV_LN2_16), shift);
+        let m = _mm512_sub_pd(t, shift);
+        let mi = _mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(shift));
+        let r = _mm512_fmadd_pd(m, c(-LN2_16_LO), _mm512_fmadd_pd(m, c(-LN2_16_HI), v));
+        let r2 = _mm512_mul_pd(r, r);
+        let c0 = _mm512_fmadd_pd(r, c(EXPM1_C[1]), c(EXPM1_C[0]));
+        let c1 = _mm512_fmadd_pd(r, c(EXPM1_C[3]), c(EXPM1_C[2]));
+        let c2 = _mm512_fmadd_pd(r, c(EXPM1_C[5]), c(EXPM1_C[4]));
+        let inner = _mm512_fmadd_pd(r2, c1, c0);
+        let outer = _mm512_fmadd_pd(r2, c(EXPM1_C[6]), c2);
+        let em1 = _mm512_mul_pd(r, _mm512_fmadd_pd(_mm512_mul_pd(r2, r2), outer, inner));
+        let tj = _mm512_permutex2var_pd(t0, mi, t1);
+        let s = _mm512_castsi512_pd(_mm512_add_epi64(
+            _mm512_castpd_si512(tj),
+            _mm512_slli_epi64::<52>(_mm512_srai_epi64::<4>(mi)),
+        ));
+        let res = _mm512_fnmadd_pd(s, em1, _mm512_sub_pd(c(1.0), s));
+        // SAFETY: `o` holds exactly eight floats, the 32 bytes written.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm512_cvtpd_ps(res)) };
+    }
+    for (o, &v) in out[n..].iter_mut().zip(&x[n..]) {
+        *o = one_minus_exp(v);
     }
 }
 
@@ -207,15 +286,29 @@ mod tests {
     }
 
     #[test]
-    fn exp_m1_matches_std() {
-        for z in [1e-20, -1e-20, 1e-12, -1e-9, 9.9e-4, -1.1e-3, -0.5, 0.5, -30.0, 20.0, -700.0, 700.0] {
-            assert!(rel(exp_m1(z), z.exp_m1()) < 2e-15, "exp_m1({z})");
+    fn one_minus_exp_is_accurate_and_the_same_in_every_kernel() {
+        // Exponents from 0 down past the clamp, dense near 0 (tiny counts), and the reduction's edges.
+        let mut x: Vec<f64> = vec![0.0, -0.0, -1e-300, -1e-20, -1e-9, -0.0216, -0.02166, -0.0217, -0.5, -1.0];
+        x.extend([-36.7, -37.0, -700.0, -708.0, -709.0, -1e6, f64::NEG_INFINITY]);
+        let mut z = -1e-12;
+        while z > -800.0 {
+            x.push(z);
+            z *= 1.0173;
         }
-        assert!(exp_m1(-0.0).is_sign_negative() && exp_m1(0.0).is_sign_positive());
-        let mut z = -40.0;
-        while z < 40.0 {
-            assert!(rel(exp_m1(z), z.exp_m1()) < 2e-15, "exp_m1({z})");
-            z += 0.00731;
+        let mut portable = vec![0f32; x.len()];
+        one_minus_exp_kernel(&x, &mut portable);
+        for (&v, &got) in x.iter().zip(&portable) {
+            // The correctly rounded float32, or its neighbour where the value is within 2e-14 of a tie.
+            let want = -(v.max(-708.0)).exp_m1();
+            let ulps = (got.to_bits() as i64 - (want as f32).to_bits() as i64).abs();
+            assert!(
+                got == want as f32 || (ulps == 1 && (got as f64 - want).abs() <= want * 3.0e-8),
+                "1 - e^{v}: {got} vs {want}"
+            );
         }
+        assert_eq!(one_minus_exp(-0.0), 0.0);
+        let mut dispatched = vec![0f32; x.len()];
+        one_minus_exp_into(&x, &mut dispatched);
+        assert_eq!(portable, dispatched);
     }
 }

@@ -2,10 +2,11 @@
 //! `LogUniformSampler`. A draw is floor(e^(u ln(range_max + 1))) - 1 for u uniform in [0, 1): the discretised
 //! continuous log-uniform law on [1, range_max + 1), whose mass on [k + 1, k + 2) is exactly P(k).
 
+use super::unique::ByteScan;
 use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
-use crate::vmath::{self, simd, ROUND_SHIFT};
+use crate::vmath::{self, simd, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
 
 #[derive(Clone, Debug)]
 pub struct LogUniform {
@@ -53,29 +54,6 @@ fn u64_to_f64(k: u64) -> f64 {
 // gathered from memory. Both round identically (fused multiply-adds are correctly rounded in software where
 // the CPU has none), so every machine gives the same bits.
 
-/// 2^(j/16), j = 0..16, correctly rounded.
-const EXP2_16: [f64; 16] = [
-    1.0,
-    1.0442737824274138,
-    1.0905077326652577,
-    1.1387886347566916,
-    1.189207115002721,
-    1.241857812073484,
-    1.2968395546510096,
-    1.3542555469368927,
-    std::f64::consts::SQRT_2,
-    1.4768261459394993,
-    1.5422108254079407,
-    1.6104903319492543,
-    1.681792830507429,
-    1.7562521603732995,
-    1.8340080864093424,
-    1.9152065613971474,
-];
-/// 16 / ln 2, and ln2 / 16 split in a head and a tail (head + tail = ln2 / 16 to 1e-35).
-const INV_LN2_16: f64 = 23.083120654223414;
-const LN2_16_HI: f64 = 0.04332169878499658;
-const LN2_16_LO: f64 = 1.838577007591136e-18;
 /// The Taylor coefficients of e^r to the degree 7, highest first: |r| <= ln2/32, so the first omitted term
 /// is below 2e-18.
 const EXP_TAYLOR: [f64; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
@@ -216,6 +194,7 @@ fn draw_values(words: &[u64], out: &mut [f64], log_range: f64) {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
+    use crate::rng::Lanes8;
     use std::arch::x86_64::*;
 
     /// A 16-entry table in two registers, for `_mm512_permutex2var_pd`.
@@ -252,25 +231,109 @@ mod avx512 {
         ))
     }
 
+    /// The ids of eight words for a range below 2^30 (see `small_id`): each in `0..=last`.
+    #[inline(always)]
+    unsafe fn small_ids8(w: __m512i, log_range: __m512d, exp2: (__m512d, __m512d), last: __m512i) -> __m512i {
+        // SAFETY: only arithmetic on registers (the caller's features include AVX-512F/DQ and FMA).
+        unsafe {
+            let v = exp_ul8(w, log_range, exp2);
+            let v = _mm512_min_pd(_mm512_max_pd(v, _mm512_set1_pd(1.0)), _mm512_set1_pd(2_000_000_000.0));
+            let id = _mm512_sub_epi64(_mm512_cvtepi32_epi64(_mm512_cvttpd_epi32(v)), _mm512_set1_epi64(1));
+            _mm512_min_epi64(id, last)
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
     pub fn draw_small(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
         let exp2 = table16(&EXP2_16);
         let l = _mm512_set1_pd(log_range);
         let n = words.len().min(out.len()) / 8 * 8;
         for (o, w) in out[..n].chunks_exact_mut(8).zip(words[..n].chunks_exact(8)) {
-            // SAFETY: `w` and `o` hold exactly eight u64: the 64 bytes read and written (unaligned).
-            let wv = unsafe { _mm512_loadu_si512(w.as_ptr() as *const __m512i) };
-            // SAFETY: only arithmetic on registers (the function's features are enabled).
-            let v = unsafe { exp_ul8(wv, l, exp2) };
-            let v = _mm512_min_pd(_mm512_max_pd(v, _mm512_set1_pd(1.0)), _mm512_set1_pd(2_000_000_000.0));
-            let id = _mm512_sub_epi64(_mm512_cvtepi32_epi64(_mm512_cvttpd_epi32(v)), _mm512_set1_epi64(1));
-            let id = _mm512_min_epi64(id, _mm512_set1_epi64(last));
-            // SAFETY: as above.
-            unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, id) };
+            // SAFETY: `w` and `o` hold exactly eight u64: the 64 bytes read and written (unaligned); the rest
+            // is register arithmetic (the function's features are enabled).
+            unsafe {
+                let id = small_ids8(
+                    _mm512_loadu_si512(w.as_ptr() as *const __m512i),
+                    l,
+                    exp2,
+                    _mm512_set1_epi64(last),
+                );
+                _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, id);
+            }
         }
         for (o, &w) in out[n..].iter_mut().zip(&words[n..]) {
             *o = small_id(exp_ul(w, log_range), last);
         }
+    }
+
+    /// `draw_small` of `len` words of the lanes (len a multiple of 8), de-duplicated as they come by
+    /// `scan.take`: the same result as drawing them all into a buffer and scanning it, in one loop in which
+    /// the draws run RUN_AHEAD ids ahead of the scan. Interleaved so, the vector arithmetic of the draws
+    /// fills the cycles the scan's loads and stores leave idle (about 40 % faster than drawing, then
+    /// scanning, on Zen 4). Returns (new ids, draws used), like `ByteScan::scan`.
+    ///
+    /// # Safety
+    /// `scan.fits(last + 1)` (every id drawn is at most `last`: what `Taker::take` needs) and
+    /// `len % 8 == 0`.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+    pub unsafe fn draw_scan(
+        lanes: &mut [[u64; 4]; 4],
+        len: usize,
+        log_range: f64,
+        last: u64,
+        scan: &mut ByteScan<'_>,
+    ) -> (usize, usize) {
+        const RING: usize = 128;
+        const RUN_AHEAD: usize = 64;
+        debug_assert!(len % 8 == 0 && scan.fits(last + 1));
+        let exp2 = table16(&EXP2_16);
+        let l = _mm512_set1_pd(log_range);
+        let lastv = _mm512_set1_epi64(last as i64);
+        // SAFETY: the CPU has the features (this function's own).
+        let mut gen = unsafe { Lanes8::load(lanes) };
+        let mut ring = [0u64; RING];
+        let map = scan.map_ptr();
+        let put = |gen: &mut Lanes8, ring: &mut [u64; RING], at: usize| {
+            // SAFETY: register arithmetic, then a 64-byte store at ring[at % RING..][..8], inside the ring
+            // (at and RING are multiples of 8).
+            unsafe {
+                let id = small_ids8(gen.next8(), l, exp2, lastv);
+                _mm512_storeu_si512(ring.as_mut_ptr().add(at % RING) as *mut __m512i, id);
+            }
+            // Ask for each id's map byte now, RUN_AHEAD draws before the scan reads it: where the map is
+            // not in cache (the first call after other work), this is what keeps the scan from waiting.
+            for j in 0..8 {
+                let id = ring[(at + j) % RING];
+                // SAFETY: a prefetch is a hint (it never faults); the address lies inside the map (id <= last).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(map.add(id as usize) as *const i8) };
+            }
+        };
+        let mut drawn = 0;
+        while drawn < RUN_AHEAD.min(len) {
+            put(&mut gen, &mut ring, drawn);
+            drawn += 8;
+        }
+        let mut taker = scan.taker();
+        let mut i = 0;
+        while i < len {
+            if drawn < len {
+                put(&mut gen, &mut ring, drawn);
+                drawn += 8;
+            }
+            for j in 0..8 {
+                // SAFETY: ids are at most `last` (clamped by `small_ids8`), below the map's length, and
+                // `taker` stops at `want`, within `free` (the caller's promises).
+                if unsafe { taker.take(ring[(i + j) % RING]) } {
+                    // SAFETY: as above.
+                    unsafe { gen.store(lanes) };
+                    return (taker.new_ids(), i + j + 1);
+                }
+            }
+            i += 8;
+        }
+        // SAFETY: as above.
+        unsafe { gen.store(lanes) };
+        (taker.new_ids(), len)
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
@@ -341,6 +404,18 @@ impl Distribution for LogUniform {
             }
             prob_kernel(ids, out, 1.0 / self.log_range)
         }
+    }
+
+    fn draw_scan(&self, stream: &mut Stream, len: usize, scan: &mut ByteScan<'_>) -> Option<(usize, usize)> {
+        #[cfg(target_arch = "x86_64")]
+        if self.range_max < SMALL_RANGE && len % 8 == 0 && scan.fits(self.range_max) && vmath::has_avx512() {
+            let lanes = stream.lanes()?;
+            // SAFETY: the CPU has the kernel's features (checked); ids are at most range_max - 1, inside the
+            // map, and `free` has room for `want` ids (`fits`); len is a multiple of 8.
+            return Some(unsafe { avx512::draw_scan(lanes, len, self.log_range, self.range_max - 1, scan) });
+        }
+        let _ = (stream, len, scan);
+        None
     }
 
     fn draw(&self, stream: &mut Stream, out: &mut [u64]) {

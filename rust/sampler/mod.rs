@@ -41,6 +41,21 @@ pub trait Distribution: Send + Sync {
 
     /// Fill `out` with independent draws, consuming words of `stream`.
     fn draw(&self, stream: &mut Stream, out: &mut [u64]);
+
+    /// Draw `len` ids from `stream` as `draw` would and de-duplicate them as they come: the same result as
+    /// `scan.scan(&ids)` of those draws, in one pass (it saves a trip through memory, and the draws'
+    /// arithmetic overlaps the scan's loads and stores). Returns (new ids, draws used), or None, having drawn
+    /// nothing, when the distribution has no such kernel for these arguments. Where the scan stops early,
+    /// the stream is left at an unspecified position.
+    fn draw_scan(
+        &self,
+        stream: &mut Stream,
+        len: usize,
+        scan: &mut unique::ByteScan<'_>,
+    ) -> Option<(usize, usize)> {
+        let _ = (stream, len, scan);
+        None
+    }
 }
 
 /// Check that `range_max` is a usable number of classes.

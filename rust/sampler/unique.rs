@@ -13,7 +13,7 @@
 //! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
 
 use super::Distribution;
-use crate::buf::{ensure_memory, fill_together, zeroed};
+use crate::buf::{ensure_memory, fill_together, zeroed, Table};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
@@ -142,9 +142,9 @@ const BITSET_MAX_RANGE: u64 = 1 << 26;
 /// uses unless `dirty` (a use that did not finish).
 #[derive(Default)]
 struct Scratch {
-    bytes: Vec<u8>,
+    bytes: Table<u8>,
     stamp: u8,
-    bits: Vec<u64>,
+    bits: Table<u64>,
     dirty: bool,
 }
 
@@ -162,6 +162,20 @@ trait Seen {
     /// Ask the cache for the memory `insert(id)` will touch (a hint; no effect on results).
     #[inline(always)]
     fn prefetch(&self, _id: u64) {}
+
+    /// Draw `len` ids from `stream` with `dist` and insert them as `scan` would, in one pass, when the
+    /// distribution has a kernel for that (see [`Distribution::draw_scan`]); None (nothing drawn) otherwise.
+    #[inline(always)]
+    fn draw_scan(
+        &mut self,
+        _dist: &dyn Distribution,
+        _stream: &mut Stream,
+        _len: usize,
+        _free: &mut [MaybeUninit<u64>],
+        _want: usize,
+    ) -> Option<(usize, usize)> {
+        None
+    }
 
     /// Insert the ids of `buf` in order, writing each to `free[f]` and counting it in `f` when new, until
     /// `f == want`. Returns (f, draws of `buf` used). Implementations may override it with a tighter loop.
@@ -224,6 +238,18 @@ struct Bytes<'a> {
 
 impl Seen for Bytes<'_> {
     #[inline(always)]
+    fn draw_scan(
+        &mut self,
+        dist: &dyn Distribution,
+        stream: &mut Stream,
+        len: usize,
+        free: &mut [MaybeUninit<u64>],
+        want: usize,
+    ) -> Option<(usize, usize)> {
+        dist.draw_scan(stream, len, &mut ByteScan { map: self.map, stamp: self.stamp, free, want })
+    }
+
+    #[inline(always)]
     fn scan(&mut self, buf: &[u64], free: &mut [MaybeUninit<u64>], want: usize) -> (usize, usize) {
         scan_bytes(self.map, self.stamp, buf, free, want)
     }
@@ -280,6 +306,82 @@ fn scan_bytes(
         }
     }
     (f, buf.len())
+}
+
+/// A de-duplication over a byte map in progress (the map of [`Bytes`]), handed to
+/// [`Distribution::draw_scan`]: kernels that draw and de-duplicate in one pass go through [`Taker`] and
+/// must give what [`ByteScan::scan`] of their draws would.
+pub struct ByteScan<'a> {
+    map: &'a mut [u8],
+    stamp: u8,
+    free: &'a mut [MaybeUninit<u64>],
+    want: usize,
+}
+
+impl<'a> ByteScan<'a> {
+    /// True when every id below `range_max` has its byte in the map and `free` has room for `want >= 1`
+    /// ids: what [`Taker::take`] needs of a kernel whose ids are below `range_max`.
+    pub fn fits(&self, range_max: u64) -> bool {
+        range_max <= self.map.len() as u64 && self.want > 0 && self.free.len() >= self.want
+    }
+
+    /// Insert the ids of `buf` in order until `want` new ones are found: (new ids, draws used). The
+    /// reference that the kernels' results must equal.
+    pub fn scan(&mut self, buf: &[u64]) -> (usize, usize) {
+        scan_bytes(self.map, self.stamp, buf, self.free, self.want)
+    }
+
+    /// The map's first byte, for prefetches.
+    pub(crate) fn map_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    /// The scan's state as plain values and pointers, which a kernel's loop keeps in registers.
+    pub(crate) fn taker(&mut self) -> Taker<'_> {
+        Taker {
+            map: self.map.as_mut_ptr(),
+            stamp: self.stamp,
+            free: self.free.as_mut_ptr(),
+            new: 0,
+            want: self.want,
+            _scan: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The loop state of a [`ByteScan`] (see `ByteScan::taker`).
+pub(crate) struct Taker<'s> {
+    map: *mut u8,
+    stamp: u8,
+    free: *mut MaybeUninit<u64>,
+    new: usize,
+    want: usize,
+    _scan: std::marker::PhantomData<&'s mut ()>,
+}
+
+impl Taker<'_> {
+    /// The next draw: write it to the next free place, count it if its byte was not stamped yet, stamp it.
+    /// True when that made `want` new ids (the scan is over).
+    ///
+    /// # Safety
+    /// `id` is below the map's length (see `ByteScan::fits`), and no call follows one that returned true.
+    #[inline(always)]
+    pub(crate) unsafe fn take(&mut self, id: u64) -> bool {
+        // SAFETY: new < want <= free's length (the scan stops at want; `fits`), and id < the map's length
+        // (the caller's promise).
+        unsafe {
+            (*self.free.add(self.new)).write(id);
+            let b = self.map.add(id as usize);
+            self.new += (*b != self.stamp) as usize;
+            *b = self.stamp;
+        }
+        self.new == self.want
+    }
+
+    /// The number of new ids found.
+    pub(crate) fn new_ids(&self) -> usize {
+        self.new
+    }
 }
 
 /// How many draws ahead of the one being de-duplicated its map entry is fetched into the cache.
@@ -351,6 +453,31 @@ impl Collect {
         used
     }
 
+    /// `raw_chunk` and `consume` of chunk `c` in one pass, where the map and the distribution have a kernel
+    /// for that (`Seen::draw_scan`; never with ids to avoid). None: nothing was drawn.
+    #[inline(always)]
+    fn draw_consume<S: Seen, const AVOID: bool>(
+        &mut self,
+        dist: &dyn Distribution,
+        key: u64,
+        c: u64,
+        len: usize,
+        seen: &mut S,
+        n: usize,
+    ) -> Option<u64> {
+        let filled = self.out.len();
+        if AVOID || filled == n {
+            return None;
+        }
+        let free = self.out.spare_capacity_mut();
+        let (f, used) = seen.draw_scan(dist, &mut Stream::new(derive(key, c)), len, free, n - filled)?;
+        // SAFETY: the first f places after the filled ones were written (`Seen::draw_scan` keeps the contract
+        // of `Seen::scan`: f <= want <= capacity - filled).
+        unsafe { self.out.set_len(filled + f) };
+        self.tries += used as u64;
+        Some(used as u64)
+    }
+
     /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected.
     ///
     /// This stays on one thread. Letting other threads draw chunks ahead was tried: de-duplicating costs
@@ -380,8 +507,13 @@ impl Collect {
             };
             buf.resize(len, 0);
             for c in 0u64.. {
-                raw_chunk(dist, key, c, buf);
-                consumed += self.consume::<S, AVOID>(buf, avoid, seen, n);
+                consumed += match self.draw_consume::<S, AVOID>(dist, key, c, len, seen, n) {
+                    Some(used) => used,
+                    None => {
+                        raw_chunk(dist, key, c, buf);
+                        self.consume::<S, AVOID>(buf, avoid, seen, n)
+                    }
+                };
                 if self.filled() == n {
                     return Ok(());
                 }
@@ -508,7 +640,8 @@ fn draw(
                 if range <= BYTEMAP_MAX_RANGE {
                     let size = range as usize;
                     if scratch.bytes.len() < size {
-                        scratch.bytes.resize(size, 0);
+                        // A fresh table is all zero: no id is marked with any stamp (stamps skip 0).
+                        scratch.bytes = Table::zeroed("range_max", size)?;
                     }
                     scratch.stamp = scratch.stamp.wrapping_add(1);
                     if scratch.stamp == 0 {
@@ -525,7 +658,7 @@ fn draw(
                 scratch.dirty = true;
                 let words = range.div_ceil(64) as usize;
                 if scratch.bits.len() < words {
-                    scratch.bits.resize(words, 0);
+                    scratch.bits = Table::zeroed("range_max", words)?;
                 }
                 let map = &mut Bits(&mut scratch.bits[..words]);
                 let r = c.run_with(dist, key, n, len, avoid, map);
@@ -579,32 +712,25 @@ fn out_of_reach(
     !(r > 0.0) || missing as f64 / r > 1000.0 * budget as f64
 }
 
-/// Above this P, ln(1 - P) leaves the series of [`count_kernel`] for the exact logarithm (`Counts::Mixed`).
+/// Above this P, ln(1 - P) leaves the series of [`count_exponents`] for the exact logarithm (`Counts::Mixed`).
 const SERIES_MAX: f64 = 1.0 / 128.0;
 
-/// How `count_kernel` computes.
+/// How `count_exponents` computes.
 #[derive(Clone, Copy, PartialEq)]
 enum Counts {
-    /// With replacement (or no rejection): P * num_sampled.
-    Plain,
-    /// Unique, every scaled P below SERIES_MAX: ln(1 - q) from its series.
+    /// Every scaled P below SERIES_MAX: ln(1 - q) from its series.
     Series,
-    /// Unique, some scaled P at or above SERIES_MAX: those take the exact logarithm.
+    /// Some scaled P at or above SERIES_MAX: those take the exact logarithm.
     Mixed,
 }
 
 simd! {
-    /// Expected counts from probabilities (see the module doc); `scale` renormalises P. In the unique case
-    /// -ln(1 - q) = q (1 + q/2 + ... + q⁶/7), exact to 3e-16 for q < 2^-7; larger q (only with
+    /// The exponent of the expected count of each probability (see the module doc): in the unique case
+    /// the count is 1 - e^x with x = num_tries ln(1 - q), q = P scale rounded to float32 as TensorFlow
+    /// does; -ln(1 - q) = q (1 + q/2 + ... + q⁶/7), exact to 3e-16 for q < 2^-7; larger q (only with
     /// `Counts::Mixed`) use the logarithm of 1 - q, which is exact in float64 there (q is a float32 value).
-    fn count_kernel(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32, num_tries: f64, how: Counts) {
-        if how == Counts::Plain {
-            for (o, &q) in out.iter_mut().zip(p) {
-                *o = ((q * scale) as f32) * num_sampled;
-            }
-            return;
-        }
-        for (o, &q) in out.iter_mut().zip(p) {
+    fn count_exponents(p: &[f64], x: &mut [f64], scale: f64, num_tries: f64, how: Counts) {
+        for (o, &q) in x.iter_mut().zip(p) {
             let q = ((q * scale) as f32) as f64;
             // -ln(1 - q) = q c, c = 1 + q/2 + q²/3 + ... + q⁶/7 by Estrin's scheme (short dependency chains).
             let q2 = q * q;
@@ -613,11 +739,21 @@ simd! {
             let c = (q2 * q2).mul_add(hi, lo);
             let mut l = -(q * c);
             if how == Counts::Mixed {
-                // q = 1 (all the mass in one class) is certain to be drawn: ln(0) = -inf gives -expm1 = 1.
+                // q = 1 (all the mass in one class) is certain to be drawn: ln(0) = -inf gives 1 - e^x = 1.
                 let exact = if q >= 1.0 { f64::NEG_INFINITY } else { vmath::ln(1.0 - q) };
                 l = if q >= SERIES_MAX { exact } else { l };
             }
-            *o = -vmath::exp_m1(num_tries * l) as f32;
+            *o = num_tries * l;
+        }
+    }
+}
+
+simd! {
+    /// Expected counts of draws with replacement (or no rejection): P scale, rounded to float32, times
+    /// num_sampled, as TensorFlow computes them.
+    fn plain_counts(p: &[f64], out: &mut [f32], scale: f64, num_sampled: f32) {
+        for (o, &q) in out.iter_mut().zip(p) {
+            *o = ((q * scale) as f32) * num_sampled;
         }
     }
 }
@@ -642,19 +778,20 @@ pub fn expected_counts(
 ) {
     const BLOCK: usize = 256;
     let mut p = [0f64; BLOCK];
+    let mut x = [0f64; BLOCK];
     // Below this unscaled P, P * scale is below SERIES_MAX (with room for rounding).
     let small = SERIES_MAX / scale * (1.0 - 1e-9);
     for (idc, oc) in ids.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
         let p = &mut p[..idc.len()];
         dist.prob_into(idc, p);
-        let how = if num_tries == num_sampled {
-            Counts::Plain
-        } else if f64::from_bits(max_bits(p)) < small {
-            Counts::Series
-        } else {
-            Counts::Mixed
-        };
-        count_kernel(p, oc, scale, num_sampled as f32, num_tries as f64, how);
+        if num_tries == num_sampled {
+            plain_counts(p, oc, scale, num_sampled as f32);
+            continue;
+        }
+        let how = if f64::from_bits(max_bits(p)) < small { Counts::Series } else { Counts::Mixed };
+        let x = &mut x[..idc.len()];
+        count_exponents(p, x, scale, num_tries as f64, how);
+        vmath::one_minus_exp_into(x, oc);
     }
 }
 
@@ -1002,6 +1139,44 @@ mod tests {
         let three = run();
         threads::set_num_threads(2).unwrap();
         assert_eq!(one, three);
+    }
+
+    #[test]
+    fn fused_draw_and_scan_equals_draw_then_scan() {
+        // `Distribution::draw_scan` must give what drawing the chunk and scanning it gives: the same ids in
+        // the same places, the same counts of new ids and of draws used, whatever the stopping point, on
+        // maps that already hold ids of the call. (Where the CPU has no kernel, None is allowed.)
+        let mut compared = 0;
+        for (range, len) in [(1_000_000i64, 4096usize), (1000, 128), (7, 64), (1 << 22, 512)] {
+            let d = LogUniform::new(range).unwrap();
+            let size = range as usize;
+            for (key, want) in [(1u64, 1usize), (2, 5), (3, 100), (4, len / 2), (5, len), (6, len + 1)] {
+                let mut draws = vec![0u64; len];
+                d.draw(&mut Stream::new(key), &mut draws);
+                let (mut map_a, mut map_b) = (vec![0u8; size], vec![0u8; size]);
+                // Ids seen earlier in the call (stamp 3) and stale ones of an earlier call (stamp 2).
+                for (i, &id) in draws.iter().enumerate().step_by(7) {
+                    map_a[id as usize] = 2 + (i % 2) as u8;
+                    map_b[id as usize] = 2 + (i % 2) as u8;
+                }
+                let (mut free_a, mut free_b) =
+                    (vec![MaybeUninit::new(0); want + 1], vec![MaybeUninit::new(0); want + 1]);
+                let mut a = ByteScan { map: &mut map_a, stamp: 3, free: &mut free_a, want };
+                let want_got = a.scan(&draws);
+                let mut b = ByteScan { map: &mut map_b, stamp: 3, free: &mut free_b, want };
+                let Some(got) = d.draw_scan(&mut Stream::new(key), len, &mut b) else { continue };
+                assert_eq!(got, want_got, "range {range} key {key} want {want}");
+                let ids = |f: &[MaybeUninit<u64>]| {
+                    // SAFETY: every place was initialised (to 0) when the buffers were made.
+                    f[..got.0].iter().map(|x| unsafe { x.assume_init() }).collect::<Vec<_>>()
+                };
+                assert_eq!(ids(&free_a), ids(&free_b), "range {range} key {key} want {want}");
+                assert!(map_a == map_b, "range {range} key {key} want {want}");
+                compared += 1;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert!(compared == 24 || !crate::vmath::has_avx512(), "the kernel ran {compared} times of 24");
     }
 
     #[test]
