@@ -712,36 +712,53 @@ fn out_of_reach(
     !(r > 0.0) || missing as f64 / r > 1000.0 * budget as f64
 }
 
-/// Above this P, ln(1 - P) leaves the series of [`count_exponents`] for the exact logarithm (`Counts::Mixed`).
+/// Below this scaled P, [`count_exponents`] takes ln(1 - q) from its series to the degree 6
+/// (`Counts::Series`); up to LONG_SERIES_MAX to the degree 12 (`Counts::LongSeries`); above, the exact
+/// logarithm (`Counts::Mixed`). The middle tier spares the heads of Zipfian laws the logarithm: P(0) of a
+/// log-uniform over 10^6 classes is 0.05.
 const SERIES_MAX: f64 = 1.0 / 128.0;
+const LONG_SERIES_MAX: f64 = 1.0 / 16.0;
 
-/// How `count_exponents` computes.
+/// How `count_exponents` computes, by the largest scaled P of a block.
 #[derive(Clone, Copy, PartialEq)]
 enum Counts {
-    /// Every scaled P below SERIES_MAX: ln(1 - q) from its series.
+    /// Every scaled P below SERIES_MAX.
     Series,
-    /// Some scaled P at or above SERIES_MAX: those take the exact logarithm.
+    /// Every scaled P below LONG_SERIES_MAX.
+    LongSeries,
+    /// Some scaled P at or above LONG_SERIES_MAX: those take the exact logarithm, the others the long series.
     Mixed,
 }
 
 simd! {
     /// The exponent of the expected count of each probability (see the module doc): in the unique case
     /// the count is 1 - e^x with x = num_tries ln(1 - q), q = P scale rounded to float32 as TensorFlow
-    /// does; -ln(1 - q) = q (1 + q/2 + ... + q⁶/7), exact to 3e-16 for q < 2^-7; larger q (only with
-    /// `Counts::Mixed`) use the logarithm of 1 - q, which is exact in float64 there (q is a float32 value).
+    /// does. -ln(1 - q) = q (1 + q/2 + q²/3 + ...): to q⁶/7 for q < 2^-7 and to q¹²/13 for q < 2^-4 (the
+    /// first omitted term below 2^-55 relative in both); larger q (only with `Counts::Mixed`) use the
+    /// logarithm of 1 - q, which is exact in float64 there (q is a float32 value).
     fn count_exponents(p: &[f64], x: &mut [f64], scale: f64, num_tries: f64, how: Counts) {
         for (o, &q) in x.iter_mut().zip(p) {
             let q = ((q * scale) as f32) as f64;
-            // -ln(1 - q) = q c, c = 1 + q/2 + q²/3 + ... + q⁶/7 by Estrin's scheme (short dependency chains).
+            // c = 1 + q/2 + q²/3 + ..., by Estrin's scheme (short dependency chains).
             let q2 = q * q;
+            let q4 = q2 * q2;
             let lo = q2.mul_add(q.mul_add(0.25, 1.0 / 3.0), q.mul_add(0.5, 1.0));
             let hi = q2.mul_add(1.0 / 7.0, q.mul_add(1.0 / 6.0, 0.2));
-            let c = (q2 * q2).mul_add(hi, lo);
+            let c = if how == Counts::Series {
+                q4.mul_add(hi, lo)
+            } else {
+                // Terms q⁶/7 .. q¹²/13 as q⁴ (q²/7 + q³/8 + ...) added to the degree-5 part.
+                let a = q2.mul_add(q.mul_add(1.0 / 10.0, 1.0 / 9.0), q.mul_add(1.0 / 8.0, 1.0 / 7.0));
+                let b = q2.mul_add(1.0 / 13.0, q.mul_add(1.0 / 12.0, 1.0 / 11.0));
+                let up = q4.mul_add(b, a);
+                let mid = q.mul_add(1.0 / 6.0, 0.2);
+                q4.mul_add(q2.mul_add(up, mid), lo)
+            };
             let mut l = -(q * c);
             if how == Counts::Mixed {
                 // q = 1 (all the mass in one class) is certain to be drawn: ln(0) = -inf gives 1 - e^x = 1.
                 let exact = if q >= 1.0 { f64::NEG_INFINITY } else { vmath::ln(1.0 - q) };
-                l = if q >= SERIES_MAX { exact } else { l };
+                l = if q >= LONG_SERIES_MAX { exact } else { l };
             }
             *o = num_tries * l;
         }
@@ -779,8 +796,9 @@ pub fn expected_counts(
     const BLOCK: usize = 256;
     let mut p = [0f64; BLOCK];
     let mut x = [0f64; BLOCK];
-    // Below this unscaled P, P * scale is below SERIES_MAX (with room for rounding).
+    // Below these unscaled P, P * scale is below SERIES_MAX / LONG_SERIES_MAX (with room for rounding).
     let small = SERIES_MAX / scale * (1.0 - 1e-9);
+    let medium = LONG_SERIES_MAX / scale * (1.0 - 1e-9);
     for (idc, oc) in ids.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
         let p = &mut p[..idc.len()];
         dist.prob_into(idc, p);
@@ -788,7 +806,14 @@ pub fn expected_counts(
             plain_counts(p, oc, scale, num_sampled as f32);
             continue;
         }
-        let how = if f64::from_bits(max_bits(p)) < small { Counts::Series } else { Counts::Mixed };
+        let largest = f64::from_bits(max_bits(p));
+        let how = if largest < small {
+            Counts::Series
+        } else if largest < medium {
+            Counts::LongSeries
+        } else {
+            Counts::Mixed
+        };
         let x = &mut x[..idc.len()];
         count_exponents(p, x, scale, num_tries as f64, how);
         vmath::one_minus_exp_into(x, oc);
@@ -1027,6 +1052,27 @@ mod tests {
         let mut ids = all.ids.clone();
         ids.sort_unstable();
         assert_eq!(ids, (0..1000).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn every_tier_of_the_counts_matches_the_formula() {
+        // Blocks whose largest P is below 2^-7 (short series), below 2^-4 (long series) or above (exact
+        // logarithm for those): each must give -expm1(t log1p(-q)) to the float32 ulp.
+        for range in [20i64, 1000, 10_000, 1_000_000, 1 << 40] {
+            let d = LogUniform::new(range).unwrap();
+            let head: Vec<i64> = (0..300.min(range)).collect();
+            let tail: Vec<i64> = (0..300).map(|i| range / 2 + i).filter(|&k| k < range).collect();
+            for ids in [&head, &tail] {
+                for tries in [301i64, 5000, 1 << 20] {
+                    let got = expected_counts_for(&d, ids, 300, tries).unwrap();
+                    for (&k, &e) in ids.iter().zip(&got) {
+                        let q = (d.prob(k as u64) as f32) as f64;
+                        let want = -(tries as f64 * (-q).ln_1p()).exp_m1() as f32;
+                        assert!(ulps(e, want) <= 1, "range {range} k={k} tries {tries}: {e} vs {want}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
