@@ -271,19 +271,27 @@ impl Seen for Bytes<'_> {
 /// Ask the cache for `map[id]` (nothing when out of range).
 #[inline(always)]
 fn prefetch_byte(map: &[u8], id: u64) {
-    #[cfg(target_arch = "x86_64")]
     if let Some(b) = map.get(id as usize) {
-        // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program and
-        // needs no CPU feature beyond x86_64's baseline (SSE).
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(b as *const u8 as *const i8)
-        };
+        prefetch_at(b);
     }
 }
 
-/// `Seen::scan` over a byte map, with the map and the stamp as arguments: the compiler then knows that
-/// storing into the map changes neither (a byte store could alias anything it loaded from memory), and
-/// keeps them in registers instead of reloading them at every draw.
+/// Ask the cache for the line holding `p` (a hint: it never faults, whatever `p` is).
+#[inline(always)]
+fn prefetch_at(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program and
+    // needs no CPU feature beyond x86_64's baseline (SSE).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// `Seen::scan` over a byte map, by the same step as the fused kernels ([`Taker::take`]), whose state the
+/// compiler keeps in registers (a byte store into the map could alias anything loaded from memory, so
+/// fields read through references would be reloaded at every draw).
 #[inline(never)]
 fn scan_bytes(
     map: &mut [u8],
@@ -292,20 +300,28 @@ fn scan_bytes(
     free: &mut [MaybeUninit<u64>],
     want: usize,
 ) -> (usize, usize) {
-    let mut f = 0;
+    let range = map.len() as u64;
+    let mut scan = ByteScan { map, stamp, free, want };
+    if !scan.fits(range) {
+        // Nothing wanted (or no room, which the callers never ask).
+        return (0, 0);
+    }
+    let base = scan.map_ptr();
+    let mut taker = scan.taker();
     for (i, &id) in buf.iter().enumerate() {
         if let Some(&ahead) = buf.get(i + PREFETCH) {
-            prefetch_byte(map, ahead);
+            if ahead < range {
+                prefetch_at(base.wrapping_add(ahead as usize));
+            }
         }
-        free[f].write(id);
-        let b = &mut map[id as usize];
-        f += (*b != stamp) as usize;
-        *b = stamp;
-        if f == want {
-            return (f, i + 1);
+        assert!(id < range, "draw {id} outside the range {range}");
+        // SAFETY: id is below the map's length (checked), `fits` holds, and the loop ends when `take` says
+        // the scan is over.
+        if unsafe { taker.take(id) } {
+            return (taker.new_ids(), i + 1);
         }
     }
-    (f, buf.len())
+    (taker.new_ids(), buf.len())
 }
 
 /// A de-duplication over a byte map in progress (the map of [`Bytes`]), handed to
