@@ -310,5 +310,8 @@ mod tests {
         let mut dispatched = vec![0f32; x.len()];
         one_minus_exp_into(&x, &mut dispatched);
         assert_eq!(portable, dispatched);
+        // The scalar code (what the baseline kernel runs, element by element) gives the same bits too.
+        let scalar: Vec<f32> = x.iter().map(|&v| one_minus_exp(v)).collect();
+        assert_eq!(scalar, dispatched);
     }
 }
