@@ -2,7 +2,7 @@
 //! `LogUniformSampler`. A draw is floor(e^(u ln(range_max + 1))) - 1 for u uniform in [0, 1): the discretised
 //! continuous log-uniform law on [1, range_max + 1), whose mass on [k + 1, k + 2) is exactly P(k).
 
-use super::unique::ByteScan;
+use super::unique::{prefetch_at, ByteScan};
 use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
@@ -303,9 +303,7 @@ mod avx512 {
             // Ask for each id's map byte now, RUN_AHEAD draws before the scan reads it: where the map is
             // not in cache (the first call after other work), this is what keeps the scan from waiting.
             for j in 0..8 {
-                let id = ring[(at + j) % RING];
-                // SAFETY: a prefetch is a hint (it never faults); the address lies inside the map (id <= last).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(map.add(id as usize) as *const i8) };
+                prefetch_at(map.wrapping_add(ring[(at + j) % RING] as usize));
             }
         };
         let mut drawn = 0;

@@ -278,7 +278,7 @@ fn prefetch_byte(map: &[u8], id: u64) {
 
 /// Ask the cache for the line holding `p` (a hint: it never faults, whatever `p` is).
 #[inline(always)]
-fn prefetch_at(p: *const u8) {
+pub(crate) fn prefetch_at(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program and
     // needs no CPU feature beyond x86_64's baseline (SSE).
