@@ -182,3 +182,34 @@ def test_unique_inclusion_frequencies_match_expected_counts():
     assert np.abs(z[tail]).max() < 4.9
     # Head: the documented bias, small and of the known sign (the count overstates inclusion).
     assert np.all(e[~tail] - f[~tail] < 0.06)
+
+
+@pytest.mark.parametrize("range_max, n", [(1000, 400), (20_000, 3000)])
+def test_unique_samples_over_many_chunks_have_the_law_of_plain_rejection(range_max, n):
+    """Unique samples that take several chunks skip the draws of heads already collected and count them
+    instead (a negative binomial number per chunk). Reference: the plain process built here from the
+    sampler's own draws with replacement, the first n distinct ids of an i.i.d. stream. num_tries and the
+    inclusion of each octave of ids must have the same law in both (two-sample chi-square tests)."""
+    s = zn.LogUniformSampler(range_max)
+    runs = 1500
+    tries_z, tries_ref = np.zeros(runs), np.zeros(runs)
+    edges = np.unique(np.minimum(2 ** np.arange(40) - 1, range_max))
+    inc_z, inc_ref = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
+    for i in range(runs):
+        r = s.sample(n, seed=i)
+        tries_z[i] = r.num_tries
+        inc_z += np.histogram(r.ids, edges)[0]
+        stream = s.sample(8 * n, unique=False, seed=10**6 + i).ids
+        ids, first = np.unique(stream, return_index=True)
+        assert len(ids) >= n, "the reference stream is too short"
+        order = np.sort(first)[:n]
+        tries_ref[i] = order[-1] + 1
+        inc_ref += np.histogram(stream[order], edges)[0]
+    # num_tries: cells at the pooled 20-quantiles.
+    cuts = np.unique(np.quantile(np.concatenate([tries_z, tries_ref]), np.linspace(0.05, 0.95, 19)))
+    table = np.array([np.bincount(np.searchsorted(cuts, t, side="right"), minlength=len(cuts) + 1)
+                      for t in (tries_z, tries_ref)])
+    assert stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue > ALPHA
+    # Inclusions per octave (every sample holds n ids, so the totals are equal).
+    table = np.array([inc_z, inc_ref])
+    assert stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue > ALPHA

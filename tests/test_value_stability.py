@@ -37,6 +37,12 @@ def cases():
         "log_uniform 2^62": lambda: big.sample(32, true_classes=TC, seed=7),
         "log_uniform parallel": lambda: lu.sample(20_000, unique=False, seed=3),
         "log_uniform stream": lambda: zn.LogUniformSampler(1000, seed=5).sample(16),
+        # Unique draws over several chunks, which skip the draws of collected heads: byte map (with and
+        # without heavy rejection), bit map, hash set with the huge-range draw.
+        "log_uniform unique chunks": lambda: zn.LogUniformSampler(10**6).sample(8192, true_classes=TC, seed=42),
+        "log_uniform unique most": lambda: zn.LogUniformSampler(10**5).sample(50_000, true_classes=TC, seed=42),
+        "log_uniform unique bits": lambda: zn.LogUniformSampler(2**24).sample(8192, seed=42),
+        "log_uniform unique 2^40": lambda: zn.LogUniformSampler(2**40).sample(8192, seed=42),
         "uniform unique": lambda: un.sample(64, true_classes=TC, seed=42),
         "zipf unique": lambda: zf.sample(64, true_classes=TC, seed=42),
         "zipf plain": lambda: zf.sample(64, unique=False, seed=42),
@@ -233,6 +239,108 @@ PINS_JSON = r"""
   ],
   "true_expected": null,
   "num_tries": 18
+ },
+ "log_uniform unique chunks": {
+  "ids_sha256": "363a7eb3f66334ed92a13fa4eed24542ee1ac2ff52d834d6b0c7f6f8e31af4d8",
+  "ids_head": [
+   23,
+   76,
+   70,
+   82,
+   58654,
+   2
+  ],
+  "sampled_expected_head": [
+   1.0,
+   0.9999996423721313,
+   0.9999998807907104,
+   0.9999988675117493,
+   0.01932087540626526,
+   1.0
+  ],
+  "true_expected": [
+   1.0,
+   1.0,
+   1.0,
+   0.9999886751174927,
+   1.0,
+   1.0,
+   0.6817696690559387,
+   1.0
+  ],
+  "num_tries": 15810
+ },
+ "log_uniform unique most": {
+  "ids_sha256": "10ca4351f8faee08c0089e5c342cb2cd49a52d128aeaee364adf576ba47e4e88",
+  "ids_head": [
+   13,
+   36,
+   33,
+   38,
+   9409,
+   1
+  ],
+  "sampled_expected_head": [
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   0.9419681429862976,
+   1.0
+  ],
+  "true_expected": [
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   1.0
+  ],
+  "num_tries": 308424
+ },
+ "log_uniform unique bits": {
+  "ids_sha256": "a4821bafcacfba621aefd07486354f4038d7c3f594ec6d2de88b43bb5cb2e3fd",
+  "ids_head": [
+   46,
+   186,
+   169,
+   205,
+   551585,
+   2
+  ],
+  "sampled_expected_head": [
+   0.9999999403953552,
+   0.9857207536697388,
+   0.9906527400016785,
+   0.9788886308670044,
+   0.001443061395548284,
+   1.0
+  ],
+  "true_expected": null,
+  "num_tries": 13251
+ },
+ "log_uniform unique 2^40": {
+  "ids_sha256": "2f67f893308738a07e8c6985a4bf1edc64456a86a17711fc21ed806353b84f83",
+  "ids_head": [
+   612,
+   6155,
+   5226,
+   7207,
+   3709843165,
+   8
+  ],
+  "sampled_expected_head": [
+   0.45345523953437805,
+   0.058425046503543854,
+   0.06844493746757507,
+   0.050116173923015594,
+   9.990404237214534e-08,
+   1.0
+  ],
+  "true_expected": null,
+  "num_tries": 10276
  },
  "uniform unique": {
   "ids_sha256": "c215c92896877621c49ca4377463e767ee48aa4e6a83947bb48dfd400f41c0df",

@@ -1,6 +1,8 @@
 //! Log-uniform (Zipfian) classes: P(k) = ln((k + 2) / (k + 1)) / ln(range_max + 1), TensorFlow's
 //! `LogUniformSampler`. A draw is floor(e^(u ln(range_max + 1))) - 1 for u uniform in [0, 1): the discretised
 //! continuous log-uniform law on [1, range_max + 1), whose mass on [k + 1, k + 2) is exactly P(k).
+//! Draws conditioned on k >= h take u L from [ln(h + 1), L) instead: the same law restricted to the ids from
+//! h on, whose head below h carries P(k < h) = ln(h + 1) / L.
 
 use super::unique::{prefetch_at, ByteScan};
 use super::{check_range, refine, Distribution};
@@ -17,6 +19,17 @@ pub struct LogUniform {
     tf_formula: bool,
 }
 
+/// Where draws land: x = u width + lo for u uniform in [0, 1), ids clamped to [first, last]. The whole range
+/// is lo = 0, width = L, first = 0 (and u width + 0 is u L exactly, so those draws have the same bits as
+/// before draws above a head existed).
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    lo: f64,
+    width: f64,
+    first: u64,
+    last: u64,
+}
+
 impl LogUniform {
     pub fn new(range_max: i64) -> Result<Self> {
         let range_max = check_range(range_max)?;
@@ -26,6 +39,12 @@ impl LogUniform {
     /// The same distribution, with P(k) computed exactly as TensorFlow's kernel does.
     pub fn tf(range_max: i64) -> Result<Self> {
         Ok(LogUniform { tf_formula: true, ..Self::new(range_max)? })
+    }
+
+    /// The draws of ids from `first` on (`first` below range_max).
+    fn span(&self, first: u64) -> Span {
+        let lo = if first == 0 { 0.0 } else { (first as f64).ln_1p() };
+        Span { lo, width: self.log_range - lo, first, last: self.range_max - 1 }
     }
 
     fn tf_prob(&self, k: u64) -> f64 {
@@ -58,12 +77,12 @@ fn u64_to_f64(k: u64) -> f64 {
 /// is below 2e-18.
 const EXP_TAYLOR: [f64; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
 
-/// e^(u L) for the 52-bit uniform u of the word `w` (the value `unit_f64(w)`): x = u L = (16 n + j) ln2/16 + r
-/// with |r| <= ln2/32, so e^x = 2^n 2^(j/16) e^r. Relative error a few 1e-16 (and |x| 1e-16 from rounding
-/// u L, as any evaluation of the formula).
+/// e^x for x = u width + lo, u the 52-bit uniform of the word `w` (the value `unit_f64(w)`): x = (16 n + j)
+/// ln2/16 + r with |r| <= ln2/32, so e^x = 2^n 2^(j/16) e^r. Relative error a few 1e-16 (and |x| 1e-16 from
+/// rounding x, as any evaluation of the formula).
 #[inline(always)]
-fn exp_ul(w: u64, log_range: f64) -> f64 {
-    let x = crate::rng::unit_f64(w) * log_range;
+fn exp_ul(w: u64, span: Span) -> f64 {
+    let x = crate::rng::unit_f64(w) * span.width + span.lo;
     let t = x * INV_LN2_16 + ROUND_SHIFT;
     let m = t - ROUND_SHIFT;
     let mi = t.to_bits().wrapping_sub(ROUND_SHIFT.to_bits());
@@ -140,53 +159,54 @@ simd! {
     }
 }
 
-/// The id of a draw of a range below 2^30 from e^(u L): trunc(v) - 1, clamped to the last id.
+/// The id of a draw of a range below 2^30 from v = e^x: trunc(v) - 1, clamped to [first, last] (rounding
+/// at either end of the span may step one id outside it).
 #[inline(always)]
-fn small_id(v: f64, last: i64) -> u64 {
-    // e^(u L) < 2^30 + 1 (up to rounding), so the clamp keeps v finite and in [1, 2e9].
+fn small_id(v: f64, span: Span) -> u64 {
+    // e^x < 2^30 + 1 (up to rounding), so the clamp keeps v finite and in [1, 2e9].
     let v = v.clamp(1.0, 2_000_000_000.0);
     // SAFETY: v is finite and within [1, 2e9], inside i32's range, so the unchecked conversion (a single
     // truncating instruction, unlike the saturating `as`) is defined.
     let t = unsafe { v.to_int_unchecked::<i32>() };
-    (t as i64 - 1).min(last) as u64
+    (t as i64 - 1).max(span.first as i64).min(span.last as i64) as u64
 }
 
 simd! {
     /// Draws for ranges below 2^30.
-    fn draw_small_kernel(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
+    fn draw_small_kernel(words: &[u64], out: &mut [u64], span: Span) {
         for (o, &w) in out.iter_mut().zip(words) {
-            *o = small_id(exp_ul(w, log_range), last);
+            *o = small_id(exp_ul(w, span), span);
         }
     }
 }
 
 simd! {
-    /// The continuous log-uniform value e^(u L) in [1, range_max + 1), for huge ranges.
-    fn draw_kernel(words: &[u64], out: &mut [f64], log_range: f64) {
+    /// The continuous log-uniform value e^x in [e^lo, range_max + 1), for huge ranges.
+    fn draw_kernel(words: &[u64], out: &mut [f64], span: Span) {
         for (o, &w) in out.iter_mut().zip(words) {
-            *o = exp_ul(w, log_range);
+            *o = exp_ul(w, span);
         }
     }
 }
 
 /// Draws for ranges below 2^30, by the widest kernel the CPU has.
-fn draw_small(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
+fn draw_small(words: &[u64], out: &mut [u64], span: Span) {
     #[cfg(target_arch = "x86_64")]
     if vmath::has_avx512() {
         // SAFETY: the CPU has the features `avx512::draw_small` is compiled for (checked).
-        return unsafe { avx512::draw_small(words, out, log_range, last) };
+        return unsafe { avx512::draw_small(words, out, span) };
     }
-    draw_small_kernel(words, out, log_range, last)
+    draw_small_kernel(words, out, span)
 }
 
-/// e^(u L) of each word, by the widest kernel the CPU has.
-fn draw_values(words: &[u64], out: &mut [f64], log_range: f64) {
+/// e^x of each word, by the widest kernel the CPU has.
+fn draw_values(words: &[u64], out: &mut [f64], span: Span) {
     #[cfg(target_arch = "x86_64")]
     if vmath::has_avx512() {
         // SAFETY: the CPU has the features `avx512::draw` is compiled for (checked).
-        return unsafe { avx512::draw(words, out, log_range) };
+        return unsafe { avx512::draw(words, out, span) };
     }
-    draw_kernel(words, out, log_range)
+    draw_kernel(words, out, span)
 }
 
 /// The kernels above with AVX-512 intrinsics: eight lanes at a time, the same operations in the same order,
@@ -205,15 +225,39 @@ mod avx512 {
         unsafe { (_mm512_loadu_pd(t.as_ptr()), _mm512_loadu_pd(t.as_ptr().add(8))) }
     }
 
-    /// e^(u L) of eight words (see `exp_ul`).
+    /// A span's constants in registers.
+    #[derive(Clone, Copy)]
+    struct Span8 {
+        lo: __m512d,
+        width: __m512d,
+        first: __m512i,
+        last: __m512i,
+    }
+
+    impl Span8 {
+        #[inline(always)]
+        fn new(s: Span) -> Self {
+            // SAFETY: register broadcasts; AVX-512F is enabled in every function this is inlined into.
+            unsafe {
+                Span8 {
+                    lo: _mm512_set1_pd(s.lo),
+                    width: _mm512_set1_pd(s.width),
+                    first: _mm512_set1_epi64(s.first as i64),
+                    last: _mm512_set1_epi64(s.last as i64),
+                }
+            }
+        }
+    }
+
+    /// e^x of eight words (see `exp_ul`).
     #[inline(always)]
-    unsafe fn exp_ul8(w: __m512i, log_range: __m512d, exp2: (__m512d, __m512d)) -> __m512d {
+    unsafe fn exp_ul8(w: __m512i, span: Span8, exp2: (__m512d, __m512d)) -> __m512d {
         let one = _mm512_set1_epi64(0x3ff0_0000_0000_0000);
         let u = _mm512_sub_pd(
             _mm512_castsi512_pd(_mm512_or_si512(_mm512_srli_epi64::<12>(w), one)),
             _mm512_set1_pd(1.0),
         );
-        let x = _mm512_mul_pd(u, log_range);
+        let x = _mm512_add_pd(_mm512_mul_pd(u, span.width), span.lo);
         let shift = _mm512_set1_pd(ROUND_SHIFT);
         let t = _mm512_add_pd(_mm512_mul_pd(x, _mm512_set1_pd(INV_LN2_16)), shift);
         let m = _mm512_sub_pd(t, shift);
@@ -231,38 +275,33 @@ mod avx512 {
         ))
     }
 
-    /// The ids of eight words for a range below 2^30 (see `small_id`): each in `0..=last`.
+    /// The ids of eight words for a range below 2^30 (see `small_id`): each in `first..=last`.
     #[inline(always)]
-    unsafe fn small_ids8(w: __m512i, log_range: __m512d, exp2: (__m512d, __m512d), last: __m512i) -> __m512i {
+    unsafe fn small_ids8(w: __m512i, span: Span8, exp2: (__m512d, __m512d)) -> __m512i {
         // SAFETY: only arithmetic on registers (the caller's features include AVX-512F/DQ and FMA).
         unsafe {
-            let v = exp_ul8(w, log_range, exp2);
+            let v = exp_ul8(w, span, exp2);
             let v = _mm512_min_pd(_mm512_max_pd(v, _mm512_set1_pd(1.0)), _mm512_set1_pd(2_000_000_000.0));
             let id = _mm512_sub_epi64(_mm512_cvtepi32_epi64(_mm512_cvttpd_epi32(v)), _mm512_set1_epi64(1));
-            _mm512_min_epi64(id, last)
+            _mm512_min_epi64(_mm512_max_epi64(id, span.first), span.last)
         }
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-    pub fn draw_small(words: &[u64], out: &mut [u64], log_range: f64, last: i64) {
+    pub fn draw_small(words: &[u64], out: &mut [u64], span: Span) {
         let exp2 = table16(&EXP2_16);
-        let l = _mm512_set1_pd(log_range);
+        let s8 = Span8::new(span);
         let n = words.len().min(out.len()) / 8 * 8;
         for (o, w) in out[..n].chunks_exact_mut(8).zip(words[..n].chunks_exact(8)) {
             // SAFETY: `w` and `o` hold exactly eight u64: the 64 bytes read and written (unaligned); the rest
             // is register arithmetic (the function's features are enabled).
             unsafe {
-                let id = small_ids8(
-                    _mm512_loadu_si512(w.as_ptr() as *const __m512i),
-                    l,
-                    exp2,
-                    _mm512_set1_epi64(last),
-                );
+                let id = small_ids8(_mm512_loadu_si512(w.as_ptr() as *const __m512i), s8, exp2);
                 _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, id);
             }
         }
         for (o, &w) in out[n..].iter_mut().zip(&words[n..]) {
-            *o = small_id(exp_ul(w, log_range), last);
+            *o = small_id(exp_ul(w, span), span);
         }
     }
 
@@ -273,22 +312,20 @@ mod avx512 {
     /// scanning, on Zen 4). Returns (new ids, draws used), like `ByteScan::scan`.
     ///
     /// # Safety
-    /// `scan.fits(last + 1)` (every id drawn is at most `last`: what `Taker::take` needs) and
+    /// `scan.fits(span.last + 1)` (every id drawn is at most `span.last`: what `Taker::take` needs) and
     /// `len % 8 == 0`.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
     pub unsafe fn draw_scan(
         lanes: &mut [[u64; 4]; 4],
         len: usize,
-        log_range: f64,
-        last: u64,
+        span: Span,
         scan: &mut ByteScan<'_>,
     ) -> (usize, usize) {
         const RING: usize = 128;
         const RUN_AHEAD: usize = 64;
-        debug_assert!(len % 8 == 0 && scan.fits(last + 1));
+        debug_assert!(len % 8 == 0 && scan.fits(span.last + 1));
         let exp2 = table16(&EXP2_16);
-        let l = _mm512_set1_pd(log_range);
-        let lastv = _mm512_set1_epi64(last as i64);
+        let s8 = Span8::new(span);
         // SAFETY: the CPU has the features (this function's own).
         let mut gen = unsafe { Lanes8::load(lanes) };
         let mut ring = [0u64; RING];
@@ -297,7 +334,7 @@ mod avx512 {
             // SAFETY: register arithmetic, then a 64-byte store at ring[at % RING..][..8], inside the ring
             // (at and RING are multiples of 8).
             unsafe {
-                let id = small_ids8(gen.next8(), l, exp2, lastv);
+                let id = small_ids8(gen.next8(), s8, exp2);
                 _mm512_storeu_si512(ring.as_mut_ptr().add(at % RING) as *mut __m512i, id);
             }
             // Ask for each id's map byte now, RUN_AHEAD draws before the scan reads it: where the map is
@@ -335,19 +372,19 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-    pub fn draw(words: &[u64], out: &mut [f64], log_range: f64) {
+    pub fn draw(words: &[u64], out: &mut [f64], span: Span) {
         let exp2 = table16(&EXP2_16);
-        let l = _mm512_set1_pd(log_range);
+        let s8 = Span8::new(span);
         let n = words.len().min(out.len()) / 8 * 8;
         for (o, w) in out[..n].chunks_exact_mut(8).zip(words[..n].chunks_exact(8)) {
             // SAFETY: `w` and `o` hold exactly eight elements of 8 bytes: the 64 bytes read and written.
             unsafe {
-                let v = exp_ul8(_mm512_loadu_si512(w.as_ptr() as *const __m512i), l, exp2);
+                let v = exp_ul8(_mm512_loadu_si512(w.as_ptr() as *const __m512i), s8, exp2);
                 _mm512_storeu_pd(o.as_mut_ptr(), v);
             }
         }
         for (o, &w) in out[n..].iter_mut().zip(&words[n..]) {
-            *o = exp_ul(w, log_range);
+            *o = exp_ul(w, span);
         }
     }
 
@@ -404,27 +441,47 @@ impl Distribution for LogUniform {
         }
     }
 
-    fn draw_scan(&self, stream: &mut Stream, len: usize, scan: &mut ByteScan<'_>) -> Option<(usize, usize)> {
+    fn head_mass(&self, h: u64) -> Option<f64> {
+        // P(k < h) = sum of ln((k + 2) / (k + 1)) over k < h, which telescopes.
+        Some((h.min(self.range_max) as f64).ln_1p() / self.log_range)
+    }
+
+    fn draw_scan(
+        &self,
+        stream: &mut Stream,
+        len: usize,
+        from: u64,
+        scan: &mut ByteScan<'_>,
+    ) -> Option<(usize, usize)> {
         #[cfg(target_arch = "x86_64")]
-        if self.range_max < SMALL_RANGE && len % 8 == 0 && scan.fits(self.range_max) && vmath::has_avx512() {
+        if self.range_max < SMALL_RANGE
+            && from < self.range_max
+            && len % 8 == 0
+            && scan.fits(self.range_max)
+            && vmath::has_avx512()
+        {
             let lanes = stream.lanes()?;
             // SAFETY: the CPU has the kernel's features (checked); ids are at most range_max - 1, inside the
             // map, and `free` has room for `want` ids (`fits`); len is a multiple of 8.
-            return Some(unsafe { avx512::draw_scan(lanes, len, self.log_range, self.range_max - 1, scan) });
+            return Some(unsafe { avx512::draw_scan(lanes, len, self.span(from), scan) });
         }
-        let _ = (stream, len, scan);
+        let _ = (stream, len, from, scan);
         None
     }
 
     fn draw(&self, stream: &mut Stream, out: &mut [u64]) {
+        self.draw_above(stream, out, 0)
+    }
+
+    fn draw_above(&self, stream: &mut Stream, out: &mut [u64], from: u64) {
         const BLOCK: usize = 512;
         let mut words = [0u64; BLOCK];
-        let last = self.range_max - 1;
+        let span = self.span(from.min(self.range_max - 1));
         if self.range_max < SMALL_RANGE {
             for piece in out.chunks_mut(BLOCK) {
                 let n = piece.len();
                 stream.fill_u64(&mut words[..n]);
-                draw_small(&words[..n], piece, self.log_range, last as i64);
+                draw_small(&words[..n], piece, span);
             }
             return;
         }
@@ -432,12 +489,12 @@ impl Distribution for LogUniform {
         for piece in out.chunks_mut(BLOCK) {
             let n = piece.len();
             stream.fill_u64(&mut words[..n]);
-            draw_values(&words[..n], &mut vals[..n], self.log_range);
+            draw_values(&words[..n], &mut vals[..n], span);
             for (o, &v) in piece.iter_mut().zip(&vals[..n]) {
-                // u has 52 bits, so v = e^(u L) stands for the cell [v, v e^(L 2^-52)).
-                let width = v * self.log_range * f64::EPSILON / 2.0;
-                // v >= 1, so the id is >= 0; rounding at the very top may reach range_max: clamp it.
-                *o = (refine(v, width, stream).max(1) - 1).min(last);
+                // u has 52 bits, so v = e^(u width + lo) stands for the cell [v, v e^(width 2^-52)).
+                let width = v * span.width * f64::EPSILON / 2.0;
+                // v >= 1, so the id is >= 0; rounding at either end may step outside the span: clamp it.
+                *o = (refine(v, width, stream).max(1) - 1).clamp(span.first, span.last);
             }
         }
     }
@@ -475,17 +532,30 @@ mod tests {
         ids.extend([1 << 52, (1 << 53) + 1, (1 << 62) - 1]);
         for range in [1i64, 2, 17, 1000, 1_000_000, (1 << 30) - 1, 1 << 40, 1 << 62] {
             let d = LogUniform::new(range).unwrap();
-            let last = range - 1;
-            let portable_ids: Vec<u64> =
-                words.iter().map(|&w| small_id(exp_ul(w, d.log_range), last)).collect();
-            let portable_vals: Vec<f64> = words.iter().map(|&w| exp_ul(w, d.log_range)).collect();
+            // Draws above a head (ids from `from` on) go through the same kernels.
+            for from in [0, 1, 77, 5000].map(|f: u64| f.min(range as u64 - 1)) {
+                let span = d.span(from);
+                let ids: Vec<u64> = words.iter().map(|&w| small_id(exp_ul(w, span), span)).collect();
+                let vals: Vec<f64> = words.iter().map(|&w| exp_ul(w, span)).collect();
+                let (mut a, mut v) = (vec![0u64; words.len()], vec![0f64; words.len()]);
+                draw_small(&words, &mut a, span);
+                draw_values(&words, &mut v, span);
+                if range < SMALL_RANGE as i64 {
+                    assert_eq!(a, ids, "range {range} from {from}");
+                    assert!(a.iter().all(|&k| k >= from && k < range as u64), "range {range} from {from}");
+                }
+                assert!(v.iter().zip(&vals).all(|(x, y)| x.to_bits() == y.to_bits()), "range {range}");
+            }
+            let span = d.span(0);
+            let portable_ids: Vec<u64> = words.iter().map(|&w| small_id(exp_ul(w, span), span)).collect();
+            let portable_vals: Vec<f64> = words.iter().map(|&w| exp_ul(w, span)).collect();
             let valid: Vec<u64> = ids.iter().map(|&k| k % range as u64).collect();
             let inv = 1.0 / d.log_range;
             let portable_p: Vec<f64> = valid.iter().map(|&k| ln_ratio(k) * inv).collect();
             let (mut a, mut v, mut p) =
                 (vec![0u64; words.len()], vec![0f64; words.len()], vec![0f64; valid.len()]);
-            draw_small(&words, &mut a, d.log_range, last);
-            draw_values(&words, &mut v, d.log_range);
+            draw_small(&words, &mut a, span);
+            draw_values(&words, &mut v, span);
             d.prob_into(&valid, &mut p);
             if range < SMALL_RANGE as i64 {
                 assert_eq!(a, portable_ids, "range {range}");

@@ -2,6 +2,7 @@
 //! shared by all of them (`unique.rs`: draws, de-duplication, exclusions and expected counts).
 
 pub mod log_uniform;
+mod negbin;
 pub mod uniform;
 pub mod unigram;
 pub mod unique;
@@ -42,18 +43,35 @@ pub trait Distribution: Send + Sync {
     /// Fill `out` with independent draws, consuming words of `stream`.
     fn draw(&self, stream: &mut Stream, out: &mut [u64]);
 
-    /// Draw `len` ids from `stream` as `draw` would and de-duplicate them as they come: the same result as
-    /// `scan.scan(&ids)` of those draws, in one pass (it saves a trip through memory, and the draws'
-    /// arithmetic overlaps the scan's loads and stores). Returns (new ids, draws used), or None, having drawn
-    /// nothing, when the distribution has no such kernel for these arguments. Where the scan stops early,
-    /// the stream is left at an unspecified position.
+    /// P(k < h), for a distribution that can draw from the ids at or above `h` alone (`draw_above`); None
+    /// (the default) otherwise. A unique draw that has collected every id below h uses it to skip the draws
+    /// that would land there (each would be rejected) and count them instead (see `unique.rs`).
+    fn head_mass(&self, h: u64) -> Option<f64> {
+        let _ = h;
+        None
+    }
+
+    /// Fill `out` with independent draws of the law conditioned on k >= `from` (P(k) / (1 - P(k < from)) for
+    /// k >= from), for `from < range_max()` where `head_mass` is Some; `from = 0` is `draw`. The default, for
+    /// distributions without `head_mass`, serves only `from = 0`.
+    fn draw_above(&self, stream: &mut Stream, out: &mut [u64], from: u64) {
+        debug_assert_eq!(from, 0, "draw_above needs head_mass");
+        self.draw(stream, out)
+    }
+
+    /// Draw `len` ids from `stream` as `draw_above(.., from)` would and de-duplicate them as they come: the
+    /// same result as `scan.scan(&ids)` of those draws, in one pass (it saves a trip through memory, and the
+    /// draws' arithmetic overlaps the scan's loads and stores). Returns (new ids, draws used), or None,
+    /// having drawn nothing, when the distribution has no such kernel for these arguments. Where the scan
+    /// stops early, the stream is left at an unspecified position.
     fn draw_scan(
         &self,
         stream: &mut Stream,
         len: usize,
+        from: u64,
         scan: &mut unique::ByteScan<'_>,
     ) -> Option<(usize, usize)> {
-        let _ = (stream, len, scan);
+        let _ = (stream, len, from, scan);
         None
     }
 }

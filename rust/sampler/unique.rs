@@ -12,7 +12,7 @@
 //! that k turned up in `num_tries` draws. Like TensorFlow, P(k) is rounded to float32 first. With avoided
 //! classes, sampled ids use P renormalised over the rest: P(k) / (1 - Σ_avoided P).
 
-use super::Distribution;
+use super::{negbin, Distribution};
 use crate::buf::{ensure_memory, fill_together, zeroed, Table};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
@@ -163,18 +163,27 @@ trait Seen {
     #[inline(always)]
     fn prefetch(&self, _id: u64) {}
 
-    /// Draw `len` ids from `stream` with `dist` and insert them as `scan` would, in one pass, when the
-    /// distribution has a kernel for that (see [`Distribution::draw_scan`]); None (nothing drawn) otherwise.
+    /// Draw `len` ids at or above `from` from `stream` with `dist` and insert them as `scan` would, in one
+    /// pass, when the distribution has a kernel for that (see [`Distribution::draw_scan`]); None (nothing
+    /// drawn) otherwise.
     #[inline(always)]
     fn draw_scan(
         &mut self,
         _dist: &dyn Distribution,
         _stream: &mut Stream,
         _len: usize,
+        _from: u64,
         _free: &mut [MaybeUninit<u64>],
         _want: usize,
     ) -> Option<(usize, usize)> {
         None
+    }
+
+    /// Given that every id below `h` is in the set, the first id at or above `h` (and below `end`) that is
+    /// not, or `end`. A set that cannot tell answers `h`: it never claims more than it holds.
+    fn collected_prefix(&self, h: u64, end: u64) -> u64 {
+        let _ = end;
+        h
     }
 
     /// Insert the ids of `buf` in order, writing each to `free[f]` and counting it in `f` when new, until
@@ -212,6 +221,13 @@ impl Seen for IdSet {
     fn insert(&mut self, id: u64) -> bool {
         IdSet::insert(self, id)
     }
+
+    fn collected_prefix(&self, mut h: u64, end: u64) -> u64 {
+        while h < end && self.contains(h) {
+            h += 1;
+        }
+        h
+    }
 }
 
 #[derive(Default)]
@@ -225,6 +241,14 @@ impl Seen for Bits<'_> {
         let new = *w & b == 0;
         *w |= b;
         new
+    }
+
+    fn collected_prefix(&self, mut h: u64, end: u64) -> u64 {
+        let end = end.min(self.0.len() as u64 * 64);
+        while h < end && self.0[(h >> 6) as usize] >> (h & 63) & 1 == 1 {
+            h += 1;
+        }
+        h
     }
 }
 
@@ -243,10 +267,18 @@ impl Seen for Bytes<'_> {
         dist: &dyn Distribution,
         stream: &mut Stream,
         len: usize,
+        from: u64,
         free: &mut [MaybeUninit<u64>],
         want: usize,
     ) -> Option<(usize, usize)> {
-        dist.draw_scan(stream, len, &mut ByteScan { map: self.map, stamp: self.stamp, free, want })
+        dist.draw_scan(stream, len, from, &mut ByteScan { map: self.map, stamp: self.stamp, free, want })
+    }
+
+    fn collected_prefix(&self, h: u64, end: u64) -> u64 {
+        let end = end.min(self.map.len() as u64) as usize;
+        let start = (h as usize).min(end);
+        let run = self.map[start..end].iter().position(|&b| b != self.stamp).unwrap_or(end - start);
+        (start + run) as u64
     }
 
     #[inline(always)]
@@ -403,6 +435,30 @@ impl Taker<'_> {
 /// How many draws ahead of the one being de-duplicated its map entry is fetched into the cache.
 const PREFETCH: usize = 64;
 
+/// A chunk skips the head of collected ids when that head carries at least this probability (below it,
+/// drawing the few rejected draws costs less than counting them).
+const SKIP_MIN_MASS: f64 = 1.0 / 16.0;
+/// The index, under a chunk's key, of the stream that counts its skipped draws.
+const SKIPS: u64 = 0x736b_6970;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests turn skipping off to compare the law of skipping draws with that of drawing them all.
+    static NEVER_SKIP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The draws skipped on this thread so far (tests check that skipping happened).
+    static SKIPPED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether chunks may skip collected heads (always, but in tests that compare with not skipping).
+#[inline]
+fn skipping_allowed() -> bool {
+    #[cfg(test)]
+    if NEVER_SKIP.get() {
+        return false;
+    }
+    true
+}
+
 /// The ids collected so far by a sequential draw, with capacity for one more: the consume loop writes each
 /// draw to the next free place before it knows whether the id is new, which saves a branch per draw.
 struct Collect {
@@ -471,6 +527,7 @@ impl Collect {
 
     /// `raw_chunk` and `consume` of chunk `c` in one pass, where the map and the distribution have a kernel
     /// for that (`Seen::draw_scan`; never with ids to avoid). None: nothing was drawn.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn draw_consume<S: Seen, const AVOID: bool>(
         &mut self,
@@ -478,6 +535,7 @@ impl Collect {
         key: u64,
         c: u64,
         len: usize,
+        from: u64,
         seen: &mut S,
         n: usize,
     ) -> Option<u64> {
@@ -486,7 +544,8 @@ impl Collect {
             return None;
         }
         let free = self.out.spare_capacity_mut();
-        let (f, used) = seen.draw_scan(dist, &mut Stream::new(derive(key, c)), len, free, n - filled)?;
+        let (f, used) =
+            seen.draw_scan(dist, &mut Stream::new(derive(key, c)), len, from, free, n - filled)?;
         // SAFETY: the first f places after the filled ones were written (`Seen::draw_scan` keeps the contract
         // of `Seen::scan`: f <= want <= capacity - filled).
         unsafe { self.out.set_len(filled + f) };
@@ -495,6 +554,14 @@ impl Collect {
     }
 
     /// Draw chunks `0, 1, 2, ...` of the stream `key` and consume them until `n` ids are collected.
+    ///
+    /// Heads already collected are skipped: before each chunk after the first (without ids to avoid), when
+    /// every id below some h is collected and P(k < h) is at least `SKIP_MIN_MASS`, the chunk draws only
+    /// ids from h on (`Distribution::draw_above`): a draw below h would be rejected for certain. How many
+    /// such draws came before each kept one is geometric, so the chunk adds a negative binomial count of
+    /// them to the tries (`negbin::failures`, from a stream of its own). The ids and `num_tries` have the
+    /// law of drawing every draw: only the work of the rejected ones is saved (a third of the draws of
+    /// 8,192 log-uniform ids out of 10^6, and most of them when the sample is a large part of the range).
     ///
     /// This stays on one thread. Letting other threads draw chunks ahead was tried: de-duplicating costs
     /// about as much as drawing, so it could at best halve the time, and handing each chunk to another core
@@ -514,6 +581,9 @@ impl Collect {
         // O(n log draws) in all.
         let mut next_check = (4 * n as u64).saturating_add(1024);
         let avoided_mass = avoid.map_or(0.0, |a| a.mass);
+        // Every id below `head` is collected.
+        let mut head = 0u64;
+        let range = dist.range_max();
         CHUNK.with(|cell| {
             let mut own = Vec::new();
             let mut borrowed = cell.try_borrow_mut();
@@ -523,13 +593,26 @@ impl Collect {
             };
             buf.resize(len, 0);
             for c in 0u64.. {
-                consumed += match self.draw_consume::<S, AVOID>(dist, key, c, len, seen, n) {
+                let mut skip = None;
+                if !AVOID && c > 0 && skipping_allowed() {
+                    head = seen.collected_prefix(head, range);
+                    skip = dist.head_mass(head).filter(|&p| (SKIP_MIN_MASS..1.0).contains(&p));
+                }
+                let from = if skip.is_some() { head } else { 0 };
+                let used = match self.draw_consume::<S, AVOID>(dist, key, c, len, from, seen, n) {
                     Some(used) => used,
                     None => {
-                        raw_chunk(dist, key, c, buf);
+                        raw_chunk(dist, key, c, from, buf);
                         self.consume::<S, AVOID>(buf, avoid, seen, n)
                     }
                 };
+                let skipped = skip.map_or(0, |p| {
+                    negbin::failures(&mut Stream::new(derive(derive(key, c), SKIPS)), used, p)
+                });
+                self.tries += skipped;
+                consumed += used + skipped;
+                #[cfg(test)]
+                SKIPPED.set(SKIPPED.get() + skipped);
                 if self.filled() == n {
                     return Ok(());
                 }
@@ -607,9 +690,9 @@ impl Avoid {
     }
 }
 
-/// The raw draws of chunk `c` of the stream `key`.
-fn raw_chunk(dist: &dyn Distribution, key: u64, c: u64, out: &mut [u64]) {
-    dist.draw(&mut Stream::new(derive(key, c)), out)
+/// The raw draws of chunk `c` of the stream `key`, of ids from `from` on.
+fn raw_chunk(dist: &dyn Distribution, key: u64, c: u64, from: u64, out: &mut [u64]) {
+    dist.draw_above(&mut Stream::new(derive(key, c)), out, from)
 }
 
 /// Draw `n` candidates from the stream `key`: the first `n` accepted draws in chunk order (a draw is accepted
@@ -642,7 +725,7 @@ fn draw(
     if !unique && avoid.is_none() {
         // Every draw is accepted: chunk c fills out[c*len..], independently.
         let mut out: Vec<u64> = zeroed("num_sampled", n)?;
-        out.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(dist, key, c as u64, piece));
+        out.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(dist, key, c as u64, 0, piece));
         return Ok((out, n as u64));
     }
     let mut c = Collect::new(n)?;
@@ -1070,6 +1153,85 @@ mod tests {
         assert_eq!(ids, (0..1000).collect::<Vec<i64>>());
     }
 
+    /// Two-sample chi-square of equal-sized samples over cells: sum of (a - b)^2 / (a + b); (statistic, df).
+    fn two_sample_chi_square(cells: &[(f64, f64)]) -> (f64, usize) {
+        let used: Vec<_> = cells.iter().filter(|(a, b)| a + b > 0.0).collect();
+        let stat = used.iter().map(|(a, b)| (a - b) * (a - b) / (a + b)).sum();
+        (stat, used.len().max(2) - 1)
+    }
+
+    #[test]
+    fn skipping_collected_heads_keeps_the_law_of_the_sample() {
+        // Unique samples that skip the draws of collected heads (counted by a negative binomial) against
+        // the same samples drawing everything (seeds apart): num_tries and the inclusion of each part of
+        // the range must have one law. Byte map with the fused kernel (10^6), byte map without (1000,
+        // heavy rejection), bit map (2^24) and hash set (10^8).
+        use crate::sampler::testutil::chi_square_bound;
+        for (range, n, runs) in [
+            (1000i64, 400i64, 3000u64),
+            (1_000_000, 8192, 1500),
+            (1 << 24, 8192, 800),
+            (100_000_000, 8192, 800),
+        ] {
+            let d = LogUniform::new(range).unwrap();
+            let mut tries = [vec![], vec![]];
+            // Inclusions per cell of ids: [0, 2^j) boundaries, doubling, up to the range.
+            let edges: Vec<i64> =
+                (0..40).map(|j| (1i64 << j) - 1).take_while(|&e| e < range).chain([range]).collect();
+            let mut incl = [vec![0f64; edges.len() - 1], vec![0f64; edges.len() - 1]];
+            let (mut skipped, mut all_tries) = (0u64, 0u64);
+            for (which, base) in [(0usize, 0u64), (1, 1 << 32)] {
+                NEVER_SKIP.set(which == 1);
+                for r in 0..runs {
+                    let before = SKIPPED.get();
+                    let s = sample(&d, base + r, n, true, None, false).unwrap();
+                    if which == 0 {
+                        skipped += SKIPPED.get() - before;
+                        all_tries += s.num_tries;
+                    } else {
+                        assert_eq!(SKIPPED.get(), before);
+                    }
+                    tries[which].push(s.num_tries);
+                    for &k in &s.ids {
+                        let cell = edges.partition_point(|&e| e <= k) - 1;
+                        incl[which][cell] += 1.0;
+                    }
+                }
+            }
+            NEVER_SKIP.set(false);
+            // Skipping did its work: an eighth of the tries or more were counted, not drawn (a fifth to a
+            // third, measured).
+            assert!(skipped * 8 > all_tries, "range {range}: {skipped} of {all_tries} tries skipped");
+            // num_tries: cells at the pooled sample's 20-quantiles.
+            let mut pooled: Vec<u64> = tries.concat();
+            pooled.sort_unstable();
+            let mut cuts: Vec<u64> = (1..20).map(|q| pooled[q * pooled.len() / 20]).collect();
+            cuts.dedup();
+            let cell_of = |t: u64| cuts.partition_point(|&c| c <= t);
+            let mut cells = vec![(0f64, 0f64); cuts.len() + 1];
+            for &t in &tries[0] {
+                cells[cell_of(t)].0 += 1.0;
+            }
+            for &t in &tries[1] {
+                cells[cell_of(t)].1 += 1.0;
+            }
+            let (chi, df) = two_sample_chi_square(&cells);
+            assert!(chi < chi_square_bound(df), "range {range}: num_tries chi2 {chi} df {df}");
+            // Mean tries agree too (a plain check of the scale, 5 standard errors).
+            let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+            let sd = {
+                let m = mean(&pooled);
+                (pooled.iter().map(|&t| (t as f64 - m).powi(2)).sum::<f64>() / pooled.len() as f64).sqrt()
+            };
+            let gap = (mean(&tries[0]) - mean(&tries[1])).abs();
+            assert!(gap < 5.0 * sd * (2.0 / runs as f64).sqrt(), "range {range}: mean tries differ by {gap}");
+            // Inclusions per octave of ids (each sample holds n distinct ids, so the totals are equal).
+            let cells: Vec<(f64, f64)> = incl[0].iter().copied().zip(incl[1].iter().copied()).collect();
+            let (chi, df) = two_sample_chi_square(&cells);
+            assert!(chi < chi_square_bound(df), "range {range}: inclusions chi2 {chi} df {df}");
+        }
+    }
+
     #[test]
     fn every_tier_of_the_counts_matches_the_formula() {
         // Blocks whose largest P is below 2^-7 (short series), below 2^-4 (long series) or above (exact
@@ -1207,14 +1369,19 @@ mod tests {
     fn fused_draw_and_scan_equals_draw_then_scan() {
         // `Distribution::draw_scan` must give what drawing the chunk and scanning it gives: the same ids in
         // the same places, the same counts of new ids and of draws used, whatever the stopping point, on
-        // maps that already hold ids of the call. (Where the CPU has no kernel, None is allowed.)
+        // maps that already hold ids of the call, from the whole range or above a head. (Where the CPU has
+        // no kernel, None is allowed.)
         let mut compared = 0;
-        for (range, len) in [(1_000_000i64, 4096usize), (1000, 128), (7, 64), (1 << 22, 512)] {
+        let cases = [(1_000_000i64, 4096usize, 0u64), (1000, 128, 0), (7, 64, 0), (1 << 22, 512, 0)]
+            .into_iter()
+            .chain([(1_000_000, 4096, 150), (1000, 128, 999), (7, 64, 3), (1 << 22, 512, 20_000)]);
+        for (range, len, from) in cases {
             let d = LogUniform::new(range).unwrap();
             let size = range as usize;
             for (key, want) in [(1u64, 1usize), (2, 5), (3, 100), (4, len / 2), (5, len), (6, len + 1)] {
                 let mut draws = vec![0u64; len];
-                d.draw(&mut Stream::new(key), &mut draws);
+                d.draw_above(&mut Stream::new(key), &mut draws, from);
+                assert!(draws.iter().all(|&k| k >= from && k < range as u64));
                 let (mut map_a, mut map_b) = (vec![0u8; size], vec![0u8; size]);
                 // Ids seen earlier in the call (stamp 3) and stale ones of an earlier call (stamp 2).
                 for (i, &id) in draws.iter().enumerate().step_by(7) {
@@ -1226,7 +1393,7 @@ mod tests {
                 let mut a = ByteScan { map: &mut map_a, stamp: 3, free: &mut free_a, want };
                 let want_got = a.scan(&draws);
                 let mut b = ByteScan { map: &mut map_b, stamp: 3, free: &mut free_b, want };
-                let Some(got) = d.draw_scan(&mut Stream::new(key), len, &mut b) else { continue };
+                let Some(got) = d.draw_scan(&mut Stream::new(key), len, from, &mut b) else { continue };
                 assert_eq!(got, want_got, "range {range} key {key} want {want}");
                 let ids = |f: &[MaybeUninit<u64>]| {
                     // SAFETY: every place was initialised (to 0) when the buffers were made.
@@ -1238,7 +1405,7 @@ mod tests {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        assert!(compared == 24 || !crate::vmath::has_avx512(), "the kernel ran {compared} times of 24");
+        assert!(compared == 48 || !crate::vmath::has_avx512(), "the kernel ran {compared} times of 48");
     }
 
     #[test]
@@ -1269,7 +1436,7 @@ mod tests {
         let s = sample(&d, 21, n as i64, false, None, false).unwrap();
         let len = chunk_len(n);
         let mut want = vec![0u64; n];
-        want.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(&d, 21, c as u64, piece));
+        want.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(&d, 21, c as u64, 0, piece));
         assert!(s.ids.iter().zip(&want).all(|(&a, &b)| a as u64 == b));
         let mut ec = vec![0f32; n];
         expected_counts(&d, &want, n as u64, n as u64, 1.0, &mut ec);
