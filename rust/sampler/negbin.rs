@@ -172,7 +172,7 @@ mod tests {
         {
             let mut s = Stream::new(seed);
             let pmf = |k: u64| (-mean + k as f64 * mean.ln() - ln_factorial(k as f64)).exp();
-            let (chi, df) = chi_square(200_000, || poisson(&mut s, mean), pmf);
+            let (chi, df) = chi_square(100_000, || poisson(&mut s, mean), pmf);
             assert!(chi < chi_square_bound(df), "mean {mean}: chi2 {chi} df {df}");
         }
         let mut s = Stream::new(8);
