@@ -1,0 +1,84 @@
+"""Two builds of zipfnce and TensorFlow in one process: a shared unique log-uniform draw, interleaved rounds.
+
+Absolute times on a shared VM move by tens of percent from one minute to the next; comparing two builds in
+separate processes minutes apart mostly measures that. This loads an earlier build (a copy of an installed
+``zipfnce`` package directory, e.g. taken from site-packages before ``pip install .``) under the name
+``zipfnce_old`` next to the installed one, and times both and TensorFlow in alternating rounds, as the
+runner of ``python -m zipfnce bench`` does (a 20 ms pause before each turn, medians over rounds).
+
+    cp -r "$(python -c 'import zipfnce, os; print(os.path.dirname(zipfnce.__file__))')" /tmp/zipfnce_before
+    pip install .
+    python benches/ab_versions.py --old /tmp/zipfnce_before --num-sampled 8192 --range-max 1e6
+"""
+
+import argparse
+import importlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+
+def load_old(path):
+    """Import the package directory `path` as `zipfnce_old` (its modules import each other relatively)."""
+    root = tempfile.mkdtemp(prefix="zipfnce_ab_")
+    shutil.copytree(path, os.path.join(root, "zipfnce_old"))
+    sys.path.insert(0, root)
+    return importlib.import_module("zipfnce_old")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="directory of an earlier build's zipfnce package")
+    ap.add_argument("--num-sampled", type=int, default=8192)
+    ap.add_argument("--range-max", type=float, default=1e6)
+    ap.add_argument("--batch", type=int, default=1024, help="rows of true_classes (one class each)")
+    ap.add_argument("--rounds", type=int, default=12)
+    args = ap.parse_args()
+    s, v = args.num_sampled, int(args.range_max)
+
+    import numpy as np
+    import zipfnce as new
+
+    old = load_old(args.old)
+    tc = np.random.default_rng(0).integers(0, v, (args.batch, 1))
+    so, sn = old.LogUniformSampler(v, seed=1), new.LogUniformSampler(v, seed=1)
+    calls = {
+        "old": lambda: so.sample(s, unique=True, true_classes=tc),
+        "new": lambda: sn.sample(s, unique=True, true_classes=tc),
+    }
+    try:
+        import tensorflow as tf
+
+        tct = tf.constant(tc)
+        calls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, s, True, v)
+    except ImportError:
+        pass
+    # About 20 ms of calls per turn.
+    reps = {}
+    for name, f in calls.items():
+        f()
+        t = time.perf_counter()
+        f()
+        reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)))
+    times = {name: [] for name in calls}
+    for r in range(args.rounds):
+        for name in (list(calls) if r % 2 else list(calls)[::-1]):
+            time.sleep(0.02)
+            t = time.perf_counter()
+            for _ in range(reps[name]):
+                calls[name]()
+            times[name].append((time.perf_counter() - t) / reps[name])
+    med = {name: statistics.median(t) for name, t in times.items()}
+    line = f"S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us " \
+           f"(new/old {med['new'] / med['old']:.3f})"
+    if "tensorflow" in med:
+        tf_t = med["tensorflow"]
+        line += f"; tensorflow {tf_t * 1e6:.0f} us: old {tf_t / med['old']:.1f}x, new {tf_t / med['new']:.1f}x"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
