@@ -184,13 +184,17 @@ def test_unique_inclusion_frequencies_match_expected_counts():
     assert np.all(e[~tail] - f[~tail] < 0.06)
 
 
-@pytest.mark.parametrize("range_max, n", [(1000, 400), (20_000, 3000)])
-def test_unique_samples_over_many_chunks_have_the_law_of_plain_rejection(range_max, n):
+@pytest.mark.parametrize("make, range_max, n", [
+    (zn.LogUniformSampler, 1000, 400),
+    (zn.LogUniformSampler, 20_000, 3000),
+    (lambda v: zn.ZipfSampler(v, 1.1), 5000, 800),
+], ids=["log-uniform 1000", "log-uniform 20000", "zipf 5000"])
+def test_unique_samples_over_many_chunks_have_the_law_of_plain_rejection(make, range_max, n):
     """Unique samples that take several chunks skip the draws of heads already collected and count them
     instead (a negative binomial number per chunk). Reference: the plain process built here from the
     sampler's own draws with replacement, the first n distinct ids of an i.i.d. stream. num_tries and the
     inclusion of each octave of ids must have the same law in both (two-sample chi-square tests)."""
-    s = zn.LogUniformSampler(range_max)
+    s = make(range_max)
     runs = 1500
     tries_z, tries_ref = np.zeros(runs), np.zeros(runs)
     edges = np.unique(np.minimum(2 ** np.arange(40) - 1, range_max))

@@ -43,6 +43,7 @@ def cases():
         "log_uniform unique most": lambda: zn.LogUniformSampler(10**5).sample(50_000, true_classes=TC, seed=42),
         "log_uniform unique bits": lambda: zn.LogUniformSampler(2**24).sample(8192, seed=42),
         "log_uniform unique 2^40": lambda: zn.LogUniformSampler(2**40).sample(8192, seed=42),
+        "zipf unique chunks": lambda: zn.ZipfSampler(10**6, 1.1).sample(8192, true_classes=TC, seed=42),
         "uniform unique": lambda: un.sample(64, true_classes=TC, seed=42),
         "zipf unique": lambda: zf.sample(64, true_classes=TC, seed=42),
         "zipf plain": lambda: zf.sample(64, unique=False, seed=42),
@@ -341,6 +342,36 @@ PINS_JSON = r"""
   ],
   "true_expected": null,
   "num_tries": 10276
+ },
+ "zipf unique chunks": {
+  "ids_sha256": "56006bb247ce869cb845de54bbeec23530cd4d8387e71e9704edefa1e4296fc0",
+  "ids_head": [
+   3802,
+   911,
+   1002,
+   832,
+   2,
+   101134
+  ],
+  "sampled_expected_head": [
+   0.3148576021194458,
+   0.8377871513366699,
+   0.8056637644767761,
+   0.8659408092498779,
+   1.0,
+   0.010189707390964031
+  ],
+  "true_expected": [
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   1.0,
+   0.8070611953735352,
+   1.0
+  ],
+  "num_tries": 26472
  },
  "uniform unique": {
   "ids_sha256": "c215c92896877621c49ca4377463e767ee48aa4e6a83947bb48dfd400f41c0df",

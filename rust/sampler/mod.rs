@@ -195,3 +195,61 @@ pub(crate) mod testutil {
         k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    /// The law of `inner` conditioned on ids from `from` on, drawn by `draw_above`.
+    struct Above<'a> {
+        inner: &'a dyn Distribution,
+        from: u64,
+        tail: f64,
+    }
+
+    impl Distribution for Above<'_> {
+        fn range_max(&self) -> u64 {
+            self.inner.range_max()
+        }
+
+        fn prob(&self, k: u64) -> f64 {
+            if k < self.from {
+                0.0
+            } else {
+                self.inner.prob(k) / self.tail
+            }
+        }
+
+        fn draw(&self, stream: &mut Stream, out: &mut [u64]) {
+            self.inner.draw_above(stream, out, self.from)
+        }
+    }
+
+    #[test]
+    fn draws_above_a_head_follow_the_conditional_law() {
+        let dists: Vec<Box<dyn Distribution>> = vec![
+            Box::new(LogUniform::new(1000).unwrap()),
+            Box::new(LogUniform::new(1_000_000).unwrap()),
+            Box::new(LogUniform::new(1 << 40).unwrap()),
+            Box::new(LogUniform::new(1 << 62).unwrap()),
+            Box::new(Zipf::new(1000, 1.0).unwrap()),
+            Box::new(Zipf::new(1_000_000, 1.1).unwrap()),
+            Box::new(Zipf::new(1 << 62, 0.8).unwrap()),
+            Box::new(Zipf::new(400, 3.0).unwrap()),
+        ];
+        for (i, d) in dists.iter().enumerate() {
+            let d = d.as_ref();
+            for from in [1u64, 17, 300] {
+                // head_mass is P(k < from), the sum of the probabilities.
+                let head = d.head_mass(from).unwrap();
+                let sum: f64 = (0..from).map(|k| d.prob(k)).sum();
+                assert!((head - sum).abs() <= 1e-12 * sum, "distribution {i} from {from}: {head} vs {sum}");
+                let above = Above { inner: d, from, tail: 1.0 - head };
+                // Cells of one id each from 0 to from + 2000 (none may be drawn below `from`), the rest lumped.
+                let (chi, df) = chi_square(&above, 31 + from, 200_000, from + 2000);
+                assert!(chi < chi_square_bound(df), "distribution {i} from {from}: chi2 {chi} df {df}");
+            }
+        }
+    }
+}

@@ -3,6 +3,10 @@
 //! continuous hat function that dominates the mass of every rank, accept or reject against the exact
 //! mass; acceptance is above 90% for every s. The normalising constant H(N, s) = Σ_{n=1}^{N} n^-s is an exact
 //! sum of the first terms plus Euler–Maclaurin for the tail, good to ~1e-15 relative.
+//!
+//! Each rank k >= 2 owns the stretch [H(k - 1/2), H(k + 1/2)] of the hat's integral H, inside which its
+//! acceptance region lies; so uniforms taken from [H(m + 1/2), H(N + 1/2)] alone give the law conditioned
+//! on ranks above m, with the same acceptance test (`draw_above`).
 
 use super::{check_range, refine, Distribution};
 use crate::error::{Error, Result};
@@ -19,6 +23,9 @@ pub struct Zipf {
     h_integral_n: f64,
     /// A draw x whose rank k satisfies k - x <= this is accepted without computing the exact test.
     quick_accept: f64,
+    /// Below this x, the cell a 52-bit uniform stands for is narrower than 2^-10 of a rank whatever the
+    /// span drawn from (see `draw_rank`), so `refine` needs no cell width.
+    narrow_below: f64,
 }
 
 /// log1p(x) / x, continuous at 0.
@@ -53,12 +60,31 @@ impl Zipf {
             h_integral_x1: 0.0,
             h_integral_n: 0.0,
             quick_accept: 0.0,
+            narrow_below: 0.0,
         };
         z.h_integral_x1 = z.h_integral(1.5) - 1.0;
         z.h_integral_n = z.h_integral(z.n + 0.5);
         z.quick_accept = 2.0 - z.h_integral_inverse(z.h_integral(2.5) - z.h(2.0));
         z.ln_norm = harmonic(range_max, exponent).ln();
+        // The cell is du / h(x) = du x^s with du at most that of the whole span: below 2^-10 while
+        // x < (2^-10 / du)^(1/s); half that bound leaves room for rounding.
+        let du = z.span_cell(z.h_integral_x1);
+        z.narrow_below = if du > 0.0 { 0.5 * (1.0 / (1024.0 * du)).powf(1.0 / z.s) } else { f64::INFINITY };
         Ok(z)
+    }
+
+    /// The width in u of the cell a 52-bit uniform stands for, drawing u between H(N + 1/2) and `top`.
+    fn span_cell(&self, top: f64) -> f64 {
+        (top - self.h_integral_n).abs() * f64::EPSILON / 2.0
+    }
+
+    /// The end of the span of u for ranks above `m`: H(m + 1/2), or H(3/2) - 1 for the whole range.
+    fn span_top(&self, m: u64) -> f64 {
+        if m == 0 {
+            self.h_integral_x1
+        } else {
+            self.h_integral(m as f64 + 0.5)
+        }
     }
 
     /// The hat density at x: x^-s.
@@ -83,20 +109,22 @@ impl Zipf {
         (x.ln() * (1.0 - self.s)).exp() * l * expm1_over_x((1.0 - self.s) * l)
     }
 
-    /// One rank in 1..=N.
-    fn draw_rank(&self, stream: &mut Stream) -> u64 {
-        let du = (self.h_integral_x1 - self.h_integral_n).abs() * f64::EPSILON / 2.0;
+    /// One rank in first..=N, drawing u between H(N + 1/2) and `top = span_top(first - 1)`.
+    fn draw_rank(&self, stream: &mut Stream, top: f64, first: u64) -> u64 {
+        let du = self.span_cell(top);
         loop {
-            let u = self.h_integral_n + stream.next_f64() * (self.h_integral_x1 - self.h_integral_n);
+            let u = self.h_integral_n + stream.next_f64() * (top - self.h_integral_n);
             let x = self.h_integral_inverse(u);
-            let k = (x + 0.5).floor().clamp(1.0, self.n);
+            let k = (x + 0.5).floor().clamp(first as f64, self.n);
             // Accept when the hat's mass between x and k + 1/2 is at most the rank's own mass h(k),
             // i.e. u >= H(k + 1/2) - h(k), evaluated without cancellation.
             let d = (k + 0.5) - x;
             if k - x <= self.quick_accept || d <= 0.0 || self.h_integral_span(x, d) <= self.h(k) {
                 // u has 52 bits: x stands for a cell of width du / h(x) (see `refine`), which covers
-                // several ranks in the far tail of huge ranges.
-                return refine(x + 0.5, du / self.h(x), stream).clamp(1, self.range_max);
+                // several ranks in the far tail of huge ranges; below `narrow_below` it is known to be
+                // narrow, which spares computing h(x).
+                let cell = if x < self.narrow_below { 0.0 } else { du / self.h(x) };
+                return refine(x + 0.5, cell, stream).clamp(first, self.range_max);
             }
         }
     }
@@ -136,9 +164,21 @@ impl Distribution for Zipf {
         (-self.s * (k as f64 + 1.0).ln() - self.ln_norm).exp()
     }
 
+    fn head_mass(&self, h: u64) -> Option<f64> {
+        let h = h.min(self.range_max);
+        Some(if h == 0 { 0.0 } else { (harmonic(h, self.s).ln() - self.ln_norm).exp().min(1.0) })
+    }
+
     fn draw(&self, stream: &mut Stream, out: &mut [u64]) {
+        self.draw_above(stream, out, 0)
+    }
+
+    fn draw_above(&self, stream: &mut Stream, out: &mut [u64], from: u64) {
+        // Ids from `from` on are ranks from from + 1 on.
+        let from = from.min(self.range_max - 1);
+        let top = self.span_top(from);
         for o in out.iter_mut() {
-            *o = self.draw_rank(stream) - 1;
+            *o = self.draw_rank(stream, top, from + 1) - 1;
         }
     }
 }
