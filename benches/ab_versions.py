@@ -1,4 +1,4 @@
-"""Two builds of zipfnce and TensorFlow in one process: a shared unique log-uniform draw, interleaved rounds.
+"""Two builds of zipfnce and TensorFlow in one process: a shared unique draw, interleaved rounds.
 
 Absolute times on a shared VM move by tens of percent from one minute to the next; comparing two builds in
 separate processes minutes apart mostly measures that. This loads an earlier build (a copy of an installed
@@ -9,6 +9,9 @@ runner of ``python -m zipfnce bench`` does (a 20 ms pause before each turn, medi
     cp -r "$(python -c 'import zipfnce, os; print(os.path.dirname(zipfnce.__file__))')" /tmp/zipfnce_before
     pip install .
     python benches/ab_versions.py --old /tmp/zipfnce_before --num-sampled 8192 --range-max 1e6
+    python benches/ab_versions.py --old /tmp/zipfnce_before --sampler zipf --exponent 1.1
+
+TensorFlow takes part for the log-uniform sampler (it has no Zipf sampler).
 """
 
 import argparse
@@ -32,6 +35,8 @@ def load_old(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, help="directory of an earlier build's zipfnce package")
+    ap.add_argument("--sampler", choices=["log-uniform", "zipf"], default="log-uniform")
+    ap.add_argument("--exponent", type=float, default=1.0, help="Zipf's s")
     ap.add_argument("--num-sampled", type=int, default=8192)
     ap.add_argument("--range-max", type=float, default=1e6)
     ap.add_argument("--batch", type=int, default=1024, help="rows of true_classes (one class each)")
@@ -44,16 +49,20 @@ def main():
 
     old = load_old(args.old)
     tc = np.random.default_rng(0).integers(0, v, (args.batch, 1))
-    so, sn = old.LogUniformSampler(v, seed=1), new.LogUniformSampler(v, seed=1)
+    if args.sampler == "zipf":
+        so, sn = old.ZipfSampler(v, args.exponent, seed=1), new.ZipfSampler(v, args.exponent, seed=1)
+    else:
+        so, sn = old.LogUniformSampler(v, seed=1), new.LogUniformSampler(v, seed=1)
     calls = {
         "old": lambda: so.sample(s, unique=True, true_classes=tc),
         "new": lambda: sn.sample(s, unique=True, true_classes=tc),
     }
     try:
-        import tensorflow as tf
+        if args.sampler == "log-uniform":
+            import tensorflow as tf
 
-        tct = tf.constant(tc)
-        calls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, s, True, v)
+            tct = tf.constant(tc)
+            calls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, s, True, v)
     except ImportError:
         pass
     # About 20 ms of calls per turn.
@@ -72,7 +81,7 @@ def main():
                 calls[name]()
             times[name].append((time.perf_counter() - t) / reps[name])
     med = {name: statistics.median(t) for name, t in times.items()}
-    line = f"S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us " \
+    line = f"{args.sampler} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us " \
            f"(new/old {med['new'] / med['old']:.3f})"
     if "tensorflow" in med:
         tf_t = med["tensorflow"]
