@@ -62,6 +62,15 @@ pub fn ln(x: f64) -> f64 {
     s * (hfsq + r) + k * LN2_LO - hfsq + f + k * LN2_HI
 }
 
+/// `k` as a double (correctly rounded), in operations that vectorise without AVX-512.
+#[inline(always)]
+pub(crate) fn u64_to_f64(k: u64) -> f64 {
+    const TWO52: f64 = 4_503_599_627_370_496.0;
+    let hi = f64::from_bits((k >> 32) | 0x4330_0000_0000_0000) - TWO52;
+    let lo = f64::from_bits((k & 0xffff_ffff) | 0x4330_0000_0000_0000) - TWO52;
+    hi * 4_294_967_296.0 + lo
+}
+
 /// ln(1 + y) for y > -1 (1 + y normal), accurate also for tiny |y|: the rounding error of 1 + y is put back.
 #[inline(always)]
 pub fn ln_1p(y: f64) -> f64 {

@@ -8,7 +8,7 @@ use super::unique::{prefetch_at, ByteScan};
 use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
-use crate::vmath::{self, simd, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
+use crate::vmath::{self, simd, u64_to_f64, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
 
 #[derive(Clone, Debug)]
 pub struct LogUniform {
@@ -57,15 +57,6 @@ impl LogUniform {
         tf_prob_kernel(&[k], &mut o, 1.0 / self.log_range);
         o[0]
     }
-}
-
-/// `k` as a double (correctly rounded), in operations that vectorise without AVX-512.
-#[inline(always)]
-fn u64_to_f64(k: u64) -> f64 {
-    const TWO52: f64 = 4_503_599_627_370_496.0;
-    let hi = f64::from_bits((k >> 32) | 0x4330_0000_0000_0000) - TWO52;
-    let lo = f64::from_bits((k & 0xffff_ffff) | 0x4330_0000_0000_0000) - TWO52;
-    hi * 4_294_967_296.0 + lo
 }
 
 // The draws and probabilities below are computed by a portable kernel and, on CPUs with AVX-512, by the same

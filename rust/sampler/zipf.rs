@@ -11,6 +11,7 @@
 use super::{check_range, refine, Distribution};
 use crate::error::{Error, Result};
 use crate::rng::Stream;
+use crate::vmath::{self, simd, u64_to_f64};
 
 #[derive(Clone, Debug)]
 pub struct Zipf {
@@ -130,6 +131,31 @@ impl Zipf {
     }
 }
 
+/// P(k) = e^(-s ln(k + 1) - ln H(N, s)), in code that vectorises (the same bits in every kernel). Exponents
+/// below -708, where `vmath::exp` clamps, are raised by 708 and the result scaled back by e^-708, so that
+/// probabilities fade into subnormals and 0 as the library's exponential does.
+#[inline(always)]
+fn prob_of(k: u64, s: f64, ln_norm: f64) -> f64 {
+    const E_MINUS_708: f64 = 3.307_553_003_638_408_4e-308;
+    let y = -s * vmath::ln(u64_to_f64(k) + 1.0) - ln_norm;
+    let tiny = y < -708.0;
+    let e = vmath::exp(if tiny { y + 708.0 } else { y });
+    if tiny {
+        e * E_MINUS_708
+    } else {
+        e
+    }
+}
+
+simd! {
+    /// P(k) of each id.
+    fn prob_kernel(ids: &[u64], out: &mut [f64], s: f64, ln_norm: f64) {
+        for (o, &k) in out.iter_mut().zip(ids) {
+            *o = prob_of(k, s, ln_norm);
+        }
+    }
+}
+
 /// H(N, s) = Σ_{n=1}^{N} n^-s.
 pub fn harmonic(n: u64, s: f64) -> f64 {
     const HEAD: u64 = 1000;
@@ -161,7 +187,11 @@ impl Distribution for Zipf {
     }
 
     fn prob(&self, k: u64) -> f64 {
-        (-self.s * (k as f64 + 1.0).ln() - self.ln_norm).exp()
+        prob_of(k, self.s, self.ln_norm)
+    }
+
+    fn prob_into(&self, ids: &[u64], out: &mut [f64]) {
+        prob_kernel(ids, out, self.s, self.ln_norm)
     }
 
     fn head_mass(&self, h: u64) -> Option<f64> {
@@ -222,6 +252,36 @@ mod tests {
             let d = Zipf::new(range, s).unwrap();
             let (chi, df) = chi_square(&d, 17, 300_000, 1000);
             assert!(chi < chi_square_bound(df), "range {range} s {s}: chi2 {chi} df {df}");
+        }
+    }
+
+    #[test]
+    fn probabilities_agree_with_the_library_exponential() {
+        // The vectorised P(k) against exp/ln of the standard library: within the rounding of the exponent,
+        // and the same underflow into subnormals and 0 for steep laws.
+        let ids: Vec<u64> = (0..5000u64).chain([1 << 20, 1 << 40, (1 << 62) - 1]).collect();
+        for (range, s) in
+            [(1i64 << 62, 0.8), (1_000_000_000, 1.1), (1000, 0.5), (1_000_000_000, 50.0), (10, 1e300)]
+        {
+            let d = Zipf::new(range, s).unwrap();
+            let valid: Vec<u64> = ids.iter().copied().filter(|&k| k < range as u64).collect();
+            let mut fast = vec![0.0; valid.len()];
+            d.prob_into(&valid, &mut fast);
+            for (&k, &p) in valid.iter().zip(&fast) {
+                let want = (-s * (k as f64 + 1.0).ln() - d.ln_norm).exp();
+                assert_eq!(p, d.prob(k), "range {range} s {s} k {k}");
+                if want >= f64::MIN_POSITIVE {
+                    // An ulp or two of the exponent y = ln P (|y| up to ~1000 for steep laws) scales into P.
+                    let tol = (2.0 + want.ln().abs()) * 4e-16;
+                    assert!((p - want).abs() <= tol * want, "range {range} s {s} k {k}: {p} vs {want}");
+                } else {
+                    // Subnormal or zero: within a few of the smallest steps.
+                    assert!(
+                        (p - want).abs() <= 1e-13 * f64::MIN_POSITIVE,
+                        "range {range} s {s} k {k}: {p} vs {want}"
+                    );
+                }
+            }
         }
     }
 
