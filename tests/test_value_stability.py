@@ -38,10 +38,11 @@ def cases():
         "log_uniform parallel": lambda: lu.sample(20_000, unique=False, seed=3),
         "log_uniform stream": lambda: zn.LogUniformSampler(1000, seed=5).sample(16),
         # Unique draws over several chunks, which skip the draws of collected heads: byte map (with and
-        # without heavy rejection), bit map, hash set with the huge-range draw.
+        # without heavy rejection, and at its largest range), bit map, hash set with the huge-range draw.
         "log_uniform unique chunks": lambda: zn.LogUniformSampler(10**6).sample(8192, true_classes=TC, seed=42),
         "log_uniform unique most": lambda: zn.LogUniformSampler(10**5).sample(50_000, true_classes=TC, seed=42),
-        "log_uniform unique bits": lambda: zn.LogUniformSampler(2**24).sample(8192, seed=42),
+        "log_uniform unique 2^24": lambda: zn.LogUniformSampler(2**24).sample(8192, seed=42),
+        "log_uniform unique bits": lambda: zn.LogUniformSampler(2**25).sample(8192, seed=42),
         "log_uniform unique 2^40": lambda: zn.LogUniformSampler(2**40).sample(8192, seed=42),
         "zipf unique chunks": lambda: zn.ZipfSampler(10**6, 1.1).sample(8192, true_classes=TC, seed=42),
         "uniform unique": lambda: un.sample(64, true_classes=TC, seed=42),
@@ -301,7 +302,7 @@ PINS_JSON = r"""
   ],
   "num_tries": 308424
  },
- "log_uniform unique bits": {
+ "log_uniform unique 2^24": {
   "ids_sha256": "a4821bafcacfba621aefd07486354f4038d7c3f594ec6d2de88b43bb5cb2e3fd",
   "ids_head": [
    46,
@@ -321,6 +322,27 @@ PINS_JSON = r"""
   ],
   "true_expected": null,
   "num_tries": 13251
+ },
+ "log_uniform unique bits": {
+  "ids_sha256": "1c160a8d45a198881b061a24bc65602e8b16af5a2b0a8241c266f45028f879c8",
+  "ids_head": [
+   54,
+   232,
+   209,
+   256,
+   956856,
+   2
+  ],
+  "sampled_expected_head": [
+   0.9999983906745911,
+   0.9580690264701843,
+   0.9703512191772461,
+   0.9436447024345398,
+   0.0007735949475318193,
+   1.0
+  ],
+  "true_expected": null,
+  "num_tries": 12832
  },
  "log_uniform unique 2^40": {
   "ids_sha256": "2f67f893308738a07e8c6985a4bf1edc64456a86a17711fc21ed806353b84f83",
@@ -645,11 +667,11 @@ PINS_JSON = r"""
   "num_tries": null
  },
  "probability": [
-  0.10723259106144788,
+  0.10723259106144789,
   0.050025772614152905,
   5.374360566877162e-05,
   1.6995220171378065e-10,
-  1.3499783385978867e-11,
+  1.3499783385978868e-11,
   0.016129032258064516,
   2.116328219291613e-14,
   5.045719669567347e-21
