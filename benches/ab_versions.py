@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--num-sampled", type=int, default=8192)
     ap.add_argument("--range-max", type=float, default=1e6)
     ap.add_argument("--batch", type=int, default=1024, help="rows of true_classes (one class each)")
+    ap.add_argument("--per-row", action="store_true", help="sample_per_row over the batch (no TensorFlow)")
     ap.add_argument("--rounds", type=int, default=12)
     args = ap.parse_args()
     s, v = args.num_sampled, int(args.range_max)
@@ -53,12 +54,15 @@ def main():
         so, sn = old.ZipfSampler(v, args.exponent, seed=1), new.ZipfSampler(v, args.exponent, seed=1)
     else:
         so, sn = old.LogUniformSampler(v, seed=1), new.LogUniformSampler(v, seed=1)
-    calls = {
-        "old": lambda: so.sample(s, unique=True, true_classes=tc),
-        "new": lambda: sn.sample(s, unique=True, true_classes=tc),
-    }
+    if args.per_row:
+        calls = {"old": lambda: so.sample_per_row(tc, s), "new": lambda: sn.sample_per_row(tc, s)}
+    else:
+        calls = {
+            "old": lambda: so.sample(s, unique=True, true_classes=tc),
+            "new": lambda: sn.sample(s, unique=True, true_classes=tc),
+        }
     try:
-        if args.sampler == "log-uniform":
+        if args.sampler == "log-uniform" and not args.per_row:
             import tensorflow as tf
 
             tct = tf.constant(tc)
@@ -81,7 +85,7 @@ def main():
                 calls[name]()
             times[name].append((time.perf_counter() - t) / reps[name])
     med = {name: statistics.median(t) for name, t in times.items()}
-    line = f"{args.sampler} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us " \
+    line = f"{args.sampler}{' per-row B=%d' % args.batch if args.per_row else ''} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us " \
            f"(new/old {med['new'] / med['old']:.3f})"
     if "tensorflow" in med:
         tf_t = med["tensorflow"]

@@ -150,6 +150,8 @@ const BITSET_MAX_RANGE: u64 = 1 << 26;
 struct Scratch {
     bytes: Table<u8>,
     stamp: u8,
+    /// The bytes below this index may hold stamps; the rest of the table is zero.
+    bytes_used: usize,
     bytes_dirty: bool,
     bits: Table<u64>,
     dirty: bool,
@@ -763,12 +765,16 @@ fn draw(
                     if scratch.bytes.len() < size {
                         // A fresh table is all zero: no id is marked with any stamp (stamps skip 0).
                         scratch.bytes = Table::zeroed("range_max", size)?;
+                        scratch.bytes_used = 0;
                     }
                     // Every byte is at most `scratch.stamp`, so the next stamp marks nothing yet.
                     if scratch.stamp == u8::MAX || scratch.bytes_dirty {
-                        // Every stamp has been used: start afresh.
-                        scratch.bytes.fill(0);
+                        // Every stamp has been used: start afresh (beyond `bytes_used`, all is zero).
+                        let used = if scratch.bytes_dirty { scratch.bytes.len() } else { scratch.bytes_used };
+                        scratch.bytes[..used].fill(0);
                         scratch.stamp = 0;
+                        scratch.bytes_used = 0;
+                        scratch.bytes_dirty = false;
                     }
                     let stamp = scratch.stamp + 1;
                     // A draw of few ids from a large map puts its bytes back to 0 afterwards (a store per
@@ -778,6 +784,7 @@ fn draw(
                         scratch.bytes_dirty = true;
                     } else {
                         scratch.stamp = stamp;
+                        scratch.bytes_used = scratch.bytes_used.max(size);
                     }
                     let map = &mut Bytes { map: &mut scratch.bytes[..size], stamp };
                     let r = c.run_with(dist, key, n, len, avoid, map);
@@ -1471,6 +1478,25 @@ mod tests {
                 assert_eq!(sample(&d, 6, 3000, true, None, false).unwrap(), large, "call {i}");
             }
         }
+        // Stamps wrapping around while a smaller range is in use must still clear what the larger one
+        // marked: on a fresh thread (stamps from 0), the large draw takes stamp 11, and after 254 narrow
+        // draws (stamps 12..=255, then 1..=10) stamp 11 comes round to it again.
+        let wide = d.clone();
+        let check = std::thread::spawn(move || {
+            let d = wide;
+            let narrow = LogUniform::new(3000).unwrap();
+            let mut narrow_draws = |k: usize| {
+                for _ in 0..k {
+                    sample(&narrow, 7, 1500, true, None, false).unwrap();
+                }
+            };
+            narrow_draws(10);
+            let first = sample(&d, 6, 3000, true, None, false).unwrap();
+            narrow_draws(254);
+            (first, sample(&d, 6, 3000, true, None, false).unwrap())
+        });
+        let (first, again) = check.join().unwrap();
+        assert_eq!((&first, &again), (&large, &large));
         let fresh = std::thread::spawn(move || {
             (sample(&d, 5, 20, true, None, false).unwrap(), sample(&d, 6, 3000, true, None, false).unwrap())
         });
