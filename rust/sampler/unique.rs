@@ -1485,7 +1485,7 @@ mod tests {
         let check = std::thread::spawn(move || {
             let d = wide;
             let narrow = LogUniform::new(3000).unwrap();
-            let mut narrow_draws = |k: usize| {
+            let narrow_draws = |k: usize| {
                 for _ in 0..k {
                     sample(&narrow, 7, 1500, true, None, false).unwrap();
                 }
