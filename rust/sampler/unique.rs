@@ -569,7 +569,7 @@ impl Collect {
     /// ids from h on (`Distribution::draw_above`): a draw below h would be rejected for certain. How many
     /// such draws came before each kept one is geometric, so the chunk adds a negative binomial count of
     /// them to the tries (`negbin::failures`, from a stream of its own). The ids and `num_tries` have the
-    /// law of drawing every draw: only the work of the rejected ones is saved (a third of the draws of
+    /// law of drawing every draw: only the work of the rejected ones is saved (a quarter of the draws of
     /// 8,192 log-uniform ids out of 10^6, and most of them when the sample is a large part of the range).
     ///
     /// This stays on one thread. Letting other threads draw chunks ahead was tried: de-duplicating costs
