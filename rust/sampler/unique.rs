@@ -188,10 +188,18 @@ trait Seen {
         None
     }
 
+    /// True when `id` is known to be in the set (a set that cannot tell says false).
+    fn holds(&self, id: u64) -> bool {
+        let _ = id;
+        false
+    }
+
     /// Given that every id below `h` is in the set, the first id at or above `h` (and below `end`) that is
-    /// not, or `end`. A set that cannot tell answers `h`: it never claims more than it holds.
-    fn collected_prefix(&self, h: u64, end: u64) -> u64 {
-        let _ = end;
+    /// not `holds`, or `end`: a set that cannot tell answers `h`, never claiming more than it holds.
+    fn collected_prefix(&self, mut h: u64, end: u64) -> u64 {
+        while h < end && self.holds(h) {
+            h += 1;
+        }
         h
     }
 
@@ -231,11 +239,8 @@ impl Seen for IdSet {
         IdSet::insert(self, id)
     }
 
-    fn collected_prefix(&self, mut h: u64, end: u64) -> u64 {
-        while h < end && self.contains(h) {
-            h += 1;
-        }
-        h
+    fn holds(&self, id: u64) -> bool {
+        self.contains(id)
     }
 }
 
@@ -252,12 +257,8 @@ impl Seen for Bits<'_> {
         new
     }
 
-    fn collected_prefix(&self, mut h: u64, end: u64) -> u64 {
-        let end = end.min(self.0.len() as u64 * 64);
-        while h < end && self.0[(h >> 6) as usize] >> (h & 63) & 1 == 1 {
-            h += 1;
-        }
-        h
+    fn holds(&self, id: u64) -> bool {
+        self.0.get((id >> 6) as usize).is_some_and(|w| w >> (id & 63) & 1 == 1)
     }
 }
 
