@@ -260,7 +260,8 @@ pub fn unit_f64(x: u64) -> f64 {
 }
 
 /// A fresh seed from the operating system's entropy (through the standard library's hasher keys),
-/// mixed with the time and a process-wide counter so that two calls never return the same value.
+/// mixed with the time, the process id and a process-wide counter so that two calls never return the same
+/// value. The hasher keys and the counter are copied into a forked child; the process id is not.
 pub fn os_seed() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
@@ -273,6 +274,7 @@ pub fn os_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     h.write_u64(t);
+    h.write_u32(std::process::id());
     mix64(h.finish())
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
@@ -44,11 +45,96 @@ class CandidateSample(NamedTuple):
     num_tries: Union[int, np.ndarray]
 
 
-class _Sampler:
-    """Shared behaviour of every sampler. Subclasses set ``self._s`` to a native ``_core.Sampler``."""
+_SEEDS_DOC = """
+    Seeds and streams. ``seed`` is None or an integer in [0, 2**64). A sampler owns a random stream:
+    each call without a ``seed=`` argument draws from it and advances it; with ``seed=s`` it is
+    reproducible from the seed: ``LogUniformSampler(V, seed=11).sample(64)`` draws the same ids in every
+    run. Without one it starts from fresh OS entropy. A call given ``seed=`` is stateless and leaves
+    the stream alone.
 
-    __slots__ = ("_s",)
+    Copies and processes. A sampler pickles and deep-copies: a seeded sampler's copy continues its stream
+    from where it was (it draws what the original would draw next); an unseeded sampler's copy, and an
+    unseeded sampler in a forked child process, draws fresh OS entropy, so no two processes ever share
+    an unseeded stream. :meth:`spawn` makes independent, reproducible streams for workers or ranks.
+
+    PyTorch ``DataLoader`` workers (``num_workers > 0``; fork, spawn or forkserver): in a worker, the
+    stream continues from the sampler's state mixed with the worker's seed
+    (``torch.utils.data.get_worker_info().seed``, from which torch also seeds its own generator there).
+    So every worker draws different candidates, every epoch new ones, and a run is repeated exactly
+    when ``torch.manual_seed`` (or the loader's ``generator``) is set before the loader is built and the
+    sampler is seeded. Without torch imported nothing of this happens.
+"""
+
+
+class _Process:
+    """The process a sampler's stream was last checked in: a new token after every fork."""
+
+    token = object()
+
+
+def _after_fork_in_child() -> None:
+    _Process.token = object()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _worker_seed() -> Optional[int]:
+    """The seed of the PyTorch DataLoader worker this runs in, or None (outside one, or torch not loaded)."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    return None if info is None else int(info.seed) % 2**64
+
+
+def _restore(cls: type, core: Any, bound: bool = False) -> "_Sampler":
+    """A sampler of class ``cls`` over the native sampler ``core`` (unpickled, or spawned: ``bound``, its
+    stream already made for this process and worker)."""
+    obj = object.__new__(cls)
+    obj._own(core)
+    if bound:
+        obj._ctx = _Process.token
+    return obj
+
+
+class _Sampler:
+    """Shared behaviour of every sampler. Subclasses set ``self._s`` through :meth:`_own`.
+
+    ``_home`` is the process token under which ``_s``'s stream was made; ``_ctx`` the token under which
+    the stream was last checked (None: not yet). A draw from the stream checks first (one comparison)."""
+
+    __slots__ = ("_s", "_home", "_ctx")
     _s: Any
+
+    def _own(self, core: Any) -> None:
+        self._s, self._home, self._ctx = core, _Process.token, None
+
+    def _stream(self) -> Any:
+        """The native sampler whose stream the next call draws from (see _SEEDS_DOC)."""
+        if self._ctx is not _Process.token:
+            self._bind()
+        return self._s
+
+    def _bind(self) -> None:
+        token, s = _Process.token, self._s
+        if self._home is not token:  # forked since the stream was made
+            s = s.after_fork() or s
+        ws = _worker_seed()
+        if ws is not None:
+            s = s.for_worker(ws)
+        self._s, self._home, self._ctx = s, token, token
+
+    def __reduce__(self) -> Any:
+        return (_restore, (type(self), self._s))
+
+    def spawn(self, n: int) -> "list[Any]":
+        """``n`` samplers of the same law with independent streams (the model is NumPy's
+        ``SeedSequence.spawn``): child j of a sampler seeded with s draws the same in every run, children
+        never share a stream with each other or with the parent, and a second ``spawn`` continues the child
+        numbering (``spawn(2)`` then ``spawn(1)`` gives the children 0, 1, then 2). The law's tables are
+        shared, not copied. Children of an unseeded sampler are unseeded."""
+        k = as_int(n, "n", lo=0, hi=2**32)
+        return [_restore(type(self), c, bound=True) for c in self._stream().spawn(k)]
 
     @property
     def range_max(self) -> int:
@@ -97,7 +183,7 @@ class _Sampler:
         remove = as_flag(remove_true, "remove_true")
         if remove and tc is None:
             raise ValueError("remove_true: needs true_classes")
-        return CandidateSample(*self._s.sample(n, as_flag(unique, "unique"), tc, remove, as_seed(seed)))
+        return CandidateSample(*self._stream().sample(n, as_flag(unique, "unique"), tc, remove, as_seed(seed)))
 
     def sample_per_row(
         self,
@@ -118,7 +204,7 @@ class _Sampler:
         tc = as_true_classes(true_classes)
         n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
         return CandidateSample(
-            *self._s.sample_per_row(
+            *self._stream().sample_per_row(
                 tc, n, as_flag(unique, "unique"), as_flag(remove_true, "remove_true"), as_seed(seed)
             )
         )
@@ -134,7 +220,7 @@ class LogUniformSampler(_Sampler):
     __slots__ = ()
 
     def __init__(self, range_max: int, *, seed: Optional[int] = None) -> None:
-        self._s = _core.Sampler.log_uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed))
+        self._own(_core.Sampler.log_uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed)))
 
 
 class UniformSampler(_Sampler):
@@ -143,7 +229,7 @@ class UniformSampler(_Sampler):
     __slots__ = ()
 
     def __init__(self, range_max: int, *, seed: Optional[int] = None) -> None:
-        self._s = _core.Sampler.uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed))
+        self._own(_core.Sampler.uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed)))
 
 
 class ZipfSampler(_Sampler):
@@ -161,7 +247,7 @@ class ZipfSampler(_Sampler):
         s = as_float(exponent, "exponent")
         if s <= 0:
             raise ValueError(f"exponent: must be > 0, got {s}")
-        self._s = _core.Sampler.zipf(r, s, as_seed(seed))
+        self._own(_core.Sampler.zipf(r, s, as_seed(seed)))
 
 
 def _read_vocab(vocab_file: Union[str, "os.PathLike[str]"]) -> np.ndarray:
@@ -209,7 +295,7 @@ class UnigramSampler(_Sampler):
         seed: Optional[int] = None,
     ) -> None:
         w = _unigram_source(unigrams, vocab_file)
-        self._s = _core.Sampler.unigram_tf(
+        self._own(_core.Sampler.unigram_tf(
             w,
             as_float(distortion, "distortion"),
             as_int(num_reserved_ids, "num_reserved_ids", lo=0, hi=2**32),
@@ -217,4 +303,8 @@ class UnigramSampler(_Sampler):
             as_int(shard, "shard", lo=0, hi=2**32),
             False,
             as_seed(seed),
-        )
+        ))
+
+
+for _cls in (LogUniformSampler, UniformSampler, ZipfSampler, UnigramSampler):
+    _cls.__doc__ = (_cls.__doc__ or "") + _SEEDS_DOC

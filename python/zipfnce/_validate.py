@@ -57,10 +57,13 @@ def as_flag(x: Any, name: str) -> bool:
 
 
 def as_seed(seed: Any) -> Optional[int]:
-    """``None``, or any integer reduced modulo 2^64."""
+    """``None``, or an integer in [0, 2^64) (a Python or NumPy integer); anything else is an error."""
     if seed is None:
         return None
-    return as_int(seed, "seed") % 2**64
+    v = as_int(seed, "seed")
+    if not 0 <= v < 2**64:
+        raise ValueError(f"seed: must be None or an integer in [0, 2**64), got {v}")
+    return v
 
 
 def as_array(x: Any, name: str) -> np.ndarray:

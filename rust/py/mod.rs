@@ -7,8 +7,7 @@ mod loss;
 
 use crate::error::Error;
 use crate::hits;
-use crate::rng::{derive, mix64, os_seed};
-use crate::sampler::{self, unigram, Distribution, LogUniform, Uniform, Unigram, Zipf};
+use crate::sampler::{self, unigram, Distribution, KeyState, Keys, LogUniform, Uniform, Unigram, Zipf};
 use crate::threads;
 use numpy::ndarray::{Array1, Array2, ArrayD, IxDyn};
 use numpy::PyUntypedArrayMethods;
@@ -17,7 +16,6 @@ use numpy::{
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 mod infonce;
@@ -69,32 +67,59 @@ fn array2<T: numpy::Element>(
     Ok(a.into_pyarray(py))
 }
 
-/// The key of a stateless call with an explicit seed.
-fn seed_key(seed: u64) -> u64 {
-    derive(mix64(seed ^ 0x243f_6a88_85a3_08d3), 0)
+/// The law of a sampler, as its constructor's arguments: what a pickle carries to rebuild it.
+enum Law {
+    LogUniform {
+        range_max: i64,
+        tf: bool,
+    },
+    Uniform {
+        range_max: i64,
+    },
+    Zipf {
+        range_max: i64,
+        exponent: f64,
+    },
+    /// The table itself (the same object as the sampler's distribution): its weights travel.
+    Unigram(Arc<Unigram>),
 }
 
-/// A candidate sampler: a distribution plus the state of its random stream.
+impl Law {
+    fn kind(&self) -> &'static str {
+        match self {
+            Law::LogUniform { .. } => "log_uniform",
+            Law::Uniform { .. } => "uniform",
+            Law::Zipf { .. } => "zipf",
+            Law::Unigram(_) => "unigram",
+        }
+    }
+}
+
+/// A candidate sampler: a distribution plus the state of its random stream (`sampler::Keys`).
 #[pyclass(frozen, module = "zipfnce._core")]
 struct Sampler {
     dist: Arc<dyn Distribution>,
-    kind: &'static str,
-    /// Key of the sampler's own stream; call i without a seed uses `derive(base, i)`.
-    base: u64,
-    calls: AtomicU64,
+    law: Arc<Law>,
+    keys: Keys,
 }
 
 impl Sampler {
-    fn make(dist: Arc<dyn Distribution>, kind: &'static str, seed: Option<u64>) -> Self {
-        let base = mix64(seed.unwrap_or_else(os_seed) ^ 0x1319_8a2e_0370_7344);
-        Sampler { dist, kind, base, calls: AtomicU64::new(0) }
+    fn make(dist: Arc<dyn Distribution>, law: Law, seed: Option<u64>) -> Self {
+        Sampler { dist, law: Arc::new(law), keys: Keys::new(seed) }
+    }
+
+    fn unigram_law(u: Unigram, seed: Option<u64>) -> Self {
+        let u = Arc::new(u);
+        Sampler { dist: u.clone(), law: Arc::new(Law::Unigram(u)), keys: Keys::new(seed) }
+    }
+
+    /// The same law (shared, not copied) with the stream `keys`.
+    fn with_keys(&self, keys: Keys) -> Self {
+        Sampler { dist: self.dist.clone(), law: self.law.clone(), keys }
     }
 
     fn key(&self, seed: Option<u64>) -> u64 {
-        match seed {
-            Some(s) => seed_key(s),
-            None => derive(self.base, self.calls.fetch_add(1, Ordering::Relaxed)),
-        }
+        self.keys.key(seed)
     }
 }
 
@@ -104,20 +129,20 @@ impl Sampler {
     #[pyo3(signature = (range_max, seed=None, tf_formula=false))]
     fn log_uniform(range_max: i64, seed: Option<u64>, tf_formula: bool) -> PyResult<Self> {
         let d = if tf_formula { LogUniform::tf(range_max) } else { LogUniform::new(range_max) };
-        Ok(Self::make(Arc::new(d.map_err(err)?), "log_uniform", seed))
+        Ok(Self::make(Arc::new(d.map_err(err)?), Law::LogUniform { range_max, tf: tf_formula }, seed))
     }
 
     #[staticmethod]
     #[pyo3(signature = (range_max, seed=None))]
     fn uniform(range_max: i64, seed: Option<u64>) -> PyResult<Self> {
-        Ok(Self::make(Arc::new(Uniform::new(range_max).map_err(err)?), "uniform", seed))
+        Ok(Self::make(Arc::new(Uniform::new(range_max).map_err(err)?), Law::Uniform { range_max }, seed))
     }
 
     #[staticmethod]
     #[pyo3(signature = (range_max, exponent, seed=None))]
     fn zipf(py: Python<'_>, range_max: i64, exponent: f64, seed: Option<u64>) -> PyResult<Self> {
         let z = py.detach(|| Zipf::new(range_max, exponent)).map_err(err)?;
-        Ok(Self::make(Arc::new(z), "zipf", seed))
+        Ok(Self::make(Arc::new(z), Law::Zipf { range_max, exponent }, seed))
     }
 
     /// P(k) ∝ weights[k] (float64, validated in the core).
@@ -127,7 +152,7 @@ impl Sampler {
         check_aligned(weights.is_aligned(), "unigrams")?;
         let w = weights.as_array().to_vec();
         let u = py.detach(|| Unigram::from_weights(w, "unigrams")).map_err(err)?;
-        Ok(Self::make(Arc::new(u), "unigram", seed))
+        Ok(Self::unigram_law(u, seed))
     }
 
     /// TensorFlow's FixedUnigramSampler rules (see `Unigram::tf`).
@@ -148,7 +173,65 @@ impl Sampler {
         let u = py
             .detach(|| Unigram::tf(&w, distortion, num_reserved_ids, num_shards, shard, float32))
             .map_err(err)?;
-        Ok(Self::make(Arc::new(u), "unigram", seed))
+        Ok(Self::unigram_law(u, seed))
+    }
+
+    /// Pickle support: `_restore_sampler(kind, range_max, exponent, tf, weights, total_f32, base, calls,
+    /// spawned, seeded)`. A unigram's weights travel as one float64 array (the alias table is rebuilt).
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyTuple>> {
+        let restore = py.import("zipfnce._core")?.getattr("_restore_sampler")?;
+        let k = self.keys.state();
+        let (range_max, exponent, tf, weights, total_f32) = match self.law.as_ref() {
+            Law::LogUniform { range_max, tf } => (*range_max, 0.0, *tf, None, None),
+            Law::Uniform { range_max } => (*range_max, 0.0, false, None, None),
+            Law::Zipf { range_max, exponent } => (*range_max, *exponent, false, None, None),
+            Law::Unigram(u) => {
+                let w = PyArray1::from_slice(py, u.weights());
+                (u.weights().len() as i64, 0.0, false, Some(w), u.total_f32())
+            }
+        };
+        let args = (
+            self.law.kind(),
+            range_max,
+            exponent,
+            tf,
+            weights,
+            total_f32,
+            k.base,
+            k.calls,
+            k.spawned,
+            k.seeded,
+        )
+            .into_pyobject(py)?;
+        (restore, args).into_pyobject(py)
+    }
+
+    /// `n` samplers of the same law (shared, not copied) with independent streams (`Keys::spawn`).
+    fn spawn(&self, n: u64) -> Vec<Sampler> {
+        self.keys.spawn(n).into_iter().map(|k| self.with_keys(k)).collect()
+    }
+
+    /// The same law with the stream a worker process with seed `worker_seed` continues (`Keys::for_worker`).
+    fn for_worker(&self, worker_seed: u64) -> Sampler {
+        self.with_keys(self.keys.for_worker(worker_seed))
+    }
+
+    /// In a forked child: the same law with fresh OS entropy when the stream is unseeded, else None.
+    fn after_fork(&self) -> Option<Sampler> {
+        self.keys.after_fork().map(|k| self.with_keys(k))
+    }
+
+    /// Whether the stream comes from a user's seed.
+    #[getter]
+    fn seeded(&self) -> bool {
+        self.keys.seeded()
+    }
+
+    /// (base, calls, spawned, seeded): the stream's state.
+    #[getter]
+    fn stream_state(&self) -> (u64, u64, u64, bool) {
+        let k = self.keys.state();
+        (k.base, k.calls, k.spawned, k.seeded)
     }
 
     #[getter]
@@ -158,7 +241,7 @@ impl Sampler {
 
     #[getter]
     fn kind(&self) -> &'static str {
-        self.kind
+        self.law.kind()
     }
 
     /// P(k) for an int64 array of any shape.
@@ -257,6 +340,45 @@ impl Sampler {
     }
 }
 
+/// Rebuild a pickled sampler (see `Sampler::__reduce__`). An unseeded sampler's copy draws fresh OS entropy:
+/// only a seeded stream is reproducible, so only a seeded one is continued by its copies.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (kind, range_max, exponent, tf, weights, total_f32, base, calls, spawned, seeded))]
+fn _restore_sampler(
+    py: Python<'_>,
+    kind: &str,
+    range_max: i64,
+    exponent: f64,
+    tf: bool,
+    weights: Option<PyReadonlyArray1<'_, f64>>,
+    total_f32: Option<f32>,
+    base: u64,
+    calls: u64,
+    spawned: u64,
+    seeded: bool,
+) -> PyResult<Sampler> {
+    let mut s = match (kind, weights) {
+        ("log_uniform", _) => Sampler::log_uniform(range_max, None, tf)?,
+        ("uniform", _) => Sampler::uniform(range_max, None)?,
+        ("zipf", _) => Sampler::zipf(py, range_max, exponent, None)?,
+        ("unigram", Some(w)) => {
+            check_aligned(w.is_aligned(), "weights")?;
+            let w = w.as_array().to_vec();
+            Sampler::unigram_law(py.detach(|| Unigram::from_parts(w, total_f32)).map_err(err)?, None)
+        }
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "kind: not a sampler kind with these arguments: {kind:?}"
+            )))
+        }
+    };
+    if seeded {
+        s.keys = Keys::from_state(KeyState { base, calls, spawned, seeded });
+    }
+    Ok(s)
+}
+
 /// Parse the text of a TensorFlow vocabulary file into its counts (float64).
 #[pyfunction]
 fn parse_vocab<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyArray1<f64>>> {
@@ -311,6 +433,7 @@ fn available_memory() -> Option<u64> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sampler>()?;
     m.add_function(wrap_pyfunction!(parse_vocab, m)?)?;
+    m.add_function(wrap_pyfunction!(_restore_sampler, m)?)?;
     m.add_function(wrap_pyfunction!(compute_accidental_hits, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

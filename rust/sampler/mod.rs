@@ -1,6 +1,7 @@
 //! Candidate distributions over class ids `0..range_max`, one file each, and the sampling machinery
 //! shared by all of them (`unique.rs`: draws, de-duplication, exclusions and expected counts).
 
+pub mod keys;
 pub mod log_uniform;
 mod negbin;
 pub mod uniform;
@@ -8,6 +9,7 @@ pub mod unigram;
 pub mod unique;
 pub mod zipf;
 
+pub use keys::{stateless_key, KeyState, Keys};
 pub use log_uniform::LogUniform;
 pub use uniform::Uniform;
 pub use unigram::Unigram;

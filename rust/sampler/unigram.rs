@@ -144,8 +144,22 @@ impl Unigram {
         Ok(u)
     }
 
+    /// The weight of each id (after distortion, reserved ids and sharding).
     pub fn weights(&self) -> &[f64] {
         &self.weights
+    }
+
+    /// TensorFlow's float32 total, when P is computed its way (see [`Unigram::tf`]).
+    pub fn total_f32(&self) -> Option<f32> {
+        self.total_f32
+    }
+
+    /// The table that `weights()` and `total_f32()` describe: the same P and the same draws as the one
+    /// they came from (the alias table is built by the same deterministic steps). Used to unpickle.
+    pub fn from_parts(weights: Vec<f64>, total_f32: Option<f32>) -> Result<Self> {
+        let mut u = Self::from_weights(weights, "unigrams")?;
+        u.total_f32 = total_f32;
+        Ok(u)
     }
 }
 

@@ -642,14 +642,17 @@ impl Collect {
                 if consumed >= next_check {
                     next_check = consumed.saturating_mul(2);
                     let budget = MAX_TRIES.saturating_sub(consumed);
-                    if out_of_reach(dist, &self.out, avoided_mass, n - self.filled(), budget) {
+                    let missing = n - self.filled();
+                    if let Some(r) = out_of_reach(dist, &self.out, avoided_mass, missing, budget) {
                         return Err(Error::TooFewClasses {
                             arg: "num_sampled",
                             msg: format!(
-                                "gave up after {} with {} of {n} classes: the classes not drawn yet carry too \
-                                 little probability to be found in {MAX_TRIES} draws",
+                                "gave up after {} with {} of {n} distinct classes: the classes not drawn yet \
+                                 carry probability {r:.3e} in all, so the {budget} draws left of the {MAX_TRIES} \
+                                 allowed would find about {:.3e} of the {missing} still needed",
                                 made(made_all, skipped_all),
-                                self.filled()
+                                self.filled(),
+                                r * budget as f64,
                             ),
                         });
                     }
@@ -659,7 +662,7 @@ impl Collect {
                         arg: "num_sampled",
                         msg: format!(
                             "gave up after {} with {} of {n} distinct classes: the distribution is too \
-                             concentrated for that many",
+                             concentrated for that many in the {MAX_TRIES} draws allowed",
                             made(made_all, skipped_all),
                             self.filled()
                         ),
@@ -827,21 +830,25 @@ fn draw(
     Ok((out, if unique { tries } else { n as u64 }))
 }
 
-/// True when `missing` more accepted draws are hopeless within `budget` more raw draws: the probability
-/// that a raw draw is accepted, r = 1 - Σ P(avoided) - Σ P(collected), makes the expected number of draws
-/// at least `missing / r`, and that exceeds the budget a thousandfold (or r is zero up to rounding).
+/// Some(r) when `missing` more accepted draws are hopeless within `budget` more raw draws, where r is the
+/// probability that a raw draw is accepted, r = 1 - Σ P(avoided) - Σ P(collected) (it only falls as more is
+/// collected). The number of accepted draws among `budget` is then at most binomial with mean μ = r·budget,
+/// so the chance of `missing` or more is below the Chernoff bound e^-μ (e μ / missing)^missing; hopeless
+/// means that bound is below 1e-9, or that the expected number of draws, `missing / r`, exceeds the budget
+/// a thousandfold, or that r is zero up to rounding.
 ///
 /// Without this, classes whose probability is positive in theory but negligible in practice (a weight of
-/// 1e-300 next to 1e300, a Zipf exponent of 50) would keep unique sampling busy for the whole `MAX_TRIES`
-/// draws: minutes of apparent hang before the error. The sum is compensated (Neumaier), so r is exact to
-/// about 1e-15, far below the thresholds that matter (>= 1 / 2^31 for a request that can succeed).
+/// 1e-300 next to 1e300, a Zipf exponent of 50, one count of 10^12 among a thousand counts of 1) would keep
+/// unique sampling busy for the whole `MAX_TRIES` draws: seconds to minutes before the error. The sum is
+/// compensated (Neumaier), so r is exact to about 1e-15, far below the thresholds that matter (>= 1 / 2^31
+/// for a request that can succeed).
 fn out_of_reach(
     dist: &dyn Distribution,
     collected: &[u64],
     avoided_mass: f64,
     missing: usize,
     budget: u64,
-) -> bool {
+) -> Option<f64> {
     const BLOCK: usize = 1024;
     let mut p = [0f64; BLOCK];
     let (mut sum, mut comp) = (avoided_mass, 0.0f64);
@@ -855,7 +862,11 @@ fn out_of_reach(
         }
     }
     let r = (1.0 - sum) - comp;
-    !(r > 0.0) || missing as f64 / r > 1000.0 * budget as f64
+    let k = missing as f64;
+    let mu = r * budget as f64;
+    let log_chernoff = if mu < k { -mu + k * (1.0 + (mu / k).ln()) } else { 0.0 };
+    let hopeless = !(r > 0.0) || k / r > 1000.0 * budget as f64 || log_chernoff < -20.7; // ln 1e-9
+    hopeless.then_some(r.max(0.0))
 }
 
 /// Below this scaled P, [`count_exponents`] takes ln(1 - q) from its series to the degree 6
