@@ -241,8 +241,9 @@ def test_hopeless_unique_requests_fail_fast(worker, case):
 
 
 def test_huge_and_odd_scalars():
-    # Seeds are reduced modulo 2^64: -1 and 2^64 - 1 are the same seed.
-    np.testing.assert_array_equal(s.sample(5, seed=-1).ids, s.sample(5, seed=2**64 - 1).ids)
+    # Seeds are the integers of [0, 2^64): -1 is refused, not taken as 2^64 - 1.
+    with pytest.raises(ValueError, match="^seed:"):
+        s.sample(5, seed=-1)
     np.testing.assert_array_equal(s.sample(5, seed=np.uint64(9)).ids, s.sample(5, seed=9).ids)
     # NumPy integers and 0/1 flags are accepted, bools are not counts.
     assert s.sample(np.int8(3), unique=np.bool_(False)).ids.shape == (3,)

@@ -127,6 +127,13 @@ class _Sampler:
     def __reduce__(self) -> Any:
         return (_restore, (type(self), self._s))
 
+    def __copy__(self) -> "_Sampler":
+        """A copy of the same law (its tables shared, they never change); see "Copies and processes"."""
+        return _restore(type(self), self._s.__copy__())
+
+    def __deepcopy__(self, memo: Any) -> "_Sampler":
+        return self.__copy__()
+
     def spawn(self, n: int) -> "list[Any]":
         """``n`` samplers of the same law with independent streams (the model is NumPy's
         ``SeedSequence.spawn``): child j of a sampler seeded with s draws the same in every run, children

@@ -206,6 +206,15 @@ impl Sampler {
         (restore, args).into_pyobject(py)
     }
 
+    /// A copy: the same law (shared: it never changes) and `Keys::copy` of the stream.
+    fn __copy__(&self) -> Sampler {
+        self.with_keys(self.keys.copy())
+    }
+
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Sampler {
+        self.__copy__()
+    }
+
     /// `n` samplers of the same law (shared, not copied) with independent streams (`Keys::spawn`).
     fn spawn(&self, n: u64) -> Vec<Sampler> {
         self.keys.spawn(n).into_iter().map(|k| self.with_keys(k)).collect()
@@ -373,9 +382,7 @@ fn _restore_sampler(
             )))
         }
     };
-    if seeded {
-        s.keys = Keys::from_state(KeyState { base, calls, spawned, seeded });
-    }
+    s.keys = Keys::from_state(KeyState { base, calls, spawned, seeded }).copy();
     Ok(s)
 }
 

@@ -121,6 +121,17 @@ impl Keys {
         Self::from_state(KeyState { base: derive(here, worker_seed), calls: 0, spawned: 0, seeded: s.seeded })
     }
 
+    /// The stream of a copy of the sampler (pickled, or copied): a seeded stream continues from its state;
+    /// an unseeded one gets fresh OS entropy, so that no two copies (often in other processes) share it.
+    pub fn copy(&self) -> Keys {
+        let s = self.state();
+        if s.seeded {
+            Keys::from_state(s)
+        } else {
+            Keys::new(None)
+        }
+    }
+
     /// The stream to use in a freshly forked child process: new OS entropy for an unseeded stream (parent
     /// and child must never share it), None for a seeded one (it continues where the parent was).
     pub fn after_fork(&self) -> Option<Keys> {
@@ -172,6 +183,15 @@ mod tests {
         assert_eq!(Keys::new(Some(5)).for_worker(100).next_key(), w0);
         k.next_key();
         assert_ne!(k.for_worker(100).next_key(), w0, "the worker stream depends on the parent's position");
+    }
+
+    #[test]
+    fn copies_continue_only_seeded_streams() {
+        let k = Keys::new(Some(4));
+        k.next_key();
+        assert_eq!(k.copy().next_key(), k.next_key());
+        let u = Keys::new(None);
+        assert_ne!(u.copy().next_key(), u.next_key());
     }
 
     #[test]
