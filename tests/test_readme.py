@@ -1,6 +1,7 @@
 """The README's code blocks run as written (the README stays true).
 
-The NumPy blocks run in order in one namespace. Each block that imports a framework runs on its own in a
+The NumPy blocks run in order in one namespace, and each block of the NumPy section also runs on its own in
+a fresh namespace (a reader copies one block). Each block that imports a framework runs on its own in a
 fresh interpreter: TensorFlow and the CUDA build of PyTorch from PyPI must not share a process (their LLVM
 copies clash), and a fresh interpreter also proves the block is self-contained.
 """
@@ -21,6 +22,13 @@ def blocks():
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
+def numpy_section_blocks():
+    text = README.read_text(encoding="utf-8")
+    section = re.search(r"^## Use it from NumPy\n(.*?)^## ", text, re.S | re.M)
+    assert section, "README.md has no '## Use it from NumPy' section"
+    return re.findall(r"```python\n(.*?)```", section.group(1), re.S)
+
+
 def framework_of(code):
     for mod in FRAMEWORKS:
         if re.search(rf"^import {mod}\b", code, re.M):
@@ -38,6 +46,16 @@ def test_readme_numpy_examples_run():
     for code in blocks():
         if framework_of(code) is None:
             exec(compile(code, str(README), "exec"), namespace)
+
+
+def test_readme_numpy_section_has_its_blocks():
+    assert len(numpy_section_blocks()) >= 3
+
+
+@pytest.mark.parametrize("i", range(len(numpy_section_blocks())))
+def test_readme_numpy_block_runs_on_its_own(i):
+    code = numpy_section_blocks()[i]
+    exec(compile(code, f"{README} (NumPy block {i + 1})", "exec"), {"__name__": "__readme__"})
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

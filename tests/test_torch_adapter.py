@@ -286,5 +286,131 @@ def test_errors_name_the_argument():
         znt.SampledSoftmaxLoss(V, D, S, sampler=object())
 
 
+EMPTY_CASES = [
+    "sampled_softmax_loss",
+    "sampled_softmax_loss+sampled_values",
+    "nce_loss",
+    "info_nce_loss",
+    "SampledSoftmaxLoss",
+    "SampledSoftmaxLoss+sparse",
+    "NCELoss",
+    "InfoNCELoss",
+]
+
+
+def _numpy_empty_batch_error(case):
+    """The message of the NumPy API's ValueError for the same empty batch."""
+    w, b, _, _, _ = _data(np.float32)
+    x0 = np.zeros((0, D), np.float32)
+    with pytest.raises(ValueError) as e:
+        if case.startswith("info") or case.startswith("InfoNCE"):
+            zn.info_nce_loss(x0, x0)
+        else:
+            (zn.nce_loss if case.startswith("nce") or case.startswith("NCE") else zn.sampled_softmax_loss)(
+                w, b, np.zeros((0, 1), np.int64), x0, S, V
+            )
+    return str(e.value)
+
+
+def _empty_call(case, reduction, grad, labels):
+    w, b, _, _, sv = _data(np.float32)
+    x0 = torch.zeros(0, D, requires_grad=grad)
+    if case.startswith("sampled") or case == "nce_loss":
+        fn = znt.nce_loss if case == "nce_loss" else znt.sampled_softmax_loss
+        tw, tb = torch.tensor(w, requires_grad=grad), torch.tensor(b, requires_grad=grad)
+        kw = {"sampled_values": sv} if case.endswith("+sampled_values") else {"seed": 1}
+        return fn(tw, tb, labels, x0, S, V, reduction=reduction, **kw)
+    if case == "info_nce_loss":
+        return znt.info_nce_loss(x0, torch.zeros(0, D), reduction=reduction)
+    if case == "InfoNCELoss":
+        return znt.InfoNCELoss(reduction=reduction)(x0, torch.zeros(0, D))
+    cls = getattr(znt, case.split("+")[0])
+    sampler = zn.LogUniformSampler(V, seed=5)
+    m = cls(V, D, S, sampler=sampler, reduction=reduction, sparse=case.endswith("+sparse"))
+    try:
+        return m(x0, labels)
+    finally:
+        # The error comes before the draw: the sampler's stream has not moved.
+        assert np.array_equal(sampler.sample(S).ids, zn.LogUniformSampler(V, seed=5).sample(S).ids)
+
+
+@pytest.mark.parametrize("case", EMPTY_CASES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_empty_batch_is_the_numpy_value_error(case, reduction, grad):
+    # "mean" divided by the batch size: a ZeroDivisionError (not a ValueError) before.
+    want = _numpy_empty_batch_error(case)
+    assert "empty" in want and ("labels" in want or "query" in want)
+    label_forms = [torch.zeros(0, dtype=torch.long), np.zeros((0, 1), np.int64), []]
+    for labels in label_forms if not case.lower().startswith("info") else [None]:
+        with pytest.raises(ValueError) as e:
+            _empty_call(case, reduction, grad, labels)
+        assert str(e.value) == want
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_inputs_with_labels_is_the_numpy_value_error(reduction):
+    w, b, _, lab, sv = _data(np.float32)
+    tw = torch.tensor(w, requires_grad=True)
+    with pytest.raises(ValueError, match=f"inputs: has 0 rows but labels has {B}"):
+        znt.sampled_softmax_loss(tw, None, lab, torch.zeros(0, D), S, V, sampled_values=sv, reduction=reduction)  # fmt: skip
+
+
+PATHS = ("sampled_softmax_loss", "nce_loss", "info_nce_loss", "SampledSoftmaxLoss", "NCELoss", "InfoNCELoss")
+DOUBLE_BACKWARD_CASES = [(fn, red) for fn in PATHS for red in ("mean", "sum", "none")] + [
+    ("SampledSoftmaxLoss+sparse", "mean"),
+    ("SampledSoftmaxLoss+sparse", "none"),
+]
+
+
+def _loss_for_double_backward(case, reduction):
+    """A scalar loss through one of the autograd paths (fused for "mean"/"sum", recomputed for "none"), and
+    the input tensor it is differentiated in."""
+    w, b, x, lab, sv = _data()
+    tx = _leaf(x)
+    if case in ("sampled_softmax_loss", "nce_loss"):
+        out = getattr(znt, case)(_leaf(w), _leaf(b), lab, tx, S, V, sampled_values=sv, reduction=reduction)
+    elif case == "info_nce_loss":
+        out = znt.info_nce_loss(tx, _leaf(x[::-1].copy()), reduction=reduction)
+    elif case == "InfoNCELoss":
+        out = znt.InfoNCELoss(reduction=reduction)(tx, _leaf(x[::-1].copy()))
+    else:
+        torch.manual_seed(0)
+        cls = getattr(znt, case.split("+")[0])
+        m = cls(V, D, S, sampler=zn.LogUniformSampler(V, seed=2), reduction=reduction,
+                sparse=case.endswith("+sparse"), dtype=torch.float64)  # fmt: skip
+        out = m(tx, lab)
+    return (out.sum() if reduction == "none" else out), tx
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize("how", ["backward", "autograd.grad"])
+@pytest.mark.parametrize("case,reduction", DOUBLE_BACKWARD_CASES)
+def test_create_graph_raises_at_the_first_backward(case, reduction, how):
+    loss, tx = _loss_for_double_backward(case, reduction)
+    with pytest.raises(RuntimeError) as e:
+        if how == "backward":
+            loss.backward(create_graph=True)
+        else:
+            torch.autograd.grad(loss, tx, create_graph=True)
+    msg = str(e.value)
+    assert "zipfnce" in msg and "differentiable once" in msg and "create_graph=True" in msg
+    assert tx.grad is None
+    # The graph is intact: a plain backward afterwards gives the gradient a fresh graph gives.
+    (g,) = torch.autograd.grad(loss, tx)
+    fresh, fx = _loss_for_double_backward(case, reduction)
+    fresh.backward()
+    torch.testing.assert_close(g, fx.grad)
+    assert not g.requires_grad
+
+
+def test_first_order_backward_inside_enable_grad_still_works():
+    # Grad mode in the caller does not matter: only create_graph turns it on inside backward.
+    loss, tx = _loss_for_double_backward("sampled_softmax_loss", "mean")
+    with torch.enable_grad():
+        loss.backward()
+    assert tx.grad is not None and torch.isfinite(tx.grad).all()
+
+
 if __name__ == "__main__":
     print(json.dumps(_training_run(sys.argv[1])))

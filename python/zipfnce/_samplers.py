@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, List, NamedTuple, Optional, Type, TypeVar, Union
 
 import numpy as np
 
@@ -66,6 +66,9 @@ _SEEDS_DOC = """
 """
 
 
+_S = TypeVar("_S", bound="_Sampler")
+
+
 class _Process:
     """The process a sampler's stream was last checked in: a new token after every fork."""
 
@@ -87,7 +90,7 @@ def _worker_seed() -> Optional[int]:
     return None if info is None else int(info.seed) % 2**64
 
 
-def _restore(cls: type, core: Any, bound: bool = False) -> "_Sampler":
+def _restore(cls: Type[_S], core: Any, bound: bool = False) -> _S:
     """A sampler of class ``cls`` over the native sampler ``core`` (unpickled, or spawned: ``bound``, its
     stream already made for this process and worker)."""
     obj = object.__new__(cls)
@@ -127,14 +130,14 @@ class _Sampler:
     def __reduce__(self) -> Any:
         return (_restore, (type(self), self._s))
 
-    def __copy__(self) -> "_Sampler":
+    def __copy__(self: _S) -> _S:
         """A copy of the same law (its tables shared, they never change); see "Copies and processes"."""
         return _restore(type(self), self._s.__copy__())
 
-    def __deepcopy__(self, memo: Any) -> "_Sampler":
+    def __deepcopy__(self: _S, memo: Any) -> _S:
         return self.__copy__()
 
-    def spawn(self, n: int) -> "list[Any]":
+    def spawn(self: _S, n: int) -> List[_S]:
         """``n`` samplers of the same law with independent streams (the model is NumPy's
         ``SeedSequence.spawn``): child j of a sampler seeded with s draws the same in every run, children
         never share a stream with each other or with the parent, and a second ``spawn`` continues the child

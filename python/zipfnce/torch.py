@@ -12,6 +12,11 @@ back through ``torch.from_numpy``. Gradients reach ``weight``, ``bias`` and ``in
 - ``reduction="none"``: the forward pass computes only the per-row loss; backward runs the native call again
   with the upstream gradient as its row weights (the gradient is not a fixed multiple of one saved result).
 
+The losses are differentiable once: the gradients come from the native code, not from torch operations, so
+there is no graph through them. A backward with ``create_graph=True`` (double backward: gradient penalties,
+Hessian-vector products) raises a ``RuntimeError`` at once rather than returning a gradient that cannot be
+differentiated. An empty batch (B = 0) is a ``ValueError``, as in the NumPy API.
+
 The weight gradient is sparse by nature (only the rows of the true and sampled classes). The functions and
 the modules with ``sparse=False`` return it as a dense ``[V, d]`` tensor, which costs O(V·d) memory and time
 per step as any dense gradient does; the modules with ``sparse=True`` return a ``torch.sparse_coo_tensor``
@@ -22,8 +27,9 @@ Only CPU tensors of dtype float32 or float64 are accepted; all float tensors of 
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -99,10 +105,44 @@ def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
     return np.asarray(loss.sum() if reduction == "sum" else loss.mean(), dtype=loss.dtype)
 
 
+def _nonempty_labels(labels: Any) -> None:
+    """The NumPy API's error for an empty batch, raised before anything is drawn or computed."""
+    if np.ndim(labels) >= 1 and np.shape(labels)[0] == 0:
+        raise ValueError("labels: the batch is empty")
+
+
+def _nonempty_query(query: torch.Tensor) -> None:
+    """The NumPy API's error for an empty InfoNCE batch."""
+    if query.ndim == 2 and query.shape[0] == 0:
+        raise ValueError(f"query: must be a non-empty [batch, dim] array, got shape {list(query.shape)}")
+
+
 def _fused_weight(reduction: str, batch: int) -> Optional[float]:
     """Row weight of the fused forward call: the gradients come out already scaled for the reduction, so
-    the usual ``loss.backward()`` (upstream gradient 1) hands them to autograd without touching them."""
-    return 1.0 / batch if reduction == "mean" else None
+    the usual ``loss.backward()`` (upstream gradient 1) hands them to autograd without touching them. An
+    empty ``batch`` (a mismatch the NumPy API reports) gets no weight rather than a division by zero."""
+    return 1.0 / batch if reduction == "mean" and batch > 0 else None
+
+
+_DOUBLE_BACKWARD = (
+    "zipfnce's fused losses are differentiable once: their gradients are computed natively and have no graph, "
+    "so backward with create_graph=True (double backward, e.g. a gradient penalty or a Hessian-vector "
+    "product) is not supported; call backward() or torch.autograd.grad without create_graph=True"
+)
+
+
+def _once_differentiable(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps an ``autograd.Function.backward``: a backward with ``create_graph=True`` is a ``RuntimeError``
+    at once. (Autograd runs ``backward`` with grad mode on exactly when ``create_graph=True``. Torch's own
+    ``once_differentiable`` reports only at the second differentiation, with a generic message.)"""
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grad_outputs: Any) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        return backward(ctx, *grad_outputs)
+
+    return wrapper
 
 
 def _upstream_rows(grad_output: torch.Tensor, reduction: str, batch: int) -> Any:
@@ -153,6 +193,7 @@ class _Sampled(torch.autograd.Function):
         return torch.from_numpy(_reduce(loss, spec["reduction"]))
 
     @staticmethod
+    @_once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         spec = ctx.spec
         weight_like = spec["weight_like"]
@@ -210,6 +251,7 @@ def _sampled(
         bias = _float_tensor(bias, "bias", dt)
     inputs = _float_tensor(inputs, "inputs", dt)
     lab = _as_np(labels, "labels")
+    _nonempty_labels(lab)
     sv = _sampled_values_np(sampled_values)
     if sv is None:
         # Draw here, so that a recomputation in backward sees the same candidates.
@@ -314,6 +356,7 @@ class _InfoNCE(torch.autograd.Function):
         return torch.from_numpy(_reduce(loss, spec["reduction"]))
 
     @staticmethod
+    @_once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         spec = ctx.spec
         if ctx.fused is not None:
@@ -363,6 +406,7 @@ def info_nce_loss(
     keys = _float_tensor(keys, "keys", dt)
     if negatives is not None:
         negatives = _float_tensor(negatives, "negatives", dt)
+    _nonempty_query(query)
     kw = {
         "temperature": temperature,
         "key_log_q": _as_np(key_log_q, "key_log_q"),
@@ -449,6 +493,7 @@ class _SampledLossModule(nn.Module):
         lab = np.asarray(lab)
         if lab.ndim == 1 and self.num_true == 1:
             lab = lab.reshape(-1, 1)
+        _nonempty_labels(lab)  # before the sampler's stream moves on
         if lab.dtype.kind not in "iu":
             raise TypeError(f"labels: expected integer class ids, got dtype {lab.dtype}")
         sv = self.sample(lab)
