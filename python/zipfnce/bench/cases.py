@@ -2,18 +2,37 @@
 
 A case builds its inputs once and returns one callable per implementation: ``"zipfnce"`` always, and each
 peer that is installed (``"tensorflow"``, ``"torch"``, ``"numpy"``). The figure of merit is the ratio
-peer time / zipfnce time, measured in the same process with interleaved repeats.
+peer time / zipfnce time, measured in the same process with interleaved repeats. The optional peer frameworks
+are listed in :data:`PEERS`; :func:`missing_peers` names those that cannot be imported here, whose rows the
+suite then leaves out (the report says so).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 Impls = Dict[str, Callable[[], object]]
+
+#: Keys of implementations that are not a peer framework: only the matrix products a loss step needs (a
+#: hardware bound), only its gather of weight rows (a memory bound), and zipfnce's own TF-style function.
+BOUND = "numpy sgemm bound"
+GATHER = "numpy gather of the B·S rows"
+DROP_IN = "zipfnce drop-in"
+
+#: How the report names each implementation key (a case's ``labels`` may say it better for that case).
+PEER_LABELS: Dict[str, str] = {
+    "tensorflow": "TensorFlow",
+    "torch": "PyTorch",
+    "numpy": "NumPy",
+    BOUND: "hardware bound (NumPy sgemm)",
+    GATHER: "memory bound (NumPy gather of the B·S rows)",
+    DROP_IN: "zipfnce drop-in (TF-style function)",
+}
 
 
 @dataclass
@@ -31,15 +50,74 @@ class Case:
     #: For sweeps: the plot this case is a point of, and its x value (e.g. the vocabulary size).
     plot: str = ""
     x: float = 0.0
+    #: What the "zipfnce" implementation is, in the report's sentences (e.g. "zipfnce.torch").
+    subject: str = "zipfnce"
+    #: Names for the report that replace :data:`PEER_LABELS` in this case (e.g. {"numpy": "the NumPy call"}).
+    labels: Dict[str, str] = field(default_factory=dict)
+
+    def label(self, impl: str) -> str:
+        """How the report names implementation `impl` of this case."""
+        return self.labels.get(impl, PEER_LABELS.get(impl, impl))
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An optional framework that the suite measures zipfnce against."""
+
+    #: The name a user knows, e.g. "PyTorch".
+    name: str
+    #: The module the suite imports, e.g. "torch".
+    module: str
+    #: The command that adds it, e.g. "pip install torch".
+    install: str
+    #: Which rows of the report need it.
+    rows: str
+    #: Anything else worth knowing before installing it.
+    note: str = ""
+
+
+#: The optional peers of ``python -m zipfnce bench`` (NumPy is a dependency, hence always there).
+PEERS: Tuple[Peer, ...] = (
+    Peer(
+        "TensorFlow",
+        "tensorflow",
+        "pip install tensorflow-cpu",
+        "the samplers and the sampled softmax / NCE losses against tf.random and tf.nn",
+        "the full tensorflow package works too",
+    ),
+    Peer(
+        "PyTorch",
+        "torch",
+        "pip install torch",
+        "InfoNCE against PyTorch eager and the zipfnce.torch module step",
+        "the CPU-only build is enough; zipfnce[bench] leaves torch out because its default wheel is the "
+        "large CUDA build",
+    ),
+)
+
+#: Import outcome by module name: the module, or the reason it could not be imported.
+_IMPORTS: Dict[str, Tuple[Optional[Any], str]] = {}
+
+
+def peer_module(module: str) -> Optional[Any]:
+    """The peer framework `module` (e.g. "torch"), imported once; None when it cannot be imported here."""
+    if module not in _IMPORTS:
+        if module == "tensorflow":
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        try:
+            _IMPORTS[module] = (importlib.import_module(module), "")
+        except Exception as e:  # not installed, or installed but broken: either way no rows against it
+            _IMPORTS[module] = (None, f"{type(e).__name__}: {e}")
+    return _IMPORTS[module][0]
+
+
+def missing_peers() -> List[Tuple[Peer, str]]:
+    """The peers of :data:`PEERS` that cannot be imported here, each with the import error."""
+    return [(p, _IMPORTS[p.module][1]) for p in PEERS if peer_module(p.module) is None]
 
 
 def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        import tensorflow as tf  # noqa: F401
-    except Exception:
-        return None
-    return tf
+    return peer_module("tensorflow")
 
 
 def _true_classes(batch: int, range_max: int, seed: int = 0) -> np.ndarray:
@@ -55,7 +133,7 @@ def shared_sampler_case(num_sampled: int, range_max: int, unique: bool, batch: i
     s = zn.LogUniformSampler(range_max, seed=1)
     impls: Impls = {
         "zipfnce": lambda: s.sample(num_sampled, unique=unique, true_classes=tc),
-        "zipfnce drop-in": lambda: zn.log_uniform_candidate_sampler(tc, 1, num_sampled, unique, range_max),
+        DROP_IN: lambda: zn.log_uniform_candidate_sampler(tc, 1, num_sampled, unique, range_max),
     }
     tf = _tf()
     if tf is not None:
@@ -170,10 +248,6 @@ def sampler_sweeps() -> List[Case]:
     return out
 
 
-BOUND = "numpy sgemm bound"
-GATHER = "numpy gather of the B·S rows"
-
-
 def _loss_data(batch: int, dim: int, vocab: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((vocab, dim), dtype=np.float32) * 0.05).astype(np.float32)
@@ -270,11 +344,7 @@ def loss_sweeps() -> List[Case]:
 
 
 def _torch():
-    try:
-        import torch
-    except Exception:
-        return None
-    return torch
+    return peer_module("torch")
 
 
 def info_nce_case(batch: int, dim: int, symmetric: bool = False) -> Impls:
@@ -493,10 +563,14 @@ def _adapter_case(dense: bool, multinomial: bool) -> Impls:
 def adapter_cases() -> List[Case]:
     """The PyTorch adapter's training step (B=1024, d=128, V=1e6, S=8192): ratio against the NumPy call it
     wraps (issue: overhead under 10%, i.e. numpy / zipfnce >= 0.91) and against pure PyTorch (>= 3x)."""
-    try:
-        import torch  # noqa: F401
-    except Exception:
+    if _torch() is None:
         return []
+    labels = {
+        "numpy": "the NumPy call it wraps",
+        "torch": "pure PyTorch",
+        "zipfnce.torch dense": "the same module with a dense weight gradient",
+        "torch multinomial": "pure PyTorch drawing with torch.multinomial",
+    }
     return [
         Case(
             "torch module step B=1024 d=128 V=1e6 S=8192",
@@ -505,6 +579,8 @@ def adapter_cases() -> List[Case]:
             {"numpy": 0.91, "torch": 3},
             1024,
             "rows",
+            subject="zipfnce.torch",
+            labels=labels,
         ),
         Case(
             "torch module step, with dense-grad and multinomial variants",
@@ -514,5 +590,7 @@ def adapter_cases() -> List[Case]:
             1024,
             "rows",
             quick=False,
+            subject="zipfnce.torch",
+            labels=labels,
         ),
     ]
