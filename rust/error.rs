@@ -7,32 +7,71 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// An argument's value lies outside its domain (a negative size, a NaN weight, an empty array, ...).
-    Value { arg: &'static str, msg: String },
+    Value {
+        /// The argument at fault.
+        arg: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// An argument has the wrong element type (a float array where ids are expected, ...).
-    Type { arg: &'static str, msg: String },
+    Type {
+        /// The argument at fault.
+        arg: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// Two arguments' shapes disagree, or one has the wrong number of dimensions.
-    Shape { arg: &'static str, msg: String },
+    Shape {
+        /// The argument at fault.
+        arg: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A class id is negative or not below the sampler's `range_max`.
-    IdOutOfRange { arg: &'static str, id: i64, range_max: u64 },
+    IdOutOfRange {
+        /// The argument holding the id.
+        arg: &'static str,
+        /// The id.
+        id: i64,
+        /// The number of classes.
+        range_max: u64,
+    },
     /// Unique sampling cannot collect `num_sampled` distinct ids: not enough classes with non-zero
     /// probability remain (after exclusions), or the draws needed exceed the library's bound.
-    TooFewClasses { arg: &'static str, msg: String },
+    TooFewClasses {
+        /// The argument at fault (`num_sampled`).
+        arg: &'static str,
+        /// Why, with the counts.
+        msg: String,
+    },
     /// A size so large that the result could not be allocated or indexed.
-    TooLarge { arg: &'static str, msg: String },
+    TooLarge {
+        /// The argument at fault.
+        arg: &'static str,
+        /// What is too large.
+        msg: String,
+    },
     /// The library's own thread pool could not be built.
-    Threads { msg: String },
+    Threads {
+        /// The pool's error.
+        msg: String,
+    },
 }
 
 impl Error {
+    /// An [`Error::Value`].
     pub fn value(arg: &'static str, msg: impl Into<String>) -> Self {
         Error::Value { arg, msg: msg.into() }
     }
+    /// An [`Error::Type`].
     pub fn ty(arg: &'static str, msg: impl Into<String>) -> Self {
         Error::Type { arg, msg: msg.into() }
     }
+    /// An [`Error::Shape`].
     pub fn shape(arg: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape { arg, msg: msg.into() }
     }
+    /// An [`Error::TooLarge`].
     pub fn too_large(arg: &'static str, msg: impl Into<String>) -> Self {
         Error::TooLarge { arg, msg: msg.into() }
     }
@@ -72,4 +111,5 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The result of a call into the core.
 pub type Result<T> = std::result::Result<T, Error>;

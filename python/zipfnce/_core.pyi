@@ -3,9 +3,11 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import final
 
 MAX_RANGE: int
 
+@final
 class Sampler:
     @staticmethod
     def log_uniform(range_max: int, seed: Optional[int] = None, tf_formula: bool = False) -> Sampler: ...
