@@ -292,3 +292,30 @@ def test_a_hard_but_possible_unique_request_still_succeeds():
     s = zn.UnigramSampler([1e4] + [1] * 1000, seed=0)
     got = s.sample(1001, unique=True)
     assert np.unique(got.ids).size == 1001
+
+
+def test_threads_racing_on_the_first_call_after_a_fork_never_share_keys():
+    """Eight threads make the first calls of an unseeded sampler in a forked child at once: the stream is
+    re-bound once, so no two calls draw with the same key (identical 64-id draws over 10^6 classes)."""
+    import threading
+
+    s = zn.LogUniformSampler(10**6)
+    s.sample(4)
+
+    def child():
+        out, go = [], threading.Barrier(8)
+
+        def work():
+            go.wait()
+            for _ in range(10):
+                out.append(s.sample(64, unique=False).ids.tobytes())
+
+        ts = [threading.Thread(target=work) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return out
+
+    got = in_child(child)
+    assert len(got) == 80 and len(set(got)) == 80

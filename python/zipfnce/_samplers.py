@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any, List, NamedTuple, Optional, Type, TypeVar, Union
 
 import numpy as np
@@ -70,13 +71,16 @@ _S = TypeVar("_S", bound="_Sampler")
 
 
 class _Process:
-    """The process a sampler's stream was last checked in: a new token after every fork."""
+    """The process a sampler's stream was last checked in: a new token after every fork. ``lock``
+    serialises the (rare) re-binding of streams, so that two threads' first calls cannot both re-bind."""
 
     token = object()
+    lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
     _Process.token = object()
+    _Process.lock = threading.Lock()  # another thread of the parent may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -119,13 +123,18 @@ class _Sampler:
         return self._s
 
     def _bind(self) -> None:
-        token, s = _Process.token, self._s
-        if self._home is not token:  # forked since the stream was made
-            s = s.after_fork() or s
-        ws = _worker_seed()
-        if ws is not None:
-            s = s.for_worker(ws)
-        self._s, self._home, self._ctx = s, token, token
+        """Make the stream this process's: fresh entropy for an unseeded stream made before a fork, then the
+        worker's stream in a DataLoader worker. Runs once per sampler and process."""
+        with _Process.lock:
+            token, s = _Process.token, self._s
+            if self._ctx is token:  # another thread did it
+                return
+            if self._home is not token:  # forked since the stream was made
+                s = s.after_fork() or s
+            ws = _worker_seed()
+            if ws is not None:
+                s = s.for_worker(ws)
+            self._s, self._home, self._ctx = s, token, token
 
     def __reduce__(self) -> Any:
         return (_restore, (type(self), self._s))
