@@ -4,7 +4,7 @@
 //! Draws conditioned on k >= h take u L from [ln(h + 1), L) instead: the same law restricted to the ids from
 //! h on, whose head below h carries P(k < h) = ln(h + 1) / L.
 
-use super::unique::{prefetch_at, ByteScan};
+use super::dedup::{prefetch_at, ByteScan};
 use super::{check_range, refine, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
