@@ -356,7 +356,7 @@ fn prefetch_byte(map: &[u8], id: u64) {
 
 /// Ask the cache for the line holding `p` (a hint: it never faults, whatever `p` is).
 #[inline(always)]
-pub(crate) fn prefetch_at(p: *const u8) {
+fn prefetch_at(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program and
     // needs no CPU feature beyond x86_64's baseline (SSE).
@@ -384,12 +384,12 @@ fn scan_bytes(
         // Nothing wanted (or no room, which the callers never ask).
         return (0, 0);
     }
-    let base = scan.map_ptr();
+    let hint = scan.prefetcher();
     let mut taker = scan.taker();
     for (i, &id) in buf.iter().enumerate() {
         if let Some(&ahead) = buf.get(i + PREFETCH) {
             if ahead < range {
-                prefetch_at(base.wrapping_add(ahead as usize));
+                hint.fetch(ahead);
             }
         }
         assert!(id < range, "draw {id} outside the range {range}");
@@ -403,8 +403,22 @@ fn scan_bytes(
 }
 
 /// A de-duplication over a byte map in progress (the map of [`Bytes`]), handed to
-/// [`Distribution::draw_scan`]: kernels that draw and de-duplicate in one pass go through [`Taker`] and
-/// must give what [`ByteScan::scan`] of their draws would.
+/// [`Distribution::draw_scan`].
+///
+/// Why a distribution sees it: a kernel that draws in vector registers can de-duplicate each id as it comes
+/// out (`LogUniform`'s AVX-512 kernel does), which saves the trip of a chunk's draws through memory and lets
+/// the draws' arithmetic fill the cycles that the scan's loads and stores leave idle. For that the kernel
+/// runs the scan's step inside its own loop, so it needs the step itself, not a function that scans a
+/// buffer. This is all it gets:
+/// - [`fits`](ByteScan::fits): whether ids below a bound may be taken at all;
+/// - [`prefetcher`](ByteScan::prefetcher): cache hints for the map bytes of ids drawn ahead of the scan;
+/// - [`taker`](ByteScan::taker): the step, [`Taker::take`], with the scan's state in plain values that
+///   the kernel's loop keeps in registers;
+/// - [`scan`](ByteScan::scan): the reference that the kernel's results (ids, their places, the counts of
+///   new ids and of draws used, and the map) must equal.
+///
+/// The map, its stamp and the output places stay private to this file: a kernel marks and writes ids only
+/// through `take`, so the draw loop's invariants hold whichever path drew the chunk.
 pub struct ByteScan<'a> {
     map: &'a mut [u8],
     stamp: u8,
@@ -425,9 +439,9 @@ impl<'a> ByteScan<'a> {
         scan_bytes(self.map, self.stamp, buf, self.free, self.want)
     }
 
-    /// The map's first byte, for prefetches.
-    pub(crate) fn map_ptr(&self) -> *const u8 {
-        self.map.as_ptr()
+    /// Cache hints for the map (a copy of its address, which the kernel may use while its [`Taker`] runs).
+    pub(crate) fn prefetcher(&self) -> Prefetcher {
+        Prefetcher { map: self.map.as_ptr() }
     }
 
     /// The scan's state as plain values and pointers, which a kernel's loop keeps in registers.
@@ -440,6 +454,21 @@ impl<'a> ByteScan<'a> {
             want: self.want,
             _scan: std::marker::PhantomData,
         }
+    }
+}
+
+/// Cache hints for the map of a [`ByteScan`] (see `ByteScan::prefetcher`).
+#[derive(Clone, Copy)]
+pub(crate) struct Prefetcher {
+    map: *const u8,
+}
+
+impl Prefetcher {
+    /// Ask the cache for the map byte of `id`: a hint, which never faults (whatever `id`) and changes no
+    /// result.
+    #[inline(always)]
+    pub(crate) fn fetch(self, id: u64) {
+        prefetch_at(self.map.wrapping_add(id as usize))
     }
 }
 

@@ -4,8 +4,7 @@
 //! Draws conditioned on k >= h take u L from [ln(h + 1), L) instead: the same law restricted to the ids from
 //! h on, whose head below h carries P(k < h) = ln(h + 1) / L.
 
-use super::dedup::{prefetch_at, ByteScan};
-use super::{check_range, refine, Distribution};
+use super::{check_range, refine, ByteScan, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
 use crate::vmath::{self, simd, u64_to_f64, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
@@ -353,7 +352,7 @@ mod avx512 {
         // SAFETY: the CPU has the features (this function's own).
         let mut gen = unsafe { Lanes8::load(lanes) };
         let mut ring = [0u64; RING];
-        let map = scan.map_ptr();
+        let hint = scan.prefetcher();
         let put = |gen: &mut Lanes8, ring: &mut [u64; RING], at: usize| {
             // SAFETY: register arithmetic, then a 64-byte store at ring[at % RING..][..8], inside the ring
             // (at and RING are multiples of 8).
@@ -364,7 +363,7 @@ mod avx512 {
             // Ask for each id's map byte now, RUN_AHEAD draws before the scan reads it: where the map is
             // not in cache (the first call after other work), this is what keeps the scan from waiting.
             for j in 0..8 {
-                prefetch_at(map.wrapping_add(ring[(at + j) % RING] as usize));
+                hint.fetch(ring[(at + j) % RING]);
             }
         };
         let mut drawn = 0;

@@ -77,9 +77,10 @@ pub trait Distribution: Send + Sync {
 
     /// Draw `len` ids from `stream` as `draw_above(.., from)` would and de-duplicate them as they come: the
     /// same result as `scan.scan(&ids)` of those draws, in one pass (it saves a trip through memory, and the
-    /// draws' arithmetic overlaps the scan's loads and stores). Returns (new ids, draws used), or None,
-    /// having drawn nothing, when the distribution has no such kernel for these arguments. Where the scan
-    /// stops early, the stream is left at an unspecified position.
+    /// draws' arithmetic overlaps the scan's loads and stores; [`ByteScan`] says what a kernel may do with
+    /// the scan). Returns (new ids, draws used), or None, having drawn nothing, when the distribution has no
+    /// such kernel for these arguments. Where the scan stops early, the stream is left at an unspecified
+    /// position.
     fn draw_scan(
         &self,
         stream: &mut Stream,
