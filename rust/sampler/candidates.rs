@@ -4,7 +4,7 @@
 
 use super::counts::expected_counts;
 use super::dedup::BITSET_MAX_RANGE;
-use super::draw::{chunk_len, draw, Avoid};
+use super::draw::{chunk_len, draw, Avoid, Drawn};
 use super::{check_num_sampled, Distribution, MAX_SAMPLED};
 use crate::buf::{ensure_memory, fill_together, zeroed};
 use crate::error::{Error, Result};
@@ -115,7 +115,7 @@ fn drawn_sample(
     truth: Option<&[u64]>,
     avoid: Option<&Avoid>,
 ) -> Result<Sample> {
-    let (ids, tries) = draw(dist, key, n, unique, avoid)?;
+    let Drawn { ids, tries, .. } = draw(dist, key, n, unique, avoid)?;
     let scale = avoid.map_or(1.0, |a| 1.0 / (1.0 - a.mass));
     let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
     expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
@@ -171,7 +171,8 @@ pub fn sample_per_row(
     let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];
         let avoid = if remove_true { Some(Avoid::new(dist, t)) } else { None };
-        let (drawn, n_tries) = draw(dist, derive(key, r as u64), s, unique, avoid.as_ref())?;
+        let Drawn { ids: drawn, tries: n_tries, .. } =
+            draw(dist, derive(key, r as u64), s, unique, avoid.as_ref())?;
         let scale = avoid.as_ref().map_or(1.0, |a| 1.0 / (1.0 - a.mass));
         expected_counts(dist, &drawn, s as u64, n_tries, scale, se);
         expected_counts(dist, t, s as u64, n_tries, 1.0, te);

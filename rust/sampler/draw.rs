@@ -34,30 +34,14 @@ const SKIP_MIN_MASS: f64 = 1.0 / 16.0;
 /// The index, under a chunk's key, of the stream that counts its skipped draws.
 const SKIPS: u64 = 0x736b_6970;
 
-#[cfg(test)]
-thread_local! {
-    /// Tests turn skipping off to compare the law of skipping draws with that of drawing them all.
-    static NEVER_SKIP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// The draws skipped on this thread so far (tests check that skipping happened).
-    static SKIPPED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// Whether chunks may skip collected heads (always, but in tests that compare with not skipping).
-#[inline]
-fn skipping_allowed() -> bool {
-    #[cfg(test)]
-    if NEVER_SKIP.get() {
-        return false;
-    }
-    true
-}
-
 /// The ids collected so far by a sequential draw, with capacity for one more: the consume loop writes each
 /// draw to the next free place before it knows whether the id is new, which saves a branch per draw.
 struct Collect {
     out: Vec<u64>,
     /// Draws that were not avoided (each is a draw from the renormalised distribution).
     tries: u64,
+    /// Of `tries`, those counted as certain rejections but not made (see `Collect::run`).
+    skipped: u64,
 }
 
 impl Collect {
@@ -65,7 +49,7 @@ impl Collect {
         let mut out = Vec::new();
         out.try_reserve_exact(n + 1)
             .map_err(|_| Error::too_large("num_sampled", format!("cannot allocate {n} candidates")))?;
-        Ok(Collect { out, tries: 0 })
+        Ok(Collect { out, tries: 0, skipped: 0 })
     }
 
     fn filled(&self) -> usize {
@@ -170,7 +154,7 @@ impl Collect {
         seen: &mut S,
     ) -> Result<()> {
         // Draws counted (`consumed`): those made and those skipped.
-        let (mut consumed, mut made_all, mut skipped_all) = (0u64, 0u64, 0u64);
+        let (mut consumed, mut made_all) = (0u64, 0u64);
         // The draws in an error message: those made, and those counted as certain rejections.
         let made = |made: u64, skipped: u64| {
             if skipped == 0 {
@@ -196,7 +180,7 @@ impl Collect {
             buf.resize(len, 0);
             for c in 0u64.. {
                 let mut skip = None;
-                if !AVOID && c > 0 && skipping_allowed() {
+                if !AVOID && c > 0 {
                     head = seen.collected_prefix(head, range);
                     skip = dist.head_mass(head).filter(|&p| (SKIP_MIN_MASS..1.0).contains(&p));
                 }
@@ -216,9 +200,7 @@ impl Collect {
                 self.tries = self.tries.saturating_add(skipped);
                 consumed = consumed.saturating_add(used).saturating_add(skipped);
                 made_all += used;
-                skipped_all = skipped_all.saturating_add(skipped);
-                #[cfg(test)]
-                SKIPPED.set(SKIPPED.get() + skipped);
+                self.skipped = self.skipped.saturating_add(skipped);
                 if self.filled() == n {
                     return Ok(());
                 }
@@ -233,7 +215,7 @@ impl Collect {
                                 "gave up after {} with {} of {n} distinct classes: the classes not drawn yet \
                                  carry probability {r:.3e} in all, so the {budget} draws left of the {MAX_TRIES} \
                                  allowed would find about {:.3e} of the {missing} still needed",
-                                made(made_all, skipped_all),
+                                made(made_all, self.skipped),
                                 self.filled(),
                                 r * budget as f64,
                             ),
@@ -246,7 +228,7 @@ impl Collect {
                         msg: format!(
                             "gave up after {} with {} of {n} distinct classes: the distribution is too \
                              concentrated for that many in the {MAX_TRIES} draws allowed",
-                            made(made_all, skipped_all),
+                            made(made_all, self.skipped),
                             self.filled()
                         ),
                     });
@@ -326,15 +308,26 @@ pub(super) fn raw_chunk(dist: &dyn Distribution, key: u64, c: u64, from: u64, ou
     dist.draw_above(&mut Stream::new(derive(key, c)), out, from)
 }
 
+/// The result of [`draw`].
+pub(super) struct Drawn {
+    /// The candidates, in the order they were accepted.
+    pub ids: Vec<u64>,
+    /// `num_tries`: the draws it took (`n` with replacement).
+    pub tries: u64,
+    /// Of `tries`, those counted as certain rejections of a collected head rather than made: no part of any
+    /// result, but what tells that skipping took place (the tests compare its law with drawing everything).
+    pub skipped: u64,
+}
+
 /// Draw `n` candidates from the stream `key`: the first `n` accepted draws in chunk order (a draw is accepted
-/// when it is not avoided and, with `unique`, not seen before). Returns the ids and `num_tries`.
+/// when it is not avoided and, with `unique`, not seen before).
 pub(super) fn draw(
     dist: &dyn Distribution,
     key: u64,
     n: usize,
     unique: bool,
     avoid: Option<&Avoid>,
-) -> Result<(Vec<u64>, u64)> {
+) -> Result<Drawn> {
     let avoid = avoid.filter(|a| !a.is_empty());
     let available = dist.support_size() - avoid.map_or(0, |a| a.in_support);
     if n > 0 && available == 0 {
@@ -357,7 +350,7 @@ pub(super) fn draw(
         // Every draw is accepted: chunk c fills out[c*len..], independently.
         let mut out: Vec<u64> = zeroed("num_sampled", n)?;
         out.chunks_mut(len).enumerate().for_each(|(c, piece)| raw_chunk(dist, key, c as u64, 0, piece));
-        return Ok((out, n as u64));
+        return Ok(Drawn { ids: out, tries: n as u64, skipped: 0 });
     }
     let mut c = Collect::new(n)?;
     if unique {
@@ -366,10 +359,10 @@ pub(super) fn draw(
     } else {
         c.run_with(dist, key, n, len, avoid, &mut Everything)?;
     }
-    let tries = c.tries;
-    let mut out = c.out;
-    out.truncate(n);
-    Ok((out, if unique { tries } else { n as u64 }))
+    let (tries, skipped) = (c.tries, c.skipped);
+    let mut ids = c.out;
+    ids.truncate(n);
+    Ok(Drawn { ids, tries: if unique { tries } else { n as u64 }, skipped })
 }
 
 /// Some(r) when `missing` more accepted draws are hopeless within `budget` more raw draws, where r is the
@@ -440,6 +433,31 @@ mod tests {
         (stat, used.len().max(2) - 1)
     }
 
+    /// The law of `.0` without `head_mass` (the default, None): a unique draw of it never skips.
+    struct DrawEverything<'a>(&'a dyn Distribution);
+
+    impl Distribution for DrawEverything<'_> {
+        fn range_max(&self) -> u64 {
+            self.0.range_max()
+        }
+
+        fn support_size(&self) -> u64 {
+            self.0.support_size()
+        }
+
+        fn prob(&self, k: u64) -> f64 {
+            self.0.prob(k)
+        }
+
+        fn prob_into(&self, ids: &[u64], out: &mut [f64]) {
+            self.0.prob_into(ids, out)
+        }
+
+        fn draw(&self, stream: &mut Stream, out: &mut [u64]) {
+            self.0.draw(stream, out)
+        }
+    }
+
     #[test]
     fn skipping_collected_heads_keeps_the_law_of_the_sample() {
         // Unique samples that skip the draws of collected heads (counted by a negative binomial) against
@@ -464,25 +482,26 @@ mod tests {
                 (0..40).map(|j| (1i64 << j) - 1).take_while(|&e| e < range).chain([range]).collect();
             let mut incl = [vec![0f64; edges.len() - 1], vec![0f64; edges.len() - 1]];
             let (mut skipped, mut all_tries) = (0u64, 0u64);
+            // The same law twice: `d`, whose draws skip, and `every`, which has no `head_mass` and so draws
+            // every draw (the draws `sample` makes, which go through `draw` alone).
+            let every = DrawEverything(d);
             for (which, base) in [(0usize, 0u64), (1, 1 << 32)] {
-                NEVER_SKIP.set(which == 1);
+                let law: &dyn Distribution = if which == 0 { d } else { &every };
                 for r in 0..runs {
-                    let before = SKIPPED.get();
-                    let s = sample(d, base + r, n, true, None, false).unwrap();
+                    let s = draw(law, base + r, n as usize, true, None).unwrap();
                     if which == 0 {
-                        skipped += SKIPPED.get() - before;
-                        all_tries += s.num_tries;
+                        skipped += s.skipped;
+                        all_tries += s.tries;
                     } else {
-                        assert_eq!(SKIPPED.get(), before);
+                        assert_eq!(s.skipped, 0);
                     }
-                    tries[which].push(s.num_tries);
+                    tries[which].push(s.tries);
                     for &k in &s.ids {
-                        let cell = edges.partition_point(|&e| e <= k) - 1;
+                        let cell = edges.partition_point(|&e| e <= k as i64) - 1;
                         incl[which][cell] += 1.0;
                     }
                 }
             }
-            NEVER_SKIP.set(false);
             // Skipping did its work: an eighth of the tries or more were counted, not drawn (a fifth to a
             // third, measured).
             assert!(skipped * 8 > all_tries, "range {range}: {skipped} of {all_tries} tries skipped");
