@@ -148,7 +148,7 @@ pub fn sample_per_row(
     if num_true == 0 {
         return Err(Error::shape("true_classes", "needs at least one true class per row"));
     }
-    if true_classes.len() % num_true != 0 {
+    if !true_classes.len().is_multiple_of(num_true) {
         return Err(Error::shape("true_classes", "length is not a multiple of num_true"));
     }
     let rows = true_classes.len() / num_true;

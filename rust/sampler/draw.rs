@@ -401,7 +401,7 @@ fn out_of_reach(
     let k = missing as f64;
     let mu = r * budget as f64;
     let log_chernoff = if mu < k { -mu + k * (1.0 + (mu / k).ln()) } else { 0.0 };
-    let hopeless = !(r > 0.0) || k / r > 1000.0 * budget as f64 || log_chernoff < -20.7; // ln 1e-9
+    let hopeless = r.is_nan() || r <= 0.0 || k / r > 1000.0 * budget as f64 || log_chernoff < -20.7; // ln 1e-9
     hopeless.then_some(r.max(0.0))
 }
 

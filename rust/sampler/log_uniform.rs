@@ -339,7 +339,7 @@ mod avx512 {
     ) -> (usize, usize) {
         const RING: usize = 128;
         const RUN_AHEAD: usize = 64;
-        debug_assert!(len % 8 == 0 && scan.fits(span.last + 1));
+        debug_assert!(len.is_multiple_of(8) && scan.fits(span.last + 1));
         let exp2 = table16(&EXP2_16);
         let s8 = Span8::new(span);
         // SAFETY: the CPU has the features (this function's own).
@@ -481,7 +481,7 @@ impl Distribution for LogUniform {
         #[cfg(target_arch = "x86_64")]
         if self.range_max < SMALL_RANGE
             && from < self.range_max
-            && len % 8 == 0
+            && len.is_multiple_of(8)
             && scan.fits(self.range_max)
             && vmath::has_avx512()
         {

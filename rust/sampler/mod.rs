@@ -190,7 +190,7 @@ pub(crate) mod testutil {
         let mut buf = vec![0u64; n];
         dist.draw(&mut Stream::new(seed), &mut buf);
         buf.sort_unstable();
-        assert!(buf.last().map_or(true, |&k| k < dist.range_max()), "draw out of range");
+        assert!(buf.last().is_none_or(|&k| k < dist.range_max()), "draw out of range");
         let count =
             |lo: u64, hi: u64| (buf.partition_point(|&k| k < hi) - buf.partition_point(|&k| k < lo)) as f64;
         let (mut stat, mut cells) = (0.0, 0usize);
