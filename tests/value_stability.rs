@@ -123,7 +123,7 @@ impl Pins {
         let text = include_str!("test_value_stability.py");
         let start = text.find("PINS_JSON = r\"\"\"").expect("the Python test's PINS_JSON") + 16;
         let end = start + text[start..].find("\"\"\"").expect("the end of PINS_JSON");
-        let mut parser = Parser { s: text[start..end].as_bytes(), at: 0 };
+        let mut parser = Parser { s: &text.as_bytes()[start..end], at: 0 };
         Pins(parser.value())
     }
 
