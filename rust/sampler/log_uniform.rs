@@ -4,8 +4,7 @@
 //! Draws conditioned on k >= h take u L from [ln(h + 1), L) instead: the same law restricted to the ids from
 //! h on, whose head below h carries P(k < h) = ln(h + 1) / L.
 
-use super::unique::{prefetch_at, ByteScan};
-use super::{check_range, refine, Distribution};
+use super::{check_range, refine, ByteScan, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
 use crate::vmath::{self, simd, u64_to_f64, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
@@ -49,13 +48,6 @@ impl LogUniform {
 
     fn tf_prob(&self, k: u64) -> f64 {
         ((k as f64 + 2.0) / (k as f64 + 1.0)).ln() / self.log_range
-    }
-
-    #[cfg(test)]
-    fn tf_prob_fast(&self, k: u64) -> f64 {
-        let mut o = [0.0];
-        tf_prob_kernel(&[k], &mut o, 1.0 / self.log_range);
-        o[0]
     }
 }
 
@@ -347,13 +339,13 @@ mod avx512 {
     ) -> (usize, usize) {
         const RING: usize = 128;
         const RUN_AHEAD: usize = 64;
-        debug_assert!(len % 8 == 0 && scan.fits(span.last + 1));
+        debug_assert!(len.is_multiple_of(8) && scan.fits(span.last + 1));
         let exp2 = table16(&EXP2_16);
         let s8 = Span8::new(span);
         // SAFETY: the CPU has the features (this function's own).
         let mut gen = unsafe { Lanes8::load(lanes) };
         let mut ring = [0u64; RING];
-        let map = scan.map_ptr();
+        let hint = scan.prefetcher();
         let put = |gen: &mut Lanes8, ring: &mut [u64; RING], at: usize| {
             // SAFETY: register arithmetic, then a 64-byte store at ring[at % RING..][..8], inside the ring
             // (at and RING are multiples of 8).
@@ -364,7 +356,7 @@ mod avx512 {
             // Ask for each id's map byte now, RUN_AHEAD draws before the scan reads it: where the map is
             // not in cache (the first call after other work), this is what keeps the scan from waiting.
             for j in 0..8 {
-                prefetch_at(map.wrapping_add(ring[(at + j) % RING] as usize));
+                hint.fetch(ring[(at + j) % RING]);
             }
         };
         let mut drawn = 0;
@@ -489,7 +481,7 @@ impl Distribution for LogUniform {
         #[cfg(target_arch = "x86_64")]
         if self.range_max < SMALL_RANGE
             && from < self.range_max
-            && len % 8 == 0
+            && len.is_multiple_of(8)
             && scan.fits(self.range_max)
             && vmath::has_avx512()
         {
@@ -617,9 +609,15 @@ mod tests {
 
     #[test]
     fn tensorflow_expression_in_float32() {
+        // The vectorised kernel of TensorFlow's expression against the scalar one.
         let d = LogUniform::tf(1 << 40).unwrap();
+        let fast = |k: u64| {
+            let mut o = [0.0];
+            tf_prob_kernel(&[k], &mut o, 1.0 / d.log_range);
+            o[0]
+        };
         for k in (0..2000u64).chain((0..2000).map(|i| i * 549_755_813 + 12_345)) {
-            assert_eq!(d.tf_prob_fast(k) as f32, d.tf_prob(k) as f32, "k={k}");
+            assert_eq!(fast(k) as f32, d.tf_prob(k) as f32, "k={k}");
         }
     }
 

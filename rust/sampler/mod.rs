@@ -1,19 +1,31 @@
 //! Candidate distributions over class ids `0..range_max`, one file each, and the sampling machinery
-//! shared by all of them (`unique.rs`: draws, de-duplication, exclusions and expected counts).
+//! shared by all of them, a job per file:
+//! - `candidates.rs`: the entry points, [`sample`] (one set for the batch) and [`sample_per_row`];
+//! - `draw.rs`: the draw loop (chunked streams, with or without replacement, avoided classes, `num_tries`);
+//! - `dedup.rs`: the membership sets that make draws unique, and [`ByteScan`];
+//! - `counts.rs`: expected counts ([`expected_counts`]);
+//! - `keys.rs`: how seeds become the keys of the streams ([`Keys`]);
+//! - `negbin.rs`: the negative binomial counts of the draws a unique sample skips.
 
+mod candidates;
+mod counts;
+mod dedup;
+mod draw;
 pub mod keys;
 pub mod log_uniform;
 mod negbin;
 pub mod uniform;
 pub mod unigram;
-pub mod unique;
 pub mod zipf;
 
+pub use candidates::{sample, sample_per_row, PerRowSample, Sample};
+pub use counts::{expected_counts, expected_counts_for};
+pub use dedup::ByteScan;
+pub use draw::MAX_TRIES;
 pub use keys::{stateless_key, KeyState, Keys};
 pub use log_uniform::LogUniform;
 pub use uniform::Uniform;
 pub use unigram::Unigram;
-pub use unique::{expected_counts, expected_counts_for, sample, sample_per_row, PerRowSample, Sample};
 pub use zipf::Zipf;
 
 use crate::error::{Error, Result};
@@ -21,6 +33,8 @@ use crate::rng::Stream;
 
 /// The largest `range_max` the samplers accept: ids must fit an int64 with room to spare.
 pub const MAX_RANGE: u64 = 1 << 62;
+/// The most candidates one call may ask for.
+pub const MAX_SAMPLED: u64 = 1 << 36;
 
 /// A distribution over the class ids `0..range_max()`.
 pub trait Distribution: Send + Sync {
@@ -47,7 +61,7 @@ pub trait Distribution: Send + Sync {
 
     /// P(k < h), for a distribution that can draw from the ids at or above `h` alone (`draw_above`); None
     /// (the default) otherwise. A unique draw that has collected every id below h uses it to skip the draws
-    /// that would land there (each would be rejected) and count them instead (see `unique.rs`).
+    /// that would land there (each would be rejected) and count them instead (see `draw.rs`).
     fn head_mass(&self, h: u64) -> Option<f64> {
         let _ = h;
         None
@@ -63,15 +77,16 @@ pub trait Distribution: Send + Sync {
 
     /// Draw `len` ids from `stream` as `draw_above(.., from)` would and de-duplicate them as they come: the
     /// same result as `scan.scan(&ids)` of those draws, in one pass (it saves a trip through memory, and the
-    /// draws' arithmetic overlaps the scan's loads and stores). Returns (new ids, draws used), or None,
-    /// having drawn nothing, when the distribution has no such kernel for these arguments. Where the scan
-    /// stops early, the stream is left at an unspecified position.
+    /// draws' arithmetic overlaps the scan's loads and stores; [`ByteScan`] says what a kernel may do with
+    /// the scan). Returns (new ids, draws used), or None, having drawn nothing, when the distribution has no
+    /// such kernel for these arguments. Where the scan stops early, the stream is left at an unspecified
+    /// position.
     fn draw_scan(
         &self,
         stream: &mut Stream,
         len: usize,
         from: u64,
-        scan: &mut unique::ByteScan<'_>,
+        scan: &mut ByteScan<'_>,
     ) -> Option<(usize, usize)> {
         let _ = (stream, len, from, scan);
         None
@@ -100,6 +115,17 @@ pub fn check_ids<'a>(arg: &'static str, ids: &'a [i64], range_max: u64) -> Resul
     // SAFETY: i64 and u64 have the same size and alignment and every bit pattern is valid for both; the
     // ids are non-negative (checked above), so each has the same value in both types.
     Ok(unsafe { std::slice::from_raw_parts(ids.as_ptr() as *const u64, ids.len()) })
+}
+
+/// Check that `num_sampled` is a usable number of candidates (at most `MAX_SAMPLED`).
+fn check_num_sampled(num_sampled: i64) -> Result<usize> {
+    if num_sampled < 0 {
+        return Err(Error::value("num_sampled", format!("must be >= 0, got {num_sampled}")));
+    }
+    if num_sampled as u64 > MAX_SAMPLED {
+        return Err(Error::too_large("num_sampled", format!("{num_sampled} is more than 2^36")));
+    }
+    Ok(num_sampled as usize)
 }
 
 /// P(k) for each id of `ids`, validated against the distribution's range.
@@ -164,7 +190,7 @@ pub(crate) mod testutil {
         let mut buf = vec![0u64; n];
         dist.draw(&mut Stream::new(seed), &mut buf);
         buf.sort_unstable();
-        assert!(buf.last().map_or(true, |&k| k < dist.range_max()), "draw out of range");
+        assert!(buf.last().is_none_or(|&k| k < dist.range_max()), "draw out of range");
         let count =
             |lo: u64, hi: u64| (buf.partition_point(|&k| k < hi) - buf.partition_point(|&k| k < lo)) as f64;
         let (mut stat, mut cells) = (0.0, 0usize);

@@ -42,7 +42,7 @@ impl Unigram {
             total += w;
             support += (w > 0.0) as u64;
         }
-        if !(total > 0.0) || !total.is_finite() {
+        if !total.is_finite() || total <= 0.0 {
             return Err(Error::value(arg, format!("weights sum to {total}: need a positive, finite total")));
         }
         // Vose's construction: scale weights to mean 1, pair each column below 1 with one above.

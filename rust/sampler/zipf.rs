@@ -50,7 +50,7 @@ fn expm1_over_x(x: f64) -> f64 {
 impl Zipf {
     pub fn new(range_max: i64, exponent: f64) -> Result<Self> {
         let range_max = check_range(range_max)?;
-        if !(exponent > 0.0) || !exponent.is_finite() {
+        if !exponent.is_finite() || exponent <= 0.0 {
             return Err(Error::value("exponent", format!("must be positive and finite, got {exponent}")));
         }
         let mut z = Zipf {
