@@ -50,7 +50,7 @@ use crate::float::Float;
 use crate::loss::tile::{matmul, Mat, MatMut, Op};
 use crate::threads;
 use rayon::prelude::*;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{MutexGuard, TryLockError};
 
 /// Rows of a logit tile (and of a parallel task over rows).
 const TI: usize = 256;
@@ -65,64 +65,9 @@ pub const DEFAULT_MAX_LOGITS_BYTES: usize = 256 << 20;
 /// The largest batch or number of negatives accepted (far beyond what fits in memory as embeddings).
 const MAX_ROWS: usize = 1 << 40;
 
-/// The float types the kernel runs in: [`Float`] plus an exponential that vectorises.
-pub trait Kernel: Float {
-    /// `e^x` for `x <= 0` (used on logits minus their maximum), exactly zero for `−∞` and for `x` so
-    /// negative that the result would be subnormal. Never called with NaN.
-    fn exp_or_zero(x: Self) -> Self;
-    /// The process-wide spare block for kept logits of this type (see `take_spare`).
-    fn spare() -> &'static Mutex<Vec<Self>>;
-}
-
-impl Kernel for f32 {
-    fn spare() -> &'static Mutex<Vec<f32>> {
-        static SPARE: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-        &SPARE
-    }
-    #[inline(always)]
-    fn exp_or_zero(x: f32) -> f32 {
-        // Range reduction x = n ln2 + r, |r| <= ln2/2, then e^r = 1 + r + r^2 P(r) with the degree-5 minimax
-        // polynomial of Cephes' expf (about 1 ulp). Branch-free, so loops over it vectorise.
-        const LOG2E: f32 = std::f32::consts::LOG2_E;
-        const LN2_HI: f32 = 0.693_359_4; // 355/512, exact
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer kept in the low bits
-        let xc = x.clamp(-86.0, 88.0);
-        let t = xc * LOG2E + SHIFT;
-        let n = t - SHIFT;
-        let ni = t.to_bits().wrapping_sub(SHIFT.to_bits());
-        let r = (xc - n * LN2_HI) - n * LN2_LO;
-        let mut p = 1.987_569_1e-4;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let p = p * (r * r) + r + 1.0;
-        let v = f32::from_bits(p.to_bits().wrapping_add(ni << 23));
-        if x < -86.0 {
-            0.0
-        } else {
-            v
-        }
-    }
-}
-
-impl Kernel for f64 {
-    fn spare() -> &'static Mutex<Vec<f64>> {
-        static SPARE: Mutex<Vec<f64>> = Mutex::new(Vec::new());
-        &SPARE
-    }
-    #[inline(always)]
-    fn exp_or_zero(x: f64) -> f64 {
-        let v = crate::vmath::exp(x);
-        if x < -708.0 {
-            0.0
-        } else {
-            v
-        }
-    }
-}
+/// The float types the kernel runs in: [`Float`] itself (it carries the vectorising `exp_fast`); this name
+/// is kept for the binding.
+pub use crate::float::Float as Kernel;
 
 /// A row-major matrix handed in by the caller: `rows × cols` elements, contiguous.
 #[derive(Clone, Copy, Debug)]
@@ -227,7 +172,7 @@ pub fn keeps_logits<T>(batch: usize, num_negatives: usize, max_logits_bytes: usi
 /// The spare block, unless another call holds it right now. Never waits: a process forked while another
 /// thread held the lock would otherwise wait forever in the child.
 fn lock_spare<T: Kernel>() -> Option<MutexGuard<'static, Vec<T>>> {
-    match T::spare().try_lock() {
+    match T::spare_block().try_lock() {
         Ok(g) => Some(g),
         // The guarded value is a plain buffer that a panic cannot leave half-updated: take it regardless.
         Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
@@ -770,7 +715,7 @@ impl<'a, T: Kernel> Problem<'a, T> {
                 // The tile holds e^(z − M): G = a e^(z − lse) = (a e^(M − lse)) e^(z − M).
                 Some(sh) => {
                     for r in 0..ni {
-                        let f = rows.1[r] * T::exp_or_zero(sh[r * nblocks + t] - rows.0[r]);
+                        let f = rows.1[r] * Float::exp_fast(sh[r * nblocks + t] - rows.0[r]);
                         let row = &mut tile[r * nc..(r + 1) * nc];
                         scale_row(row, f);
                         let i = i0 + r;
@@ -872,7 +817,7 @@ fn row_lse_update<T: Kernel>(z: &[T], m: &mut T, s: &mut T) {
     }
     let mn = if mc > *m { mc } else { *m };
     // m = −∞ (nothing seen yet) scales the empty sum by e^(−∞) = 0.
-    *s = *s * T::exp_or_zero(*m - mn) + sum_exp(z, mn);
+    *s = *s * Float::exp_fast(*m - mn) + sum_exp(z, mn);
     *m = mn;
 }
 
@@ -887,7 +832,7 @@ fn row_lse_update_exp<T: Kernel>(z: &mut [T], m: &mut T, s: &mut T) -> T {
         return *m;
     }
     let mn = if mc > *m { mc } else { *m };
-    *s = *s * T::exp_or_zero(*m - mn) + sum_exp_write(z, mn);
+    *s = *s * Float::exp_fast(*m - mn) + sum_exp_write(z, mn);
     *m = mn;
     mn
 }
@@ -922,7 +867,7 @@ fn sum_exp_body<T: Kernel>(z: &[T], m: T) -> T {
     for c in z.chunks(BLOCK) {
         let mut buf = [T::ZERO; BLOCK];
         for (e, &x) in buf.iter_mut().zip(c) {
-            *e = T::exp_or_zero(x - m);
+            *e = Float::exp_fast(x - m);
         }
         for g in buf.chunks_exact(LANES) {
             for (a, &e) in acc.iter_mut().zip(g) {
@@ -941,7 +886,7 @@ fn sum_exp_write_body<T: Kernel>(z: &mut [T], m: T) -> T {
     for c in z.chunks_mut(BLOCK) {
         let mut buf = [T::ZERO; BLOCK];
         for (e, &x) in buf.iter_mut().zip(c.iter()) {
-            *e = T::exp_or_zero(x - m);
+            *e = Float::exp_fast(x - m);
         }
         for g in buf.chunks_exact(LANES) {
             for (a, &e) in acc.iter_mut().zip(g) {
@@ -964,7 +909,7 @@ fn scale_body<T: Kernel>(z: &mut [T], f: T) {
 #[inline(always)]
 fn grad_row_body<T: Kernel>(z: &mut [T], lse: T, a: T) {
     for x in z.iter_mut() {
-        *x = a * T::exp_or_zero(*x - lse);
+        *x = a * Float::exp_fast(*x - lse);
     }
 }
 
@@ -972,7 +917,7 @@ fn grad_row_body<T: Kernel>(z: &mut [T], lse: T, a: T) {
 fn grad_row_sym_body<T: Kernel>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col: &[T]) {
     for ((x, &lc), &ac) in z.iter_mut().zip(lse_col).zip(a_col) {
         let v = *x;
-        *x = a * T::exp_or_zero(v - lse) + ac * T::exp_or_zero(v - lc);
+        *x = a * Float::exp_fast(v - lse) + ac * Float::exp_fast(v - lc);
     }
 }
 
@@ -993,7 +938,7 @@ fn col_lse_body<T: Kernel>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mu
         let mn = if mx[c] > cm[c] { mx[c] } else { cm[c] };
         if mn != T::NEG_INFINITY {
             // cm = −∞ (nothing unmasked seen yet) scales the empty sum by e^(−∞) = 0.
-            cs[c] *= T::exp_or_zero(cm[c] - mn);
+            cs[c] *= Float::exp_fast(cm[c] - mn);
             cm[c] = mn;
             base[c] = mn;
         }
@@ -1002,71 +947,59 @@ fn col_lse_body<T: Kernel>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mu
     for r in 0..ni {
         let row = &z[r * stride..r * stride + nc];
         for ((s, &x), &m) in cs.iter_mut().zip(row).zip(base.iter()) {
-            *s += T::exp_or_zero(x - m);
+            *s += Float::exp_fast(x - m);
         }
     }
 }
 
-/// Compile a generic slice kernel twice more, for AVX-512 and for AVX2 + FMA, and pick at run time. The
-/// compiler never fuses `a * b + c` on its own and the reductions fix their order, so every version gives the
-/// same bits.
-macro_rules! dispatch {
-    ($(#[$m:meta])* $name:ident = $body:ident <$t:ident>($($a:ident : $ty:ty),*) -> $r:ty) => {
-        $(#[$m])*
-        #[inline]
-        fn $name<$t: Kernel>($($a: $ty),*) -> $r {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn w512<$t: Kernel>($($a: $ty),*) -> $r {
-                    $body($($a),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn w256<$t: Kernel>($($a: $ty),*) -> $r {
-                    $body($($a),*)
-                }
-                if $crate::vmath::has_avx512() {
-                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (`vmath::has_avx512` checks them and
-                    // more): all that `w512` requires. It runs the same safe code as the fallback.
-                    return unsafe { w512($($a),*) };
-                }
-                if $crate::vmath::has_avx2() {
-                    // SAFETY: as above, for AVX2 + FMA and `w256`.
-                    return unsafe { w256($($a),*) };
-                }
-            }
-            $body($($a),*)
-        }
-    };
-}
-
-dispatch!(
+crate::simd::dispatch! {
     /// The maximum of `z` (−∞ for an empty or fully masked slice).
-    max_of = max_body<T>(z: &[T]) -> T
-);
-dispatch!(
+    #[inline]
+    fn max_of<T>(z: &[T]) -> T {
+        max_body(z)
+    }
+}
+crate::simd::dispatch! {
     /// Σ e^(z − m).
-    sum_exp = sum_exp_body<T>(z: &[T], m: T) -> T
-);
-dispatch!(
+    #[inline]
+    fn sum_exp<T>(z: &[T], m: T) -> T {
+        sum_exp_body(z, m)
+    }
+}
+crate::simd::dispatch! {
     /// Σ e^(z − m), leaving each e^(z − m) in z.
-    sum_exp_write = sum_exp_write_body<T>(z: &mut [T], m: T) -> T
-);
-dispatch!(
+    #[inline]
+    fn sum_exp_write<T>(z: &mut [T], m: T) -> T {
+        sum_exp_write_body(z, m)
+    }
+}
+crate::simd::dispatch! {
     /// z ← f z.
-    scale_row = scale_body<T>(z: &mut [T], f: T) -> ()
-);
-dispatch!(
+    #[inline]
+    fn scale_row<T>(z: &mut [T], f: T) {
+        scale_body(z, f)
+    }
+}
+crate::simd::dispatch! {
     /// z ← a e^(z − lse).
-    grad_row = grad_row_body<T>(z: &mut [T], lse: T, a: T) -> ()
-);
-dispatch!(
+    #[inline]
+    fn grad_row<T>(z: &mut [T], lse: T, a: T) {
+        grad_row_body(z, lse, a)
+    }
+}
+crate::simd::dispatch! {
     /// z ← a e^(z − lse) + a_col e^(z − lse_col), column by column.
-    grad_row_sym = grad_row_sym_body<T>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col: &[T]) -> ()
-);
-dispatch!(
-    col_lse_update = col_lse_body<T>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mut [T], cs: &mut [T]) -> ()
-);
+    #[inline]
+    fn grad_row_sym<T>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col: &[T]) {
+        grad_row_sym_body(z, lse, a, lse_col, a_col)
+    }
+}
+crate::simd::dispatch! {
+    #[inline]
+    fn col_lse_update<T>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mut [T], cs: &mut [T]) {
+        col_lse_body(z, ni, nc, stride, cm, cs)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1322,24 +1255,6 @@ mod tests {
         let g = info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None).unwrap();
         assert!(g.loss.iter().all(|&l| l == 0.0), "{:?}", g.loss);
         assert!(g.grad_query.iter().chain(&g.grad_keys).all(|&x| x == 0.0));
-    }
-
-    #[test]
-    fn exp_is_accurate_and_exact_at_the_ends() {
-        for i in 0..20_000 {
-            let x = -(i as f64) * 0.0043;
-            let e32 = f32::exp_or_zero(x as f32) as f64;
-            let want = (x as f32 as f64).exp();
-            if x > -85.0 {
-                assert!((e32 - want).abs() <= 3e-7 * want, "f32 exp({x}) = {e32}, want {want}");
-            }
-            let e64 = f64::exp_or_zero(x);
-            assert!((e64 - x.exp()).abs() <= 1e-15 * x.exp());
-        }
-        assert_eq!(f32::exp_or_zero(0.0), 1.0);
-        assert_eq!(f32::exp_or_zero(f32::NEG_INFINITY), 0.0);
-        assert_eq!(f64::exp_or_zero(f64::NEG_INFINITY), 0.0);
-        assert_eq!(f32::exp_or_zero(-200.0), 0.0);
     }
 
     #[test]

@@ -517,7 +517,7 @@ fn piece<T: FastMath>(k: &Consts<T>, z: &[T]) -> (T, T) {
     }
 }
 
-tile::kernel! {
+crate::simd::dispatch! {
     /// Σ of the NCE candidate losses of a row (masked −∞ entries add 0).
     fn nce_pieces_sum<T>(z: &[T], k: &Consts<T>) -> T {
         let mut acc = [T::ZERO; 16];
@@ -535,7 +535,7 @@ tile::kernel! {
     }
 }
 
-tile::kernel! {
+crate::simd::dispatch! {
     /// Plain NCE, candidates: `acc[i] += softplus(z[i])` (the loss of label 0) and `z[i] = σ(z[i])`, what
     /// the backward pass needs. A masked −∞ adds 0 and becomes 0.
     fn nce_loss_sigmoid<T>(acc: &mut [T], z: &mut [T]) {
@@ -549,7 +549,7 @@ tile::kernel! {
     }
 }
 
-tile::kernel! {
+crate::simd::dispatch! {
     /// `acc[i] += ` the NCE candidate loss of `z[i]`: one more candidate for a run of rows.
     fn nce_loss_acc<T>(acc: &mut [T], z: &[T], k: &Consts<T>) {
         for (a, &v) in acc.iter_mut().zip(z) {
@@ -558,7 +558,7 @@ tile::kernel! {
     }
 }
 
-tile::kernel! {
+crate::simd::dispatch! {
     /// `z[i] = c[i] · dL/dz` of NCE candidate logits (one coefficient per entry, or `c` of length 1).
     fn nce_grad<T>(z: &mut [T], c: &[T], k: &Consts<T>) {
         if c.len() == 1 {
