@@ -4,16 +4,20 @@
 
 use crate::float::Float;
 
-/// A row-major matrix view: `rows × cols`, element (i, j) at `data[i * stride + j]`.
+/// The one matrix view of the crate, for every operand that is read: `rows × cols`, element (i, j) at
+/// `data[i * row_stride + j * col_stride]`. The callers' arrays (embeddings, class weights of any strides;
+/// `infonce::Matrix` and `sampled::Weights` are other names of it) and the blocks the kernels make are all
+/// views of this kind; the products read any strides, the gathers any column stride.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a, T> {
     pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
-    pub stride: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
 }
 
-/// A mutable row-major matrix view.
+/// A mutable row-major matrix view (the output of a product): element (i, j) at `data[i * stride + j]`.
 #[derive(Debug)]
 pub struct MatMut<'a, T> {
     pub data: &'a mut [T],
@@ -23,13 +27,41 @@ pub struct MatMut<'a, T> {
 }
 
 impl<'a, T> Mat<'a, T> {
+    /// A C-contiguous (row-major) `rows × cols` matrix.
     pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Mat { data, rows, cols, stride: cols }
+        Mat { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
+
+    /// The same as [`Mat::new`] (the name the sampled losses' weights have always used).
+    pub fn contiguous(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols)
+    }
+
+    /// Rows `row_stride` apart, each contiguous: a block of columns of a wider row-major matrix.
+    pub fn with_row_stride(data: &'a [T], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Mat { data, rows, cols, row_stride, col_stride: 1 }
+    }
+
+    /// Whether the view is C-contiguous: `rows × cols` elements, row after row, and nothing else.
+    pub fn is_contiguous(&self) -> bool {
+        (self.col_stride == 1 || self.cols <= 1)
+            && (self.row_stride == self.cols || self.rows <= 1)
+            && self.rows.checked_mul(self.cols) == Some(self.data.len())
+    }
+
+    /// The flat index of the last element, if the view is non-empty and that index is representable.
+    pub fn last_index(&self) -> Option<usize> {
+        if self.rows == 0 || self.cols == 0 {
+            return None;
+        }
+        (self.rows - 1)
+            .checked_mul(self.row_stride)?
+            .checked_add((self.cols - 1).checked_mul(self.col_stride)?)
+    }
+
     fn check(&self) {
-        assert!(self.cols <= self.stride || self.rows <= 1, "Mat: stride smaller than a row");
         if self.rows > 0 && self.cols > 0 {
-            assert!((self.rows - 1) * self.stride + self.cols <= self.data.len(), "Mat: view past its data");
+            assert!(self.last_index().is_some_and(|l| l < self.data.len()), "Mat: view past its data");
         }
     }
 }
@@ -97,12 +129,12 @@ pub fn matmul<T: Float>(
     }
     // (row stride, column stride) of each operand as the product reads it.
     let (a_rs, a_cs) = match op_a {
-        Op::N => (a.stride as isize, 1),
-        Op::T => (1, a.stride as isize),
+        Op::N => (a.row_stride as isize, a.col_stride as isize),
+        Op::T => (a.col_stride as isize, a.row_stride as isize),
     };
     let (b_rs, b_cs) = match op_b {
-        Op::N => (b.stride as isize, 1),
-        Op::T => (1, b.stride as isize),
+        Op::N => (b.row_stride as isize, b.col_stride as isize),
+        Op::T => (b.col_stride as isize, b.row_stride as isize),
     };
     // SAFETY: the checks above guarantee that every element the product reads (A: m×k, B: k×n, with the
     // strides given) lies inside `a.data` / `b.data`, and every element it writes (C: m×n) inside `c.data`,
@@ -489,7 +521,7 @@ mod tests {
         let a: Vec<f32> = (0..24).map(|i| i as f32).collect();
         let b: Vec<f32> = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let mut c = vec![0f32; 8];
-        let av = Mat { data: &a, rows: 4, cols: 3, stride: 6 };
+        let av = Mat::with_row_stride(&a, 4, 3, 6);
         matmul(1.0, av, Op::N, Mat::new(&b, 3, 2), Op::N, 0.0, MatMut::new(&mut c, 4, 2));
         for i in 0..4 {
             let r = &a[i * 6..i * 6 + 3];
@@ -522,6 +554,20 @@ mod tests {
         let mut acc = vec![1.0; 2];
         gemv_t_acc(&x[..6], &[1.0, 0.0, 2.0], &mut acc);
         assert!((acc[0] - (1.0 + x[0] + 2.0 * x[4])).abs() < 1e-15);
+    }
+
+    #[test]
+    fn column_strides_read_like_a_transpose() {
+        // A view with row stride 1 and column stride m reads the k×m block `a` transposed.
+        let (m, k, n) = (6, 4, 5);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.29).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.17).cos()).collect();
+        let strided = Mat { data: &a, rows: m, cols: k, row_stride: 1, col_stride: m };
+        assert!(!strided.is_contiguous() && Mat::new(&a, k, m).is_contiguous());
+        let (mut c1, mut c2) = (vec![0.0; m * n], vec![0.0; m * n]);
+        matmul(1.0, strided, Op::N, Mat::new(&b, k, n), Op::N, 0.0, MatMut::new(&mut c1, m, n));
+        matmul(1.0, Mat::new(&a, k, m), Op::T, Mat::new(&b, k, n), Op::N, 0.0, MatMut::new(&mut c2, m, n));
+        assert_eq!(c1, c2);
     }
 
     #[test]

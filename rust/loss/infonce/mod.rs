@@ -55,6 +55,7 @@ mod problem;
 mod spare;
 
 use crate::error::Result;
+use crate::loss::tile::Mat;
 use crate::threads;
 use problem::Problem;
 
@@ -75,19 +76,9 @@ const MAX_ROWS: usize = 1 << 40;
 /// is kept for the binding.
 pub use crate::float::Float as Kernel;
 
-/// A row-major matrix handed in by the caller: `rows × cols` elements, contiguous.
-#[derive(Clone, Copy, Debug)]
-pub struct Matrix<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl<'a, T> Matrix<'a, T> {
-    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Matrix { data, rows, cols }
-    }
-}
+/// A matrix handed in by the caller: the crate's one matrix view ([`Mat`]); InfoNCE takes C-contiguous ones
+/// (`Matrix::new(data, rows, cols)`).
+pub type Matrix<'a, T> = Mat<'a, T>;
 
 /// Everything but the embeddings (API.md §4); [`Options::default`] gives the documented defaults.
 #[derive(Clone, Copy, Debug)]

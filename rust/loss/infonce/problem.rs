@@ -48,6 +48,15 @@ impl<'a, T: Kernel> Problem<'a, T> {
         o: &Options<'a, T>,
         grad_loss: Option<&[T]>,
     ) -> Result<Self> {
+        for (arg, m) in [("query", Some(query)), ("keys", Some(keys)), ("negatives", negatives)] {
+            // Strides only: the element counts are checked below, each with its own message.
+            let strided = |m: Matrix<'a, T>| {
+                (m.col_stride != 1 && m.cols > 1) || (m.row_stride != m.cols && m.rows > 1)
+            };
+            if m.is_some_and(strided) {
+                return Err(Error::shape(arg, "must be a C-contiguous [rows, dim] array"));
+            }
+        }
         let (b, d) = (query.rows, query.cols);
         if b == 0 || d == 0 {
             return Err(Error::value(

@@ -3,7 +3,7 @@
 
 use super::Budgets;
 use crate::error::{Error, Result};
-use crate::loss::tile::{self, FastMath};
+use crate::loss::tile::{self, FastMath, Mat};
 use crate::threads;
 
 /// Which loss.
@@ -13,35 +13,20 @@ pub enum Kind {
     Nce,
 }
 
-/// The class weights `[V, d]` as a strided view: element (i, j) at `data[i * row_stride + j * col_stride]`.
-/// Only the rows a call needs are ever read.
-#[derive(Clone, Copy, Debug)]
-pub struct Weights<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
+/// The class weights `[V, d]`: the crate's one matrix view ([`Mat`]), of any strides (element (i, j) at
+/// `data[i * row_stride + j * col_stride]`). Only the rows a call needs are ever read.
+pub type Weights<'a, T> = Mat<'a, T>;
 
-impl<'a, T: FastMath> Weights<'a, T> {
-    /// A C-contiguous `[rows, cols]` matrix.
-    pub fn contiguous(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Weights { data, rows, cols, row_stride: cols, col_stride: 1 }
-    }
-
-    pub(super) fn check(&self) -> Result<()> {
+impl<T: FastMath> Mat<'_, T> {
+    /// Check the view of the weights a caller gave: non-empty, and inside its buffer.
+    pub(super) fn validate_weights(&self) -> Result<()> {
         if self.rows == 0 || self.cols == 0 {
             return Err(Error::value(
                 "weights",
                 format!("must be non-empty, got shape [{}, {}]", self.rows, self.cols),
             ));
         }
-        let last = (self.rows - 1)
-            .checked_mul(self.row_stride)
-            .and_then(|a| (self.cols - 1).checked_mul(self.col_stride).map(|b| (a, b)))
-            .and_then(|(a, b)| a.checked_add(b));
-        match last {
+        match self.last_index() {
             Some(l) if l < self.data.len() => Ok(()),
             _ => Err(Error::shape("weights", "the strided view exceeds its buffer")),
         }
@@ -133,7 +118,7 @@ pub(super) struct Dims {
 
 /// Validate a call (every argument, before anything large is allocated) and derive its [`Dims`].
 pub(super) fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budgets: Budgets) -> Result<Dims> {
-    a.weights.check()?;
+    a.weights.validate_weights()?;
     let (v, d) = (a.weights.rows, a.weights.cols);
     if a.num_true == 0 {
         return Err(Error::value("num_true", "must be >= 1"));
@@ -141,7 +126,7 @@ pub(super) fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budge
     if a.labels.is_empty() {
         return Err(Error::value("labels", "the batch is empty"));
     }
-    if a.labels.len() % a.num_true != 0 {
+    if !a.labels.len().is_multiple_of(a.num_true) {
         return Err(Error::shape(
             "labels",
             format!("length {} is not a multiple of num_true {}", a.labels.len(), a.num_true),
@@ -166,7 +151,7 @@ pub(super) fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budge
         }
     }
     let s = if a.per_row {
-        if a.sampled.is_empty() || a.sampled.len() % b != 0 {
+        if a.sampled.is_empty() || !a.sampled.len().is_multiple_of(b) {
             return Err(Error::shape(
                 "sampled_values",
                 format!("per-row candidates: {} ids for {b} rows", a.sampled.len()),

@@ -341,7 +341,7 @@ fn backward_block<T: FastMath>(
                 nce_grad(&mut col[i0..i1], &coef[i0..i1], k);
             }
         }
-        let e = Mat { data: &blk.z[i0..], rows: w, cols: i1 - i0, stride: n };
+        let e = Mat::with_row_stride(&blk.z[i0..], w, i1 - i0, n);
         // diag(f) X for the sub-tile.
         let fx = &mut fx[..(i1 - i0) * d];
         for ((o, xr), &c) in fx.chunks_mut(d).zip(x.data[i0 * d..i1 * d].chunks(d)).zip(fs) {
