@@ -2,7 +2,7 @@
 //!
 //! Besides the standard library's math (libm, one call per element), [`Float`] carries the fast math the
 //! kernels need in a form the compiler vectorises ([`Float::exp_fast`], [`Float::ln_1p_fast`]) and the
-//! per-type buffers kept between calls (`loss::tile::Scratch`, the InfoNCE spare block). `loss::tile::FastMath` and
+//! per-type caches of work buffers kept between calls ([`crate::buf::Caches`]). `loss::tile::FastMath` and
 //! `loss::infonce::Kernel` are other names of this trait, kept for the binding.
 
 use std::fmt::Debug;
@@ -56,12 +56,9 @@ pub trait Float:
     fn exp_fast(self) -> Self;
     /// ln(1 + y) for y in [0, 1], branch-free.
     fn ln_1p_fast(self) -> Self;
-    /// The process-wide pool of work buffers of this type (see `loss::tile::Scratch`).
+    /// The process-wide caches of work buffers of this type (see [`crate::buf::Scratch`]).
     #[doc(hidden)]
-    fn scratch_pool() -> &'static std::sync::Mutex<Vec<Vec<Self>>>;
-    /// The process-wide spare block of kept InfoNCE logits of this type (see `loss::infonce`).
-    #[doc(hidden)]
-    fn spare_block() -> &'static std::sync::Mutex<Vec<Self>>;
+    fn caches() -> &'static crate::buf::Caches<Self>;
 }
 
 /// `exp_fast` in f32: range reduction x = n ln2 + r, |r| ≤ ln2/2, then e^r = 1 + r + r² P(r) with the
@@ -192,13 +189,9 @@ macro_rules! impl_float {
             fn ln_1p_fast(self) -> Self {
                 $ln_1p(self)
             }
-            fn scratch_pool() -> &'static std::sync::Mutex<Vec<Vec<Self>>> {
-                static POOL: std::sync::Mutex<Vec<Vec<$t>>> = std::sync::Mutex::new(Vec::new());
-                &POOL
-            }
-            fn spare_block() -> &'static std::sync::Mutex<Vec<Self>> {
-                static SPARE: std::sync::Mutex<Vec<$t>> = std::sync::Mutex::new(Vec::new());
-                &SPARE
+            fn caches() -> &'static crate::buf::Caches<Self> {
+                static CACHES: crate::buf::Caches<$t> = crate::buf::Caches::new();
+                &CACHES
             }
         }
     };

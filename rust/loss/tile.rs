@@ -175,41 +175,9 @@ pub fn matmul<T: Float>(
 /// kept for the binding.
 pub use crate::float::Float as FastMath;
 
-/// Large work buffers reused from call to call: a fresh allocation of tens of MiB costs a page fault and
-/// a zeroing per 4 KiB page, which is a noticeable part of a loss step. At most [`Scratch::KEEP`] bytes
-/// stay cached. The contents of a taken buffer are stale: callers overwrite every element before reading.
-pub struct Scratch;
-
-impl Scratch {
-    pub const KEEP: usize = 96 << 20;
-
-    /// A buffer of `len` elements (stale contents), or an error if memory runs out.
-    pub fn take<T: FastMath>(arg: &'static str, len: usize) -> crate::Result<Vec<T>> {
-        // try_lock: never wait (and never deadlock in a forked child whose parent held the lock).
-        let cached = T::scratch_pool().try_lock().ok().and_then(|mut p| {
-            let i = p.iter().position(|v| v.capacity() >= len)?;
-            Some(p.swap_remove(i))
-        });
-        match cached {
-            Some(mut v) => {
-                v.truncate(len);
-                v.resize(len, T::ZERO);
-                Ok(v)
-            }
-            None => crate::buf::zeroed(arg, len),
-        }
-    }
-
-    /// Return a buffer to the cache (dropped if the cache is full).
-    pub fn give<T: FastMath>(v: Vec<T>) {
-        if let Ok(mut p) = T::scratch_pool().try_lock() {
-            let held: usize = p.iter().map(|b| b.capacity()).sum();
-            if (held + v.capacity()) * std::mem::size_of::<T>() <= Self::KEEP {
-                p.push(v);
-            }
-        }
-    }
-}
+/// Bytes of work buffers the sampled losses keep between calls (`Float::caches().tiles`, see
+/// [`crate::buf::Scratch`]).
+pub const TILES_KEEP: usize = 96 << 20;
 
 /// Lanes of the partial sums in the reductions below (a fixed number: results do not depend on the SIMD
 /// width of the machine).

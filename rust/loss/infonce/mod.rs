@@ -34,7 +34,7 @@
 //!   after tile (so every later product reads a contiguous, cache-sized tile); the backward pass turns the
 //!   tiles into G in place. Three matrix products in all. Without `symmetric` the forward pass leaves
 //!   e^(z − M) in the tiles (M: the row's running maximum) and the backward pass only rescales them. The
-//!   block is handed to the next call (see `take_spare`): a training loop repeats the same sizes.
+//!   block is handed to the next call (`Float::caches().logits`): a training loop repeats the same sizes.
 //! - *Recomputed* (above the budget): the forward pass keeps only the per-row log-sum-exp (and per-column for
 //!   `symmetric`); the backward pass recomputes each tile from it (as flash attention does), once for ∂q
 //!   (over row blocks) and once for ∂k, ∂n (over column blocks), so that every output still has one writer.
@@ -46,13 +46,11 @@
 
 //!
 //! The files: `problem` (validation, the logit tiles), `passes` (the forward and backward passes over row
-//! and column blocks), `kernels` (focal factor, online log-sum-exp and G, SIMD-dispatched), `spare` (the
-//! kept-logits block reused between calls).
+//! and column blocks), `kernels` (focal factor, online log-sum-exp and G, SIMD-dispatched).
 
 mod kernels;
 mod passes;
 mod problem;
-mod spare;
 
 use crate::error::Result;
 use crate::loss::tile::Mat;

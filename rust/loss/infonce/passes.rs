@@ -6,7 +6,6 @@ use super::kernels::{
     col_lse_update, focal, grad_row, grad_row_sym, row_lse_update, row_lse_update_exp, scale_row,
 };
 use super::problem::Problem;
-use super::spare::{give_back, take_spare};
 use super::{InfoNceGrad, Kernel, TI, TJ};
 use crate::error::Result;
 use crate::float::Float;
@@ -59,9 +58,13 @@ impl<'a, T: Kernel> Problem<'a, T> {
         grad_loss: Option<&[T]>,
         grad: bool,
     ) -> Result<InfoNceGrad<T>> {
-        let mut store = keep.then(|| take_spare::<T>(self.b * self.w));
+        // The kept logits' block, reused from call to call (`Float::caches().logits`, one block of at most
+        // `budget` bytes): a training loop calls with the same sizes again and again, and a fresh block of
+        // tens of MiB costs a page fault per 4 KiB on first touch (a fifth of the whole call at B = 4096).
+        let cache = &T::caches().logits;
+        let mut store = if keep { Some(cache.take("query", self.b * self.w)?) } else { None };
         let r = self.run_with(store.as_deref_mut(), grad_loss, grad);
-        give_back(store, budget);
+        cache.give(store, budget);
         r
     }
 

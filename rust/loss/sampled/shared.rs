@@ -8,7 +8,7 @@ use super::sparse::sparse;
 use super::{bias_of, first_err, not_finite_row, overflow, Out, BLOCK_BYTES, PREFETCH, ROW_TASK};
 use crate::buf::zeroed;
 use crate::error::Result;
-use crate::loss::tile::{self, FastMath, Mat, MatMut, Op, Scratch};
+use crate::loss::tile::{self, FastMath, Mat, MatMut, Op, TILES_KEEP};
 use rayon::prelude::*;
 
 /// One column block of shared candidates.
@@ -145,7 +145,7 @@ pub(super) fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Opt
             });
             tile::transpose(sum_t, d, n, &mut gx[r0 * d..(r0 + n) * d]);
         }
-        parts.into_iter().for_each(Scratch::give);
+        parts.into_iter().for_each(|p| T::caches().tiles.give(Some(p), TILES_KEEP));
         gx[r0 * d..(r0 + n) * d].par_chunks_mut(ROW_TASK * d).enumerate().for_each(|(task, out)| {
             let mut w = vec![T::ZERO; d];
             for (i, o) in out.chunks_mut(d).enumerate() {
@@ -158,7 +158,7 @@ pub(super) fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Opt
         });
     }
     for blk in &mut blocks {
-        Scratch::give(std::mem::take(&mut blk.z));
+        T::caches().tiles.give(Some(std::mem::take(&mut blk.z)), TILES_KEEP);
     }
     let Some(_) = c else {
         return Ok(Out { loss, grad: None });
@@ -224,8 +224,8 @@ fn forward_block<T: FastMath>(
 ) -> Result<Vec<(T, T)>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
     if blk.z.len() != n * w {
-        Scratch::give(std::mem::take(&mut blk.z));
-        blk.z = Scratch::take("num_sampled", n * w)?;
+        T::caches().tiles.give(Some(std::mem::take(&mut blk.z)), TILES_KEEP);
+        blk.z = T::caches().tiles.take("num_sampled", n * w)?;
     }
     let mut m = vec![T::NEG_INFINITY; n];
     let mut acc = vec![T::ZERO; n];
@@ -321,7 +321,7 @@ fn backward_block<T: FastMath>(
     subtile_bytes: usize,
 ) -> Result<Vec<T>> {
     let (n, w, d) = (x.rows, blk.w, x.cols);
-    let mut gxt: Vec<T> = Scratch::take("inputs", d * n)?;
+    let mut gxt: Vec<T> = T::caches().tiles.take("inputs", d * n)?;
     let focal_nce = k.kind == Kind::Nce && k.focal;
     let f: Vec<T> = match k.kind {
         Kind::SampledSoftmax => {
