@@ -106,6 +106,111 @@ impl<T: Zeroable> Drop for Table<T> {
     }
 }
 
+/// Large work buffers kept from call to call: a fresh allocation of tens of MiB costs a page fault and a
+/// zeroing per 4 KiB page on first touch, a noticeable part of a loss step that a training loop would pay
+/// at every call with the same sizes. One implementation for every cache of the crate (see [`Caches`]),
+/// each with its policy: a *pool* keeps any number of buffers up to a total size; a *one-block* cache keeps
+/// a single block, the largest that fits its limit, and frees it before a larger one is allocated. The
+/// contents of a taken buffer are stale: callers overwrite every element before reading it. Never waits
+/// for the lock (a call that finds it held allocates afresh), so a process forked while another thread
+/// held it cannot deadlock in the child.
+pub struct Scratch<T> {
+    bufs: std::sync::Mutex<Vec<Vec<T>>>,
+    one_block: bool,
+}
+
+/// The caches of one float type (`Float::caches`): `tiles` is the sampled losses' pool of logit blocks
+/// and product pieces, `logits` InfoNCE's one block of kept logits. Two instances, so that neither use
+/// evicts the other's buffers in a process that runs both losses.
+pub struct Caches<T> {
+    pub tiles: Scratch<T>,
+    pub logits: Scratch<T>,
+}
+
+impl<T> Caches<T> {
+    pub const fn new() -> Self {
+        Caches { tiles: Scratch::pool(), logits: Scratch::one_block() }
+    }
+}
+
+impl<T> Default for Caches<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Scratch<T> {
+    /// A pool of any number of buffers (up to the byte limit given back with each).
+    pub const fn pool() -> Self {
+        Scratch { bufs: std::sync::Mutex::new(Vec::new()), one_block: false }
+    }
+
+    /// A cache of one block.
+    pub const fn one_block() -> Self {
+        Scratch { bufs: std::sync::Mutex::new(Vec::new()), one_block: true }
+    }
+
+    /// The buffers, unless another call holds the lock right now. A poisoned lock is taken regardless:
+    /// the guarded value is a list of plain buffers that a panic cannot leave half-updated.
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Vec<Vec<T>>>> {
+        match self.bufs.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+impl<T: Zeroable + Default> Scratch<T> {
+    /// A buffer of `len` elements (stale contents: a kept buffer of at least that capacity, else fresh
+    /// zeros), or an error naming `arg` if memory runs out.
+    pub fn take(&self, arg: &'static str, len: usize) -> Result<Vec<T>> {
+        let cached = self.lock().and_then(|mut bufs| {
+            match bufs.iter().position(|v| v.capacity() >= len) {
+                Some(i) => Some(bufs.swap_remove(i)),
+                None => {
+                    if self.one_block {
+                        bufs.clear(); // free the old block before the new one is allocated
+                    }
+                    None
+                }
+            }
+        });
+        match cached {
+            Some(mut v) => {
+                v.truncate(len);
+                v.resize(len, T::default());
+                Ok(v)
+            }
+            None => zeroed(arg, len),
+        }
+    }
+
+    /// Give a buffer back (or none, to apply the limit alone). A pool keeps it if all it would then hold
+    /// takes at most `keep_bytes`; a one-block cache keeps it in place of its block if it takes at most
+    /// `keep_bytes` and is at least as large, and drops a block above `keep_bytes`.
+    pub fn give(&self, v: Option<Vec<T>>, keep_bytes: usize) {
+        let Some(mut bufs) = self.lock() else {
+            return;
+        };
+        let bytes = |x: &Vec<T>| x.capacity().saturating_mul(std::mem::size_of::<T>());
+        if self.one_block {
+            let held = bufs.pop().unwrap_or_default();
+            bufs.clear();
+            match v {
+                Some(v) if bytes(&v) <= keep_bytes && v.capacity() >= held.capacity() => bufs.push(v),
+                _ if bytes(&held) <= keep_bytes && held.capacity() > 0 => bufs.push(held),
+                _ => {}
+            }
+        } else if let Some(v) = v {
+            let held: usize = bufs.iter().map(bytes).sum();
+            if held.saturating_add(bytes(&v)) <= keep_bytes {
+                bufs.push(v);
+            }
+        }
+    }
+}
+
 /// A vector of `n` zeros, or an error naming `arg` when it cannot be allocated.
 pub fn zeroed<T: Zeroable>(arg: &'static str, n: usize) -> Result<Vec<T>> {
     let fail = || Error::too_large(arg, format!("cannot allocate {n} elements"));
@@ -272,6 +377,34 @@ mod tests {
         let w: Table<u64> = Table::zeroed("x", 40_000).unwrap();
         assert!(w.len() == 40_000 && w.iter().all(|&x| x == 0));
         assert!(Table::<u64>::zeroed("x", usize::MAX / 4).is_err());
+    }
+
+    #[test]
+    fn scratch_policies() {
+        // A pool keeps buffers up to its byte limit and hands back one large enough.
+        let pool = Scratch::<f32>::pool();
+        let mut a = pool.take("x", 100).unwrap();
+        assert!(a.len() == 100 && a.iter().all(|&v| v == 0.0));
+        a[0] = 7.0;
+        let p = a.as_ptr();
+        pool.give(Some(a), 1000);
+        let b = pool.take("x", 50).unwrap();
+        assert_eq!((b.as_ptr(), b.len()), (p, 50)); // reused, stale contents
+        pool.give(Some(b), 1000);
+        pool.give(Some(vec![0.0; 300]), 1000); // 400 + 1200 bytes > 1000: dropped
+        assert_eq!(pool.lock().unwrap().len(), 1);
+        // A one-block cache keeps the largest block within its limit and frees it before a larger one.
+        let one = Scratch::<f64>::one_block();
+        one.give(Some(vec![1.0; 10]), 1000);
+        one.give(Some(vec![1.0; 5]), 1000); // smaller: the larger stays
+        assert_eq!(one.lock().unwrap()[0].capacity(), 10);
+        let big = one.take("x", 20).unwrap();
+        assert!(one.lock().unwrap().is_empty() && big.iter().all(|&v| v == 0.0));
+        one.give(Some(big), 100); // 160 bytes > 100: dropped
+        assert!(one.lock().unwrap().is_empty());
+        one.give(Some(vec![0.0; 10]), 1000);
+        one.give(None, 40); // a smaller limit drops the block
+        assert!(one.lock().unwrap().is_empty());
     }
 
     #[test]

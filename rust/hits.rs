@@ -18,7 +18,7 @@ pub fn accidental_hits(true_classes: &[i64], num_true: usize, candidates: &[i64]
     if num_true == 0 {
         return Err(Error::value("num_true", "must be >= 1"));
     }
-    if true_classes.len() % num_true != 0 {
+    if !true_classes.len().is_multiple_of(num_true) {
         return Err(Error::shape(
             "true_classes",
             format!("length {} is not a multiple of num_true {num_true}", true_classes.len()),

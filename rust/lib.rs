@@ -8,6 +8,7 @@
 //! - [`rng`]: counter-based random streams (results never depend on the thread count).
 //! - [`threads`]: the library's own thread pool.
 //! - [`float`]: the trait that makes float kernels generic over f32 and f64.
+//! - [`simd`]: the one choice of SIMD level, and the one way to compile a kernel for every level.
 //! - [`loss`]: fused losses and their dense building blocks.
 
 pub mod buf;
@@ -17,6 +18,7 @@ pub mod hits;
 pub mod loss;
 pub mod rng;
 pub mod sampler;
+pub mod simd;
 pub mod threads;
 pub(crate) mod vmath;
 

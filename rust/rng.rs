@@ -104,21 +104,18 @@ impl Stream {
 }
 
 /// Step the four lanes `out.len() / 4` times, writing their outputs in order. The four lanes live in one
-/// 256-bit register each: written out with intrinsics, because the compiler's own vectorisation of the
-/// portable loop shuffles the state between registers and runs at a third of the speed.
+/// 256-bit register each: written out with intrinsics (one kernel per `simd::Level`, not
+/// `simd::dispatch!`), because the compiler's own vectorisation of the portable loop shuffles the state
+/// between registers and runs at a third of the speed.
 fn fill_kernel(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if crate::vmath::has_avx512() {
-            // SAFETY: the CPU has AVX-512F and VL and AVX2 (checked), all that `fill_avx512` needs.
-            unsafe { fill_avx512(s, out) };
-            return;
-        }
-        if crate::vmath::has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked), all that `fill_avx2` needs.
-            unsafe { fill_avx2(s, out) };
-            return;
-        }
+    match crate::simd::level() {
+        // SAFETY: the CPU has AVX-512F and VL and AVX2 (`simd::level` checked them), all that
+        // `fill_avx512` needs.
+        crate::simd::Level::Avx512 => return unsafe { fill_avx512(s, out) },
+        // SAFETY: the CPU has AVX2 (`simd::level` checked it), all that `fill_avx2` needs.
+        crate::simd::Level::Avx2 => return unsafe { fill_avx2(s, out) },
+        crate::simd::Level::Baseline => {}
     }
     fill_portable(s, out)
 }
@@ -186,7 +183,7 @@ macro_rules! fill_simd {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn fill_avx2(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
     use std::arch::x86_64::*;
     let rol23 = |x| _mm256_or_si256(_mm256_slli_epi64::<23>(x), _mm256_srli_epi64::<41>(x));
@@ -195,7 +192,7 @@ fn fill_avx2(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
 fn fill_avx512(s: &mut [[u64; LANES]; 4], out: &mut [u64]) {
     use std::arch::x86_64::_mm256_rol_epi64;
     fill_simd!(s, out, _mm256_rol_epi64::<23>, _mm256_rol_epi64::<45>)
@@ -324,11 +321,11 @@ mod tests {
         check("dispatch", &|s, o| fill_kernel(s, o));
         #[cfg(target_arch = "x86_64")]
         {
-            if crate::vmath::has_avx2() {
+            if crate::simd::has_avx2() {
                 // SAFETY: AVX2 is present (checked).
                 check("avx2", &|s, o| unsafe { fill_avx2(s, o) });
             }
-            if crate::vmath::has_avx512() {
+            if crate::simd::has_avx512() {
                 // SAFETY: AVX-512F/VL and AVX2 are present (checked).
                 check("avx512", &|s, o| unsafe { fill_avx512(s, o) });
             }

@@ -5,9 +5,8 @@
 //! This version uses the classic range reduction x = n ln2 + r and a degree-12 Taylor series for e^r on
 //! |r| <= ln2/2; it is within a few ulp of the correctly rounded result (tested against `std` below).
 //!
-//! [`simd!`] compiles a kernel for AVX-512, for AVX2 + FMA and for the baseline, and picks at run time. The
-//! Rust compiler never contracts `a * b + c` into an FMA on its own, so all versions give bit-identical
-//! results.
+//! The slice kernels are compiled for every SIMD level by [`crate::simd::dispatch!`], which picks at run
+//! time; all levels give bit-identical results.
 
 const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
 const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
@@ -132,7 +131,7 @@ pub(crate) fn one_minus_exp(x: f64) -> f32 {
     (-s).mul_add(em1, 1.0 - s) as f32
 }
 
-simd! {
+crate::simd::dispatch! {
     fn one_minus_exp_kernel(x: &[f64], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = one_minus_exp(v);
@@ -143,7 +142,7 @@ simd! {
 /// `one_minus_exp` of each element of `x` into `out`, by the widest kernel the CPU has (the same bits).
 pub(crate) fn one_minus_exp_into(x: &[f64], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if crate::simd::has_avx512() {
         // SAFETY: the CPU has the features `one_minus_exp_avx512` is compiled for (checked).
         return unsafe { one_minus_exp_avx512(x, out) };
     }
@@ -190,70 +189,10 @@ fn one_minus_exp_avx512(x: &[f64], out: &mut [f32]) {
     }
 }
 
-/// The widest kernels the environment variable `ZIPFNCE_SIMD` allows: `baseline` (0), `avx2` (1) or
-/// anything else, the default (2: whatever the CPU has). Read once. It lets tests compare the kernels with
-/// each other and lets valgrind, which does not know AVX-512, run the baseline kernels too. All kernels give
-/// bit-identical results (see the module doc), so this never changes a value, only the speed.
-#[cfg(target_arch = "x86_64")]
-fn simd_cap() -> u8 {
-    static CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    *CAP.get_or_init(|| match std::env::var("ZIPFNCE_SIMD").as_deref().map(str::trim) {
-        Ok("baseline") => 0,
-        Ok("avx2") => 1,
-        _ => 2,
-    })
-}
-
-/// AVX-512 (F, DQ, VL) with AVX2 and FMA, as the widest kernels of [`simd!`] need.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn has_avx512() -> bool {
-    simd_cap() >= 2
-        && std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && has_avx2()
-}
-
-/// AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn has_avx2() -> bool {
-    simd_cap() >= 1
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-}
-
-/// Compile the body of a function three times (AVX-512, AVX2 + FMA, baseline) and dispatch at run time.
-/// Use only on bodies that are plain safe code over their arguments.
-macro_rules! simd {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) $(-> $r)? {
-            #[inline(always)]
-            fn body($($a: $t),*) $(-> $r)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-                unsafe fn wider($($a: $t),*) $(-> $r)? { body($($a),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide($($a: $t),*) $(-> $r)? { body($($a),*) }
-                if $crate::vmath::has_avx512() {
-                    // SAFETY: the CPU supports the features `wider` is compiled for (checked by
-                    // `has_avx512`), its only requirement; it runs the same safe code as `body`.
-                    return unsafe { wider($($a),*) };
-                }
-                if $crate::vmath::has_avx2() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked by `has_avx2`), the only requirement
-                    // of `wide`, which runs the same safe code as `body`.
-                    return unsafe { wide($($a),*) };
-                }
-            }
-            body($($a),*)
-        }
-    };
-}
-pub(crate) use simd;
+// The samplers name the dispatch by its old names here (`vmath::simd!`, `vmath::has_avx512`); the one
+// mechanism is `crate::simd`.
+pub(crate) use crate::simd::dispatch as simd;
+pub use crate::simd::has_avx512;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
-//! Fused losses. `tile.rs` holds the dense building blocks (matrix products over row-major blocks, online
-//! log-sum-exp, vectorised element-wise math); `sampled.rs` the sampled softmax and NCE; `infonce.rs` the
-//! in-batch contrastive loss.
+//! Fused losses. `tile` holds the dense building blocks (the one matrix view `Mat`, matrix products over it,
+//! online log-sum-exp, element-wise kernels compiled for every SIMD level); `sampled` the sampled softmax and
+//! NCE (shared or per-row candidates); `infonce` the in-batch contrastive loss.
 
 pub mod infonce;
 pub mod sampled;
