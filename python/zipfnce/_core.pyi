@@ -4,7 +4,11 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+# Limits of the core (rust/py/mod.rs exports them; python/zipfnce/_validate.py reads them from here).
 MAX_RANGE: int
+MAX_SAMPLED: int
+MAX_UNIGRAM: int
+MAX_THREADS: int
 
 class Sampler:
     @staticmethod
