@@ -131,6 +131,14 @@ class SampledOptions(NamedTuple):
         if self.num_classes > rows:
             raise ValueError(f"num_classes: is {self.num_classes} but {table} has only {rows} rows")
 
+    def check_no_true_expected(self) -> None:
+        """Candidates given without true expected counts: fine unless ``subtract_log_q`` needs them."""
+        if self.subtract_log_q:
+            raise ValueError(
+                "sampled_values: true_expected_count is None (sample with true_classes=labels), "
+                "but subtract_log_q needs it"
+            )
+
     def draw(self, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The default candidates for ``labels`` (``[B, num_true]``): ``num_sampled`` unique log-uniform draws
         over ``num_classes``, reproducible with ``seed``. The one place where the default sampler is called."""
@@ -278,11 +286,7 @@ def _bind(
     else:
         raise ValueError(f"sampled_values: candidates must be [S] or [batch, S], got shape {ids.shape}")
     if te is None:
-        if o.subtract_log_q:
-            raise ValueError(
-                "sampled_values: true_expected_count is None (sample with true_classes=labels), "
-                "but subtract_log_q needs it"
-            )
+        o.check_no_true_expected()
         te = np.ones(lab.shape, dtype=dt)
     te = _floats(te, "sampled_values", dt)
     if te.shape != lab.shape and not (nt == 1 and te.shape == (bsz,)):
