@@ -147,13 +147,8 @@ def _sampled_bwd(static, res, g):
 _sampled_core.defvjp(_sampled_fwd, _sampled_bwd)
 
 
-def _sampled(
-    nce, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-    remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-):  # fmt: skip
-    opts = _losses.options(
-        nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
-    )
+def _sampled(opts: _losses.SampledOptions, weights, biases, labels, inputs, sampled_values):
+    """The loss of one call whose options the public function has checked."""
     ns, nt = opts.num_sampled, opts.num_true
     w = jnp.asarray(weights)
     dt = _float_dtype(w, "weights")
@@ -238,10 +233,10 @@ def sampled_softmax_loss(
 ) -> Any:
     """``zipfnce.sampled_softmax_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
     ``inputs``. ``sampled_values=None`` draws the candidates on the host (reproducibly with ``seed``)."""
-    return _sampled(
-        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-    )  # fmt: skip
+    opts = _losses.options(
+        False, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values)
 
 
 def nce_loss(
@@ -261,10 +256,10 @@ def nce_loss(
 ) -> Any:
     """``zipfnce.nce_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
     ``inputs``."""
-    return _sampled(
-        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-    )  # fmt: skip
+    opts = _losses.options(
+        True, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -394,5 +389,6 @@ def info_nce_loss(
                        ("negative_ids", nid, 0 if n is None else n.shape[0])):  # fmt: skip
         if a is not None and a.shape != (m,):
             raise ValueError(f"{name}: must have shape ({m},), got {a.shape}")
-    static = _InfoStatic(opts, n is not None, kq is not None, nq is not None, kid is not None, nid is not None)
+    has = (n is not None, kq is not None, nq is not None, kid is not None, nid is not None)
+    static = _InfoStatic(opts, *has)
     return _info_core(static, q, k, n, kq, nq, kid, nid)

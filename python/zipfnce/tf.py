@@ -163,13 +163,9 @@ def _float_tensor(x: Any, name: str, dtype: Optional[tf.DType] = None) -> tf.Ten
 
 
 def _sampled(
-    nce: bool, weights: Any, biases: Any, labels: Any, inputs: Any, num_sampled: Any, num_classes: Any,
-    num_true: Any, sampled_values: Any, remove_accidental_hits: Any, seed: Any, subtract_log_q: Any,
-    focal_gamma: Any, name: str,
-) -> tf.Tensor:  # fmt: skip
-    opts = _losses.options(
-        nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
-    )
+    opts: _losses.SampledOptions, weights: Any, biases: Any, labels: Any, inputs: Any, sampled_values: Any, name: str
+) -> tf.Tensor:
+    """The loss of one call whose options the public function has checked."""
     ns, nt = opts.num_sampled, opts.num_true
     with tf.name_scope(name):
         if isinstance(weights, (list, tuple)):
@@ -281,10 +277,10 @@ def sampled_softmax_loss(
 
     Differentiable in ``weights``, ``biases`` (``tf.IndexedSlices`` gradients) and ``inputs``. The extra
     keyword-only options are those of ``zipfnce.sampled_softmax_loss``."""
-    return _sampled(
-        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma, name,
-    )  # fmt: skip
+    opts = _losses.options(
+        False, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values, name)
 
 
 def nce_loss(
@@ -304,10 +300,10 @@ def nce_loss(
     focal_gamma: float = 0.0,
 ) -> tf.Tensor:
     """Drop-in for ``tf.nn.nce_loss`` (same arguments), ``[B]``; ``seed`` seeds the default sampler."""
-    return _sampled(
-        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma, name,
-    )  # fmt: skip
+    opts = _losses.options(
+        True, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values, name)
 
 
 # ------------------------------------------------------------------------------------------------------------
