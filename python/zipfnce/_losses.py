@@ -205,11 +205,11 @@ class SampledArgs(NamedTuple):
         return LossAndGrad(loss, gx, SparseGrad(gw_i, gw_v), gb)
 
     def _run(self, want_grad: bool, grad_loss: Optional[np.ndarray]) -> Any:
-        o = self.options
+        # The one call of the native sampled loss.
+        o, w, b, lab, x, ids, te, se = self
         return _core.sampled_loss(
-            o.nce, self.weights, self.biases, self.labels, self.inputs, self.candidates,
-            self.true_expected_count, self.sampled_expected_count, o.remove_accidental_hits, o.subtract_log_q,
-            o.focal_gamma, want_grad, grad_loss,
+            o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
+            want_grad, grad_loss,
         )  # fmt: skip
 
 
