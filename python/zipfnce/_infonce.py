@@ -15,15 +15,8 @@ import numpy as np
 from . import _core
 from ._validate import as_array, as_flag, as_float, as_focal_gamma, as_ids, as_int
 
-__all__ = [
-    "InfoNCEGrad",
-    "info_nce_loss",
-    "info_nce_loss_and_grad",
-    "InfoNCEOptions",
-    "InfoNCEArgs",
-    "options",
-    "prepare",
-]
+__all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
+# Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare.
 
 #: Default of ``max_logits_bytes``: the largest logits block kept between the forward and backward passes.
 DEFAULT_MAX_LOGITS_BYTES: int = int(_core.INFO_NCE_MAX_LOGITS_BYTES)

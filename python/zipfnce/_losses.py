@@ -42,12 +42,9 @@ __all__ = [
     "nce_loss",
     "sampled_softmax_loss_and_grad",
     "nce_loss_and_grad",
-    "SampledOptions",
-    "SampledArgs",
-    "options",
-    "prepare",
-    "split_sampled_values",
 ]
+# Also used by the adapters (torch.py, jax.py, tf.py), not public: SampledOptions, options, SampledArgs,
+# prepare, split_sampled_values.
 
 
 class SparseGrad(NamedTuple):
