@@ -263,7 +263,8 @@ def _bind(
     if sampled_values is None:
         o.check_num_classes(v)
         nc = o.num_classes
-        if lab.size and (lab.min() < 0 or lab.max() >= nc):
+        # One pass: read as unsigned, a negative id is at least 2**63, so beyond any num_classes.
+        if lab.size and int(lab.view(np.uint64).max()) >= nc:
             bad = lab.max() if lab.max() >= nc else lab.min()
             raise ValueError(
                 f"labels: class id {bad} is outside the default sampler's range [0, num_classes={nc})"

@@ -244,8 +244,10 @@ def _sampled(
         nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
     )
     if sampled_values is None:
+        # Drawn here from the labels as given: an id out of range is the sampler's error (true_classes).
         opts.check_num_classes(weight.shape[0], "weight")
-        sv = None
+        lab2 = np.asarray(lab)
+        sv = opts.draw(lab2.reshape(-1, 1) if lab2.ndim == 1 and opts.num_true == 1 else lab2)
     else:
         sv = tuple(_as_np(v, "sampled_values") for v in _losses.split_sampled_values(sampled_values))
     b = None if bias is None else bias.detach().numpy()
