@@ -87,9 +87,10 @@ def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     ok = "f" if name != "grad_loss" else "fiu"
     if a.dtype.kind not in ok:
         raise TypeError(f"{name}: expected floats, got dtype {a.dtype}")
-    if a.dtype != dtype or not a.flags.c_contiguous:
-        # A copy: refuse one that cannot fit (a broadcast view can be far larger than its memory).
-        ensure_memory(name, a.size * np.dtype(dtype).itemsize)
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a  # read in place (the usual case, and the cheap one: no errstate context)
+    # A copy: refuse one that cannot fit (a broadcast view can be far larger than its memory).
+    ensure_memory(name, a.size * np.dtype(dtype).itemsize)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which the core reports
         return np.asarray(a, dtype=dtype, order="C")
 
