@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 
-import _hardening as H
+import hardening as H
 import numpy as np
 import pytest
 import zipfnce as zn
@@ -55,36 +55,33 @@ CALLS = [
     ("compute_accidental_hits", lambda: _t(zn.compute_accidental_hits(TC[:100], CANDS, 2))),
 ]
 
-# Losses (API.md sections 2-4) join when they are on main; their arguments follow API.md.
-if hasattr(zn, "sampled_softmax_loss"):
-    _W = rng.standard_normal((20_000, 64)).astype(np.float32)
-    _B = rng.standard_normal(20_000).astype(np.float32)
-    _X = rng.standard_normal((256, 64)).astype(np.float32)
-    _L = rng.integers(0, 20_000, size=(256, 1))
-    CALLS.append(("sampled_softmax_loss", lambda: _t(zn.sampled_softmax_loss(_W, _B, _L, _X, 512, 20_000,
-                                                                              seed=21))))
-    if hasattr(zn, "nce_loss"):
-        CALLS.append(("nce_loss", lambda: _t(zn.nce_loss(_W, _B, _L, _X, 512, 20_000, seed=22))))
-    if hasattr(zn, "nce_loss_and_grad"):
-        # Gradients (the parallel backward pass and the sparse sums), per-row candidates, float64, focal.
-        _G = rng.standard_normal(256).astype(np.float32)
-        _L3 = rng.integers(0, 20_000, size=(256, 3))
-        _PER_ROW = LOGU.sample_per_row(_L3 % V, 64, seed=23)
-        _PER_ROW = (_PER_ROW.ids % 20_000, _PER_ROW.true_expected_count, _PER_ROW.sampled_expected_count)
-        _W64 = _W.astype(np.float64)
+# Losses (API.md sections 2-4).
+_W = rng.standard_normal((20_000, 64)).astype(np.float32)
+_B = rng.standard_normal(20_000).astype(np.float32)
+_X = rng.standard_normal((256, 64)).astype(np.float32)
+_L = rng.integers(0, 20_000, size=(256, 1))
+CALLS.append(("sampled_softmax_loss", lambda: _t(zn.sampled_softmax_loss(_W, _B, _L, _X, 512, 20_000, seed=21))))
+CALLS.append(("nce_loss", lambda: _t(zn.nce_loss(_W, _B, _L, _X, 512, 20_000, seed=22))))
+# Gradients (the parallel backward pass and the sparse sums), per-row candidates, float64, focal.
+_G = rng.standard_normal(256).astype(np.float32)
+_L3 = rng.integers(0, 20_000, size=(256, 3))
+_PER_ROW = LOGU.sample_per_row(_L3 % V, 64, seed=23)
+_PER_ROW = (_PER_ROW.ids % 20_000, _PER_ROW.true_expected_count, _PER_ROW.sampled_expected_count)
+_W64 = _W.astype(np.float64)
 
-        def _flat(g):
-            return (g.loss, g.grad_inputs, *g.grad_weights, *(g.grad_biases or ()))
 
-        CALLS.append(("sampled_softmax_loss_and_grad", lambda: _flat(zn.sampled_softmax_loss_and_grad(
-            _W, _B, _L, _X, 2048, 20_000, seed=24, grad_loss=_G))))
-        CALLS.append(("nce_loss_and_grad per row", lambda: _flat(zn.nce_loss_and_grad(
-            _W64, None, _L3, _X, 64, 20_000, 3, sampled_values=_PER_ROW, focal_gamma=1.5))))
-if hasattr(zn, "info_nce_loss"):
-    _Q = rng.standard_normal((256, 64)).astype(np.float32)
-    _K = rng.standard_normal((256, 64)).astype(np.float32)
-    _N = rng.standard_normal((1024, 64)).astype(np.float32)
-    CALLS.append(("info_nce_loss", lambda: _t(zn.info_nce_loss(_Q, _K, negatives=_N, symmetric=True))))
+def _flat(g):
+    return (g.loss, g.grad_inputs, *g.grad_weights, *(g.grad_biases or ()))
+
+
+CALLS.append(("sampled_softmax_loss_and_grad", lambda: _flat(zn.sampled_softmax_loss_and_grad(
+    _W, _B, _L, _X, 2048, 20_000, seed=24, grad_loss=_G))))
+CALLS.append(("nce_loss_and_grad per row", lambda: _flat(zn.nce_loss_and_grad(
+    _W64, None, _L3, _X, 64, 20_000, 3, sampled_values=_PER_ROW, focal_gamma=1.5))))
+_Q = rng.standard_normal((256, 64)).astype(np.float32)
+_K = rng.standard_normal((256, 64)).astype(np.float32)
+_N = rng.standard_normal((1024, 64)).astype(np.float32)
+CALLS.append(("info_nce_loss", lambda: _t(zn.info_nce_loss(_Q, _K, negatives=_N, symmetric=True))))
 
 
 @pytest.fixture(scope="module")

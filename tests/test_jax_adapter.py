@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import zipfnce as zn
+from conftest import spy_sampled_loss
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
@@ -142,12 +143,8 @@ def test_only_the_rows_used_reach_the_host(monkeypatch):
     w, b, x, lab, sv = _data()
     seen = []
     orig = zn.sampled_softmax_loss
-
-    def spy(weights, *a, **k):
-        seen.append(np.asarray(weights).shape)
-        return orig(weights, *a, **k)
-
-    monkeypatch.setattr(zn, "sampled_softmax_loss", spy)
+    # Seen at the native call, which the adapter reaches through its prepared arguments.
+    spy_sampled_loss(monkeypatch, lambda name, weights: seen.append(np.asarray(weights).shape))
     got = znj.sampled_softmax_loss(w, b, lab, x, S, V, sampled_values=sv)
     assert seen and seen[0][0] <= B + S < V
     np.testing.assert_allclose(np.asarray(got), orig(w, b, lab, x, S, V, sampled_values=sv), rtol=1e-6)

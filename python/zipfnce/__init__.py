@@ -26,7 +26,7 @@ from ._losses import (
     sampled_softmax_loss_and_grad,
 )
 from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
-from ._validate import as_int
+from ._validate import MAX_THREADS, as_int
 
 __version__ = "0.1.0"
 
@@ -57,7 +57,7 @@ __all__ = [
 
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for the library's parallel work (default: ``ZIPFNCE_NUM_THREADS``, else all cores)."""
-    _core.set_num_threads(as_int(n, "n", lo=1, hi=4096))
+    _core.set_num_threads(as_int(n, "n", lo=1, hi=MAX_THREADS))
 
 
 def get_num_threads() -> int:

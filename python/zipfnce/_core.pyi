@@ -5,7 +5,11 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import final
 
+# Limits of the core (rust/py/mod.rs exports them; python/zipfnce/_validate.py reads them from here).
 MAX_RANGE: int
+MAX_SAMPLED: int
+MAX_UNIGRAM: int
+MAX_THREADS: int
 
 @final
 class Sampler:

@@ -20,8 +20,8 @@ import numpy as np
 from . import _core
 from ._samplers import _unigram_source
 from ._validate import (
-    MAX_COUNT,
     MAX_RANGE,
+    MAX_SAMPLED,
     as_flag,
     as_float,
     as_int,
@@ -44,7 +44,7 @@ Triple = Tuple[np.ndarray, np.ndarray, np.ndarray]
 def _run(sampler: Any, true_classes: Any, num_true: Any, num_sampled: Any, unique: Any, seed: Any) -> Triple:
     nt = as_int(num_true, "num_true", lo=1)
     tc = as_true_classes(true_classes, nt)
-    n = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_COUNT)
+    n = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_SAMPLED)
     ids, true_ec, sampled_ec, _ = sampler.sample(n, as_flag(unique, "unique"), tc, False, as_seed(seed))
     return ids, true_ec, sampled_ec
 
@@ -114,7 +114,7 @@ def all_candidate_sampler(
     """All classes ``0..num_sampled-1`` as candidates, every expected count 1, as ``tf.random.all_candidate_sampler``."""
     nt = as_int(num_true, "num_true", lo=1)
     tc = as_true_classes(true_classes, nt)
-    n = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_COUNT)
+    n = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_SAMPLED)
     as_flag(unique, "unique")
     as_seed(seed)
     if tc.size and (int(tc.min()) < 0 or int(tc.max()) >= n):

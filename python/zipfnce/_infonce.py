@@ -13,9 +13,10 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._validate import as_array, as_flag, as_float, as_ids, as_int
+from ._validate import as_array, as_flag, as_float, as_focal_gamma, as_ids, as_int
 
 __all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
+# Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare.
 
 #: Default of ``max_logits_bytes``: the largest logits block kept between the forward and backward passes.
 DEFAULT_MAX_LOGITS_BYTES: int = int(_core.INFO_NCE_MAX_LOGITS_BYTES)
@@ -67,63 +68,139 @@ def _ids(x: Any, name: str, n: int, what: str) -> Optional[np.ndarray]:
     return np.ascontiguousarray(a)
 
 
-def _call(
+class InfoNCEOptions(NamedTuple):
+    """The non-array arguments of one InfoNCE call, checked once by :func:`options` (``max_logits_bytes``
+    resolved: None is the default). Immutable and hashable: JAX holds it as a static argument."""
+
+    temperature: float
+    symmetric: bool
+    focal_gamma: float
+    max_logits_bytes: int
+
+    def bind(
+        self,
+        query: Any,
+        keys: Any,
+        negatives: Any = None,
+        key_log_q: Any = None,
+        negative_log_q: Any = None,
+        key_ids: Any = None,
+        negative_ids: Any = None,
+    ) -> "InfoNCEArgs":
+        """The arrays of one call checked and converted (to the dtype of ``query``) under these options."""
+        q, k, n = _tables(query, keys, negatives, negative_log_q, negative_ids)
+        return _bind(self, q, k, n, key_log_q, negative_log_q, key_ids, negative_ids)
+
+
+def options(temperature: Any, symmetric: Any, focal_gamma: Any, max_logits_bytes: Any) -> InfoNCEOptions:
+    """The checked :class:`InfoNCEOptions` of a call."""
+    t = as_float(temperature, "temperature")
+    if not t > 0:
+        raise ValueError(f"temperature: must be > 0, got {t}")
+    g = as_focal_gamma(focal_gamma)
+    sym = as_flag(symmetric, "symmetric")
+    budget = (
+        DEFAULT_MAX_LOGITS_BYTES if max_logits_bytes is None else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
+    )
+    return InfoNCEOptions(t, sym, g, min(budget, 2**63 - 1))
+
+
+class InfoNCEArgs(NamedTuple):
+    """An InfoNCE call with every argument checked and converted (built by :func:`prepare` or
+    :meth:`InfoNCEOptions.bind`); :meth:`loss` and :meth:`loss_and_grad` run it, as often as needed."""
+
+    options: InfoNCEOptions
+    query: np.ndarray
+    keys: np.ndarray
+    negatives: Optional[np.ndarray]
+    key_log_q: Optional[np.ndarray]
+    negative_log_q: Optional[np.ndarray]
+    key_ids: Optional[np.ndarray]
+    negative_ids: Optional[np.ndarray]
+
+    def loss(self) -> np.ndarray:
+        """The loss ``[B]``."""
+        return self._run(None, False)
+
+    def loss_and_grad(self, grad_loss: Any = None) -> InfoNCEGrad:
+        """The loss and the gradients of ``sum_i grad_loss[i] * loss[i]`` (None: all ones)."""
+        gl = None
+        if grad_loss is not None:
+            b, dt = self.query.shape[0], self.query.dtype
+            a = as_array(grad_loss, "grad_loss")
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"grad_loss: expected real numbers, got dtype {a.dtype}")
+            if a.ndim == 0:
+                a = np.full(b, a, dtype=dt)
+            elif a.shape != (b,):
+                raise ValueError(f"grad_loss: must be a scalar or have shape ({b},), got {a.shape}")
+            gl = np.ascontiguousarray(a, dtype=dt)
+        loss, gq, gk, gn = self._run(gl, True)
+        return InfoNCEGrad(loss, gq, gk, gn)
+
+    def _run(self, grad_loss: Optional[np.ndarray], want_grad: bool) -> Any:
+        o = self.options
+        return _core.info_nce(
+            self.query, self.keys, self.negatives, o.temperature, self.key_log_q, self.negative_log_q,
+            self.key_ids, self.negative_ids, o.symmetric, o.focal_gamma, grad_loss, want_grad, o.max_logits_bytes,
+        )  # fmt: skip
+
+
+def prepare(
     query: Any,
     keys: Any,
-    negatives: Any,
-    temperature: Any,
-    key_log_q: Any,
-    negative_log_q: Any,
-    key_ids: Any,
-    negative_ids: Any,
-    symmetric: Any,
-    focal_gamma: Any,
-    max_logits_bytes: Any,
-    want_grad: bool,
-    grad_loss: Any = None,
-) -> Any:
+    negatives: Any = None,
+    temperature: Any = 0.1,
+    key_log_q: Any = None,
+    negative_log_q: Any = None,
+    key_ids: Any = None,
+    negative_ids: Any = None,
+    symmetric: Any = False,
+    focal_gamma: Any = 0.0,
+    max_logits_bytes: Any = None,
+) -> InfoNCEArgs:
+    """Every argument of an InfoNCE call checked once (the embeddings first): the :class:`InfoNCEArgs` to
+    run."""
+    q, k, n = _tables(query, keys, negatives, negative_log_q, negative_ids)
+    opts = options(temperature, symmetric, focal_gamma, max_logits_bytes)
+    return _bind(opts, q, k, n, key_log_q, negative_log_q, key_ids, negative_ids)
+
+
+def _tables(query: Any, keys: Any, negatives: Any, negative_log_q: Any, negative_ids: Any) -> Any:
     q = _embeddings(query, "query", None)
     dt = q.dtype
     k = _embeddings(keys, "keys", dt)
     if k.shape != q.shape:
         raise ValueError(f"keys: must have the shape of query {q.shape}, got {k.shape}")
-    b = q.shape[0]
     n = None if negatives is None else _embeddings(negatives, "negatives", dt)
     if n is not None and n.shape[1] != q.shape[1]:
         raise ValueError(f"negatives: must have {q.shape[1]} columns like query, got shape {n.shape}")
-    nn = 0 if n is None else n.shape[0]
     if n is None and negative_log_q is not None:
         raise ValueError("negative_log_q: given without negatives")
     if n is None and negative_ids is not None:
         raise ValueError("negative_ids: given without negatives")
-    t = as_float(temperature, "temperature")
-    if not t > 0:
-        raise ValueError(f"temperature: must be > 0, got {t}")
-    g = as_float(focal_gamma, "focal_gamma")
-    if g < 0:
-        raise ValueError(f"focal_gamma: must be >= 0, got {g}")
+    return q, k, n
+
+
+def _bind(
+    o: InfoNCEOptions,
+    q: np.ndarray,
+    k: np.ndarray,
+    n: Optional[np.ndarray],
+    key_log_q: Any,
+    negative_log_q: Any,
+    key_ids: Any,
+    negative_ids: Any,
+) -> InfoNCEArgs:
+    b, dt = q.shape[0], q.dtype
+    nn = 0 if n is None else n.shape[0]
     kq = _per_item(key_log_q, "key_log_q", b, "one per key", dt)
     nq = _per_item(negative_log_q, "negative_log_q", nn, "one per negative", dt)
     kid = _ids(key_ids, "key_ids", b, "one per key")
     nid = _ids(negative_ids, "negative_ids", nn, "one per negative")
     if nid is not None and kid is None:
         raise ValueError("negative_ids: needs key_ids (a negative is masked where its id equals the row's key id)")
-    sym = as_flag(symmetric, "symmetric")
-    budget = (
-        DEFAULT_MAX_LOGITS_BYTES if max_logits_bytes is None else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
-    )
-    budget = min(budget, 2**63 - 1)
-    gl = None
-    if want_grad and grad_loss is not None:
-        a = as_array(grad_loss, "grad_loss")
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"grad_loss: expected real numbers, got dtype {a.dtype}")
-        if a.ndim == 0:
-            a = np.full(b, a, dtype=dt)
-        elif a.shape != (b,):
-            raise ValueError(f"grad_loss: must be a scalar or have shape ({b},), got {a.shape}")
-        gl = np.ascontiguousarray(a, dtype=dt)
-    return _core.info_nce(q, k, n, t, kq, nq, kid, nid, sym, g, gl, want_grad, budget)
+    return InfoNCEArgs(o, q, k, n, kq, nq, kid, nid)
 
 
 def info_nce_loss(
@@ -173,20 +250,10 @@ def info_nce_loss(
     call rather than allocated afresh; a call with a smaller budget (``max_logits_bytes=0``, say) frees it.
     Returns ``[B]``.
     """
-    return _call(
-        query,
-        keys,
-        negatives,
-        temperature,
-        key_log_q,
-        negative_log_q,
-        key_ids,
-        negative_ids,
-        symmetric,
-        focal_gamma,
-        max_logits_bytes,
-        False,
-    )
+    return prepare(
+        query, keys, negatives, temperature, key_log_q, negative_log_q, key_ids, negative_ids, symmetric,
+        focal_gamma, max_logits_bytes,
+    ).loss()  # fmt: skip
 
 
 def info_nce_loss_and_grad(
@@ -218,19 +285,7 @@ def info_nce_loss_and_grad(
     backward pass recomputes them tile by tile from each row's saved log-sum-exp (flash-attention style).
     Returns ``InfoNCEGrad(loss [B], grad_query [B, d], grad_keys [B, d], grad_negatives [N, d] or None)``.
     """
-    loss, gq, gk, gn = _call(
-        query,
-        keys,
-        negatives,
-        temperature,
-        key_log_q,
-        negative_log_q,
-        key_ids,
-        negative_ids,
-        symmetric,
-        focal_gamma,
-        max_logits_bytes,
-        True,
-        grad_loss,
-    )
-    return InfoNCEGrad(loss, gq, gk, gn)
+    return prepare(
+        query, keys, negatives, temperature, key_log_q, negative_log_q, key_ids, negative_ids, symmetric,
+        focal_gamma, max_logits_bytes,
+    ).loss_and_grad(grad_loss)  # fmt: skip

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _core
 from ._dropins import log_uniform_candidate_sampler
-from ._validate import MAX_COUNT, as_array, as_flag, as_float, as_ids, as_int, as_seed, ensure_memory
+from ._validate import MAX_SAMPLED, as_array, as_flag, as_focal_gamma, as_ids, as_int, as_seed, ensure_memory
 
 __all__ = [
     "SparseGrad",
@@ -43,6 +43,8 @@ __all__ = [
     "sampled_softmax_loss_and_grad",
     "nce_loss_and_grad",
 ]
+# Also used by the adapters (torch.py, jax.py, tf.py), not public: SampledOptions, options, SampledArgs,
+# prepare, split_sampled_values.
 
 
 class SparseGrad(NamedTuple):
@@ -85,16 +87,19 @@ def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     ok = "f" if name != "grad_loss" else "fiu"
     if a.dtype.kind not in ok:
         raise TypeError(f"{name}: expected floats, got dtype {a.dtype}")
-    if a.dtype != dtype or not a.flags.c_contiguous:
-        # A copy: refuse one that cannot fit (a broadcast view can be far larger than its memory).
-        ensure_memory(name, a.size * np.dtype(dtype).itemsize)
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a  # read in place (the usual case, and the cheap one: no errstate context)
+    # A copy: refuse one that cannot fit (a broadcast view can be far larger than its memory).
+    ensure_memory(name, a.size * np.dtype(dtype).itemsize)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which the core reports
         return np.asarray(a, dtype=dtype, order="C")
 
 
-def _triple(sampled_values: Any) -> Tuple[Any, Any, Any]:
+def split_sampled_values(sampled_values: Any) -> Tuple[Any, Any, Any]:
+    """``(candidates, true_expected_count, sampled_expected_count)`` of a ``sampled_values`` that is not None:
+    a :class:`CandidateSample` (four fields, TensorFlow's three first) or TensorFlow's 3-tuple. Every front end
+    reads its ``sampled_values`` through this."""
     if isinstance(sampled_values, (tuple, list)) and len(sampled_values) in (3, 4):
-        # A CandidateSample (4 fields, TensorFlow's three first) or TensorFlow's 3-tuple.
         return sampled_values[0], sampled_values[1], sampled_values[2]
     raise TypeError(
         "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
@@ -102,9 +107,112 @@ def _triple(sampled_values: Any) -> Tuple[Any, Any, Any]:
     )
 
 
-def _call(
+class SampledOptions(NamedTuple):
+    """The non-array arguments of one sampled softmax or NCE call, checked once by :func:`options`.
+
+    Every front end (the NumPy functions, and the torch, JAX and TensorFlow adapters) builds one per call and
+    passes it down; it is immutable and hashable, so JAX holds it as a static argument. (A NamedTuple rather
+    than a frozen dataclass: it is built on every call, and a tuple is several times cheaper to build.)"""
+
+    nce: bool
+    num_sampled: int
+    num_classes: int
+    num_true: int
+    remove_accidental_hits: bool
+    subtract_log_q: bool
+    focal_gamma: float
+    seed: Optional[int]
+
+    def check_num_classes(self, rows: int, table: str = "weights") -> None:
+        """The default sampler draws from ``[0, num_classes)``: ``table`` (the front end's name of the
+        weights) needs that many rows."""
+        if self.num_classes > rows:
+            raise ValueError(f"num_classes: is {self.num_classes} but {table} has only {rows} rows")
+
+    def check_no_true_expected(self) -> None:
+        """Candidates given without true expected counts: fine unless ``subtract_log_q`` needs them."""
+        if self.subtract_log_q:
+            raise ValueError(
+                "sampled_values: true_expected_count is None (sample with true_classes=labels), "
+                "but subtract_log_q needs it"
+            )
+
+    def draw(self, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The default candidates for ``labels`` (``[B, num_true]``): ``num_sampled`` unique log-uniform draws
+        over ``num_classes``, reproducible with ``seed``. The one place where the default sampler is called."""
+        return log_uniform_candidate_sampler(
+            labels, self.num_true, self.num_sampled, True, self.num_classes, seed=self.seed
+        )
+
+    def bind(self, weights: Any, biases: Any, labels: Any, inputs: Any, sampled_values: Any) -> "SampledArgs":
+        """The arrays of one call checked against these options (and drawn, for ``sampled_values=None``)."""
+        return _bind(self, _weights(weights), biases, labels, inputs, sampled_values)
+
+
+def options(
     nce: bool,
-    want_grad: bool,
+    num_sampled: Any,
+    num_classes: Any,
+    num_true: Any,
+    remove_accidental_hits: Any,
+    seed: Any,
+    subtract_log_q: Any,
+    focal_gamma: Any,
+) -> SampledOptions:
+    """The checked :class:`SampledOptions` of a call (``TypeError``/``ValueError`` naming the argument)."""
+    nt = as_int(num_true, "num_true", lo=1)
+    ns = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_SAMPLED)
+    nc = as_int(num_classes, "num_classes", lo=1)
+    hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
+    log_q = as_flag(subtract_log_q, "subtract_log_q")
+    gamma = as_focal_gamma(focal_gamma)
+    return SampledOptions(bool(nce), ns, nc, nt, hits, log_q, gamma, as_seed(seed))
+
+
+class SampledArgs(NamedTuple):
+    """A sampled softmax or NCE call with every argument checked and converted (built by :func:`prepare` or
+    :meth:`SampledOptions.bind`): the float arrays in the dtype of ``weights``, the ids int64, the default
+    candidates drawn. :meth:`loss` and :meth:`loss_and_grad` run it; a backward pass that recomputes runs the
+    same object again, so it sees the same candidates."""
+
+    options: SampledOptions
+    weights: np.ndarray
+    biases: Optional[np.ndarray]
+    labels: np.ndarray
+    inputs: np.ndarray
+    candidates: np.ndarray
+    true_expected_count: np.ndarray
+    sampled_expected_count: np.ndarray
+
+    def loss(self) -> np.ndarray:
+        """The loss ``[B]``."""
+        return self._run(False, None)[0]
+
+    def loss_and_grad(self, grad_loss: Any = None) -> LossAndGrad:
+        """The loss and the gradients of ``sum_b grad_loss[b] * loss[b]`` (None: all ones)."""
+        gl = None
+        if grad_loss is not None:
+            bsz = self.labels.shape[0]
+            gl = _floats(grad_loss, "grad_loss", self.weights.dtype)
+            if gl.ndim == 0:
+                gl = np.full(bsz, gl, dtype=self.weights.dtype)
+            if gl.shape != (bsz,):
+                raise ValueError(f"grad_loss: must be a scalar or [batch={bsz}], got shape {gl.shape}")
+        loss, gx, gw_i, gw_v, gb_i, gb_v = self._run(True, gl)
+        gb = None if gb_i is None else SparseGrad(gb_i, gb_v)
+        return LossAndGrad(loss, gx, SparseGrad(gw_i, gw_v), gb)
+
+    def _run(self, want_grad: bool, grad_loss: Optional[np.ndarray]) -> Any:
+        # The one call of the native sampled loss.
+        o, w, b, lab, x, ids, te, se = self
+        return _core.sampled_loss(
+            o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
+            want_grad, grad_loss,
+        )  # fmt: skip
+
+
+def prepare(
+    nce: bool,
     weights: Any,
     biases: Any,
     labels: Any,
@@ -117,20 +225,21 @@ def _call(
     seed: Any,
     subtract_log_q: Any,
     focal_gamma: Any,
-    grad_loss: Any = None,
-) -> Any:
+) -> SampledArgs:
+    """Every argument of a sampled softmax (``nce=False``) or NCE call checked once, in the order the errors
+    are reported (``weights`` first), and the default candidates drawn: the :class:`SampledArgs` to run."""
     w = _weights(weights)
-    dt, (v, d) = w.dtype, w.shape
-    nt = as_int(num_true, "num_true", lo=1)
-    ns = as_int(num_sampled, "num_sampled", lo=1, hi=MAX_COUNT)
-    nc = as_int(num_classes, "num_classes", lo=1)
-    hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
-    log_q = as_flag(subtract_log_q, "subtract_log_q")
-    gamma = as_float(focal_gamma, "focal_gamma")
-    if gamma < 0:
-        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
-    sd = as_seed(seed)
+    opts = options(
+        nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _bind(opts, w, biases, labels, inputs, sampled_values)
 
+
+def _bind(
+    o: SampledOptions, w: np.ndarray, biases: Any, labels: Any, inputs: Any, sampled_values: Any
+) -> SampledArgs:
+    dt, (v, d) = w.dtype, w.shape
+    nt, ns = o.num_true, o.num_sampled
     lab = as_ids(labels, "labels")
     if lab.ndim == 1 and nt == 1:
         lab = lab.reshape(-1, 1)
@@ -153,16 +262,17 @@ def _call(
             raise ValueError(f"biases: must have shape ({v},) like the rows of weights, got {b.shape}")
 
     if sampled_values is None:
-        if nc > v:
-            raise ValueError(f"num_classes: is {nc} but weights has only {v} rows")
-        if lab.size and (lab.min() < 0 or lab.max() >= nc):
+        o.check_num_classes(v)
+        nc = o.num_classes
+        # One pass: read as unsigned, a negative id is at least 2**63, so beyond any num_classes.
+        if lab.size and int(lab.view(np.uint64).max()) >= nc:
             bad = lab.max() if lab.max() >= nc else lab.min()
             raise ValueError(
                 f"labels: class id {bad} is outside the default sampler's range [0, num_classes={nc})"
             )
-        ids, te, se = log_uniform_candidate_sampler(lab, nt, ns, True, nc, seed=sd)
+        ids, te, se = o.draw(lab)
     else:
-        ids, te, se = _triple(sampled_values)
+        ids, te, se = split_sampled_values(sampled_values)
     ids = as_ids(ids, "sampled_values")
     if ids.ndim == 1:
         if ids.shape[0] != ns:
@@ -175,11 +285,7 @@ def _call(
     else:
         raise ValueError(f"sampled_values: candidates must be [S] or [batch, S], got shape {ids.shape}")
     if te is None:
-        if log_q:
-            raise ValueError(
-                "sampled_values: true_expected_count is None (sample with true_classes=labels), "
-                "but subtract_log_q needs it"
-            )
+        o.check_no_true_expected()
         te = np.ones(lab.shape, dtype=dt)
     te = _floats(te, "sampled_values", dt)
     if te.shape != lab.shape and not (nt == 1 and te.shape == (bsz,)):
@@ -189,20 +295,7 @@ def _call(
         raise ValueError(
             f"sampled_values: sampled_expected_count has shape {se.shape}, the candidates {ids.shape}"
         )
-    gl = None
-    if want_grad and grad_loss is not None:
-        gl = _floats(grad_loss, "grad_loss", dt)
-        if gl.ndim == 0:
-            gl = np.full(bsz, gl, dtype=dt)
-        if gl.shape != (bsz,):
-            raise ValueError(f"grad_loss: must be a scalar or [batch={bsz}], got shape {gl.shape}")
-
-    out = _core.sampled_loss(nce, w, b, lab, x, ids, te, se, hits, log_q, gamma, want_grad, gl)
-    if not want_grad:
-        return out[0]
-    loss, gx, gw_i, gw_v, gb_i, gb_v = out
-    gb = None if gb_i is None else SparseGrad(gb_i, gb_v)
-    return LossAndGrad(loss, gx, SparseGrad(gw_i, gw_v), gb)
+    return SampledArgs(o, w, b, lab, x, ids, te, se)
 
 
 _ARGS = """
@@ -235,10 +328,10 @@ def sampled_softmax_loss(
     ``loss_b = sum_t (1/num_true) (lse_b - z_t)``, where ``lse_b`` is the log-sum-exp of the row's true and
     unmasked candidate logits (see the module docstring for the logits and the focal variant).
     """
-    return _call(
-        False, False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+    return prepare(
+        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
         sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-    )  # fmt: skip
+    ).loss()  # fmt: skip
 
 
 def nce_loss(
@@ -262,10 +355,10 @@ def nce_loss(
     columns (TensorFlow's choice, also for num_true > 1) and 0 on the candidates. Unlike TensorFlow's
     ``nce_loss`` this one takes a ``seed`` for the default sampler.
     """
-    return _call(
-        True, False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+    return prepare(
+        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
         sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-    )  # fmt: skip
+    ).loss()  # fmt: skip
 
 
 def sampled_softmax_loss_and_grad(
@@ -291,10 +384,10 @@ def sampled_softmax_loss_and_grad(
     docstring), and ``grad_inputs[b] = sum_j dL/dz_j w_j``; ``grad_weights`` holds ``sum_b dL/dz_bj x_b``
     for every class used (true or sampled), ``grad_biases`` ``sum_b dL/dz_bj``, both sparse.
     """
-    return _call(
-        False, True, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma, grad_loss,
-    )  # fmt: skip
+    return prepare(
+        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+    ).loss_and_grad(grad_loss)  # fmt: skip
 
 
 def nce_loss_and_grad(
@@ -315,10 +408,10 @@ def nce_loss_and_grad(
 ) -> LossAndGrad:
     """:func:`nce_loss` and the gradients of ``sum_b c_b loss_b`` in one fused pass
     (``dL/dz_j = c_b (sigmoid(z_j) - y_j)`` without focal); see :func:`sampled_softmax_loss_and_grad`."""
-    return _call(
-        True, True, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma, grad_loss,
-    )  # fmt: skip
+    return prepare(
+        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+    ).loss_and_grad(grad_loss)  # fmt: skip
 
 
 for _f, _tf in (

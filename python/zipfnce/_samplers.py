@@ -11,8 +11,8 @@ import numpy as np
 
 from . import _core
 from ._validate import (
-    MAX_COUNT,
     MAX_RANGE,
+    MAX_SAMPLED,
     as_flag,
     as_float,
     as_ids,
@@ -172,7 +172,7 @@ class _Sampler:
         that took ``num_tries`` draws: ``P(k) * num_sampled`` when ``num_tries`` is None or equals
         ``num_sampled`` (draws with replacement), else ``-expm1(num_tries * log1p(-P(k)))``.
         """
-        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
+        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_SAMPLED)
         t = n if num_tries is None else as_int(num_tries, "num_tries", lo=n, hi=2**63 - 1)
         return self._s.expected_count(as_ids(ids, "ids"), n, t)
 
@@ -197,7 +197,7 @@ class _Sampler:
         the remaining classes. ``seed`` makes the call stateless and reproducible; without it the call
         advances the sampler's own stream.
         """
-        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
+        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_SAMPLED)
         tc = None if true_classes is None else as_true_classes(true_classes)
         remove = as_flag(remove_true, "remove_true")
         if remove and tc is None:
@@ -221,7 +221,7 @@ class _Sampler:
         not depend on the number of threads.
         """
         tc = as_true_classes(true_classes)
-        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_COUNT)
+        n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_SAMPLED)
         return CandidateSample(
             *self._stream().sample_per_row(
                 tc, n, as_flag(unique, "unique"), as_flag(remove_true, "remove_true"), as_seed(seed)

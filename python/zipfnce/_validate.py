@@ -7,6 +7,7 @@ anything reaches the native core.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Optional
 
@@ -15,8 +16,10 @@ import numpy as np
 from . import _core
 
 INT64_MAX = 2**63 - 1
-MAX_RANGE = 2**62
-MAX_COUNT = 2**36
+# The core's limits, stated in Rust and read from it (never restated here).
+MAX_RANGE: int = int(_core.MAX_RANGE)  # the largest range_max of a sampler
+MAX_SAMPLED: int = int(_core.MAX_SAMPLED)  # the most candidates one call may draw
+MAX_THREADS: int = int(_core.MAX_THREADS)  # the largest thread pool
 
 
 def as_int(x: Any, name: str, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
@@ -42,9 +45,18 @@ def as_float(x: Any, name: str) -> float:
         v = float(x)
     except OverflowError:  # an int beyond the float range, e.g. 10**400
         raise ValueError(f"{name}: must be finite, got an integer too large for a float") from None
-    if not np.isfinite(v):
+    if not math.isfinite(v):  # (math's test: numpy's costs a microsecond on a Python float)
         raise ValueError(f"{name}: must be finite, got {v}")
     return v
+
+
+def as_focal_gamma(x: Any) -> float:
+    """``focal_gamma`` as a finite float >= 0 (0 is the plain loss). The core checks it again, as its own
+    guard; this check gives the error before any work is done."""
+    g = as_float(x, "focal_gamma")
+    if g < 0:
+        raise ValueError(f"focal_gamma: must be >= 0, got {g}")
+    return g
 
 
 def as_flag(x: Any, name: str) -> bool:

@@ -21,14 +21,13 @@ Without ``jax_enable_x64`` JAX has no 64-bit types: ids travel as int32 and floa
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import zipfnce as _zn
-from zipfnce._validate import as_flag, as_float, as_int
+from zipfnce import _infonce, _losses
 
 __all__ = ["sampled_softmax_loss", "nce_loss", "info_nce_loss"]
 
@@ -55,22 +54,19 @@ def _const_cotangent(g: Any) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 # Sampled softmax / NCE
 
-# static = (nce, num_sampled, num_classes, num_true, remove_accidental_hits, subtract_log_q, focal_gamma, has_te,
-#           rows of the weights)
+class _Static(NamedTuple):
+    """The static (non-differentiated, hashable) argument of the sampled custom_vjp."""
+
+    options: _losses.SampledOptions
+    has_te: bool  # the caller gave true_expected_count (else ones stand in for it)
+    rows: int  # rows of the whole weights table (the ids are checked against it)
 
 
-def _np_call(static: Tuple, w, b, x, lab, ids, te, se, want_grad: bool, grad_loss=None):
-    nce, ns, nc, nt, hits, log_q, gamma, has_te, _ = static
-    w = np.asarray(w)
+def _np_args(static: _Static, w, b, x, lab, ids, te, se) -> _losses.SampledArgs:
+    """The host arrays of one call, checked against the call's options."""
+    sv = (np.asarray(ids), np.asarray(te) if static.has_te else None, np.asarray(se))
     b = None if b is None else np.asarray(b)
-    sv = (np.asarray(ids), np.asarray(te) if has_te else None, np.asarray(se))
-    args = (np.asarray(lab), np.asarray(x), ns, nc, nt, sv, hits, None)
-    kw = {"subtract_log_q": log_q, "focal_gamma": gamma}
-    if not want_grad:
-        f = _zn.nce_loss if nce else _zn.sampled_softmax_loss
-        return f(w, b, *args, **kw)
-    f = _zn.nce_loss_and_grad if nce else _zn.sampled_softmax_loss_and_grad
-    return f(w, b, *args, **kw, grad_loss=grad_loss)
+    return static.options.bind(np.asarray(w), b, np.asarray(lab), np.asarray(x), sv)
 
 
 def _table_grads(r: Any, n_rows: int, has_bias: bool, dt: Any) -> Tuple[np.ndarray, ...]:
@@ -100,14 +96,14 @@ def _grad_shapes(w, x):
 def _sampled_core(static, w, b, x, lab, ids, te, se, rows):
     def host(w, b, x, lab, ids, te, se, rows):
         _check_rows(static, rows)
-        return np.asarray(_np_call(static, w, b, x, lab, ids, te, se, False), dtype=w.dtype)
+        return np.asarray(_np_args(static, w, b, x, lab, ids, te, se).loss(), dtype=w.dtype)
 
     return _callback(host, jax.ShapeDtypeStruct((x.shape[0],), w.dtype), w, b, x, lab, ids, te, se, rows)
 
 
-def _check_rows(static: Tuple, rows: np.ndarray) -> None:
+def _check_rows(static: _Static, rows: np.ndarray) -> None:
     # JAX clamps out-of-range gathers; the ids are checked here, where an error can be raised.
-    v = static[-1]
+    v = static.rows
     lo, hi = int(rows.min()), int(rows.max())
     if lo < 0 or hi >= v:
         raise ValueError(f"labels / sampled_values: class id {lo if lo < 0 else hi} is outside [0, {v})")
@@ -118,7 +114,7 @@ def _sampled_fwd(static, w, b, x, lab, ids, te, se, rows):
 
     def host(w, b, x, lab, ids, te, se, rows):
         _check_rows(static, rows)
-        r = _np_call(static, w, b, x, lab, ids, te, se, True)
+        r = _np_args(static, w, b, x, lab, ids, te, se).loss_and_grad()
         return (np.asarray(r.loss, dtype=w.dtype),) + _table_grads(r, w.shape[0], has_bias, w.dtype)
 
     out = _callback(
@@ -139,7 +135,7 @@ def _sampled_bwd(static, res, g):
 
     def recompute(_):
         def host(w, b, x, lab, ids, te, se, g):
-            r = _np_call(static, w, b, x, lab, ids, te, se, True, grad_loss=g)
+            r = _np_args(static, w, b, x, lab, ids, te, se).loss_and_grad(g)
             return _table_grads(r, w.shape[0], has_bias, w.dtype)
 
         return _callback(host, _grad_shapes(w, x), w, b, x, lab, ids, te, se, g)
@@ -151,18 +147,9 @@ def _sampled_bwd(static, res, g):
 _sampled_core.defvjp(_sampled_fwd, _sampled_bwd)
 
 
-def _sampled(
-    nce, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-    remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-):  # fmt: skip
-    ns = as_int(num_sampled, "num_sampled", lo=1)
-    nc = as_int(num_classes, "num_classes", lo=1)
-    nt = as_int(num_true, "num_true", lo=1)
-    hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
-    log_q = as_flag(subtract_log_q, "subtract_log_q")
-    gamma = as_float(focal_gamma, "focal_gamma")
-    if gamma < 0:
-        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
+def _sampled(opts: _losses.SampledOptions, weights, biases, labels, inputs, sampled_values):
+    """The loss of one call whose options the public function has checked."""
+    ns, nt = opts.num_sampled, opts.num_true
     w = jnp.asarray(weights)
     dt = _float_dtype(w, "weights")
     if w.ndim != 2:
@@ -185,12 +172,10 @@ def _sampled(
     ity = _int_dtype()
     lab = lab.astype(ity)
     if sampled_values is None:
-        if nc > w.shape[0]:
-            raise ValueError(f"num_classes: is {nc} but weights has only {w.shape[0]} rows")
-        sd = seed
+        opts.check_num_classes(w.shape[0])
 
         def draw(lab):
-            ids, te, se = _zn.log_uniform_candidate_sampler(np.asarray(lab), nt, ns, True, nc, seed=sd)
+            ids, te, se = opts.draw(np.asarray(lab))
             return ids.astype(ity), te.astype(np.float32), se.astype(np.float32)
 
         ids, te, se = _callback(
@@ -203,12 +188,7 @@ def _sampled(
             lab,
         )
     else:
-        if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) not in (3, 4):
-            raise TypeError(
-                "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
-                f"true_expected_count, sampled_expected_count), got {type(sampled_values).__name__}"
-            )
-        ids, te, se = sampled_values[0], sampled_values[1], sampled_values[2]
+        ids, te, se = _losses.split_sampled_values(sampled_values)
         ids = jnp.asarray(ids).astype(ity)
         te = None if te is None else jnp.asarray(te)
         se = jnp.asarray(se)
@@ -221,14 +201,10 @@ def _sampled(
                 f"sampled_values: sampled_expected_count has shape {se.shape}, the candidates {ids.shape}"
             )
     has_te = te is not None
-    if not has_te and log_q:
-        raise ValueError(
-            "sampled_values: true_expected_count is None (sample with true_classes=labels), "
-            "but subtract_log_q needs it"
-        )
     if not has_te:
+        opts.check_no_true_expected()
         te = jnp.ones(lab.shape, dt)
-    static = (bool(nce), ns, nc, nt, hits, log_q, gamma, has_te, int(w.shape[0]))
+    static = _Static(opts, has_te, int(w.shape[0]))
     # The rows used: the sorted unique ids of labels and candidates, padded (static size) with the largest,
     # so that ``searchsorted`` maps every id to the position of its first copy.
     all_ids = jnp.concatenate([lab.ravel(), ids.ravel()])
@@ -257,10 +233,10 @@ def sampled_softmax_loss(
 ) -> Any:
     """``zipfnce.sampled_softmax_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
     ``inputs``. ``sampled_values=None`` draws the candidates on the host (reproducibly with ``seed``)."""
-    return _sampled(
-        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-    )  # fmt: skip
+    opts = _losses.options(
+        False, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values)
 
 
 def nce_loss(
@@ -280,30 +256,37 @@ def nce_loss(
 ) -> Any:
     """``zipfnce.nce_loss`` on JAX arrays: ``[B]``, differentiable in ``weights``, ``biases`` and
     ``inputs``."""
-    return _sampled(
-        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma,
-    )  # fmt: skip
+    opts = _losses.options(
+        True, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # InfoNCE
 
-# static = (temperature, symmetric, focal_gamma, max_logits_bytes, has_neg, has_kq, has_nq, has_kid, has_nid)
+class _InfoStatic(NamedTuple):
+    """The static (non-differentiated, hashable) argument of the InfoNCE custom_vjp."""
+
+    options: _infonce.InfoNCEOptions
+    has_neg: bool
+    has_kq: bool
+    has_nq: bool
+    has_kid: bool
+    has_nid: bool
 
 
-def _nce_kwargs(static, kq, nq, kid, nid):
-    t, sym, gamma, budget, _, has_kq, has_nq, has_kid, has_nid = static
-    return {
-        "temperature": t,
-        "symmetric": sym,
-        "focal_gamma": gamma,
-        "max_logits_bytes": budget,
-        "key_log_q": np.asarray(kq) if has_kq else None,
-        "negative_log_q": np.asarray(nq) if has_nq else None,
-        "key_ids": np.asarray(kid) if has_kid else None,
-        "negative_ids": np.asarray(nid) if has_nid else None,
-    }
+def _info_args(static: _InfoStatic, q, k, n, kq, nq, kid, nid) -> _infonce.InfoNCEArgs:
+    """The host arrays of one call, checked against the call's options."""
+    return static.options.bind(
+        np.asarray(q),
+        np.asarray(k),
+        np.asarray(n) if static.has_neg else None,
+        np.asarray(kq) if static.has_kq else None,
+        np.asarray(nq) if static.has_nq else None,
+        np.asarray(kid) if static.has_kid else None,
+        np.asarray(nid) if static.has_nid else None,
+    )
 
 
 def _info_shapes(q, n):
@@ -323,21 +306,14 @@ def _info_grads(r: Any, dt: Any, has_neg: bool) -> Tuple[np.ndarray, ...]:
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _info_core(static, q, k, n, kq, nq, kid, nid):
     def host(q, k, n, kq, nq, kid, nid):
-        loss = _zn.info_nce_loss(
-            np.asarray(q), np.asarray(k), negatives=None if n is None else np.asarray(n),
-            **_nce_kwargs(static, kq, nq, kid, nid),
-        )  # fmt: skip
-        return np.asarray(loss, dtype=q.dtype)
+        return np.asarray(_info_args(static, q, k, n, kq, nq, kid, nid).loss(), dtype=q.dtype)
 
     return _callback(host, jax.ShapeDtypeStruct((q.shape[0],), q.dtype), q, k, n, kq, nq, kid, nid)
 
 
 def _info_fwd(static, q, k, n, kq, nq, kid, nid):
     def host(q, k, n, kq, nq, kid, nid):
-        r = _zn.info_nce_loss_and_grad(
-            np.asarray(q), np.asarray(k), negatives=None if n is None else np.asarray(n),
-            **_nce_kwargs(static, kq, nq, kid, nid),
-        )  # fmt: skip
+        r = _info_args(static, q, k, n, kq, nq, kid, nid).loss_and_grad()
         return (np.asarray(r.loss, dtype=q.dtype),) + _info_grads(r, q.dtype, n is not None)
 
     out = _callback(
@@ -355,10 +331,7 @@ def _info_bwd(static, res, g):
 
     def recompute(_):
         def host(q, k, n, kq, nq, kid, nid, g):
-            r = _zn.info_nce_loss_and_grad(
-                np.asarray(q), np.asarray(k), negatives=None if n is None else np.asarray(n),
-                grad_loss=np.asarray(g), **_nce_kwargs(static, kq, nq, kid, nid),
-            )  # fmt: skip
+            r = _info_args(static, q, k, n, kq, nq, kid, nid).loss_and_grad(np.asarray(g))
             return _info_grads(r, q.dtype, n is not None)
 
         return _callback(host, _info_shapes(q, n), q, k, n, kq, nq, kid, nid, g)
@@ -405,13 +378,7 @@ def info_nce_loss(
         n = n.astype(dt)
         if n.ndim != 2 or n.shape[1] != q.shape[1]:
             raise ValueError(f"negatives: must be [N, {q.shape[1]}], got shape {n.shape}")
-    t = as_float(temperature, "temperature")
-    if not t > 0:
-        raise ValueError(f"temperature: must be > 0, got {t}")
-    gamma = as_float(focal_gamma, "focal_gamma")
-    if gamma < 0:
-        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
-    budget = None if max_logits_bytes is None else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
+    opts = _infonce.options(temperature, symmetric, focal_gamma, max_logits_bytes)
     ity = _int_dtype()
     kq = None if key_log_q is None else jnp.asarray(key_log_q, dtype=dt)
     nq = None if negative_log_q is None else jnp.asarray(negative_log_q, dtype=dt)
@@ -422,8 +389,6 @@ def info_nce_loss(
                        ("negative_ids", nid, 0 if n is None else n.shape[0])):  # fmt: skip
         if a is not None and a.shape != (m,):
             raise ValueError(f"{name}: must have shape ({m},), got {a.shape}")
-    static = (
-        t, as_flag(symmetric, "symmetric"), gamma, budget, n is not None,
-        kq is not None, nq is not None, kid is not None, nid is not None,
-    )  # fmt: skip
+    has = (n is not None, kq is not None, nq is not None, kid is not None, nid is not None)
+    static = _InfoStatic(opts, *has)
     return _info_core(static, q, k, n, kq, nq, kid, nid)

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 import zipfnce as _zn
-from zipfnce._validate import as_flag, as_float, as_int
+from zipfnce import _infonce, _losses
+from zipfnce._validate import as_int
 
 __all__ = [
     "sampled_softmax_loss",
@@ -162,18 +163,10 @@ def _float_tensor(x: Any, name: str, dtype: Optional[tf.DType] = None) -> tf.Ten
 
 
 def _sampled(
-    nce: bool, weights: Any, biases: Any, labels: Any, inputs: Any, num_sampled: Any, num_classes: Any,
-    num_true: Any, sampled_values: Any, remove_accidental_hits: Any, seed: Any, subtract_log_q: Any,
-    focal_gamma: Any, name: str,
-) -> tf.Tensor:  # fmt: skip
-    ns = as_int(num_sampled, "num_sampled", lo=1)
-    nc = as_int(num_classes, "num_classes", lo=1)
-    nt = as_int(num_true, "num_true", lo=1)
-    hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
-    log_q = as_flag(subtract_log_q, "subtract_log_q")
-    gamma = as_float(focal_gamma, "focal_gamma")
-    if gamma < 0:
-        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
+    opts: _losses.SampledOptions, weights: Any, biases: Any, labels: Any, inputs: Any, sampled_values: Any, name: str
+) -> tf.Tensor:
+    """The loss of one call whose options the public function has checked."""
+    ns, nt = opts.num_sampled, opts.num_true
     with tf.name_scope(name):
         if isinstance(weights, (list, tuple)):
             # TensorFlow's sharded weights: joined into one table (a copy when there is more than one shard).
@@ -195,28 +188,20 @@ def _sampled(
         if lab.shape.rank == 1 and nt == 1:
             lab = tf.reshape(lab, [-1, 1])
         if sampled_values is None:
-            sampled_values = log_uniform_candidate_sampler(lab, nt, ns, True, nc, seed=seed)
-        if not isinstance(sampled_values, (tuple, list)) or len(sampled_values) not in (3, 4):
-            raise TypeError(
-                "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
-                f"true_expected_count, sampled_expected_count), got {type(sampled_values).__name__}"
-            )
-        ids = tf.cast(tf.convert_to_tensor(sampled_values[0]), tf.int64)
-        has_te = sampled_values[1] is not None
-        te = tf.convert_to_tensor(sampled_values[1] if has_te else np.zeros(0, np.float32))
-        se = tf.convert_to_tensor(sampled_values[2])
-        loss_fn = _zn.nce_loss if nce else _zn.sampled_softmax_loss
-        grad_fn = _zn.nce_loss_and_grad if nce else _zn.sampled_softmax_loss_and_grad
+            sampled_values = _run(opts.draw, [lab], _SAMPLER_TOUT, _sampler_shapes(lab, nt, ns), None)
+        ids, te, se = _losses.split_sampled_values(sampled_values)
+        ids = tf.cast(tf.convert_to_tensor(ids), tf.int64)
+        has_te = te is not None
+        te = tf.convert_to_tensor(te if has_te else np.zeros(0, np.float32))
+        se = tf.convert_to_tensor(se)
         npdt = dt.as_numpy_dtype
 
         def args(w_, b_, x_, lab_, ids_, te_, se_):
             sv = (ids_, te_ if has_te else None, se_)
-            return (w_, b_ if has_bias else None, lab_, x_, ns, nc, nt, sv, hits, None)
-
-        kw = {"subtract_log_q": log_q, "focal_gamma": gamma}
+            return opts.bind(w_, b_ if has_bias else None, lab_, x_, sv)
 
         def host_loss(w_, b_, x_, lab_, ids_, te_, se_):
-            return np.asarray(loss_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw), dtype=npdt)
+            return np.asarray(args(w_, b_, x_, lab_, ids_, te_, se_).loss(), dtype=npdt)
 
         def unpack(r):
             gb = r.grad_biases.values if has_bias else np.zeros(0, npdt)
@@ -228,10 +213,10 @@ def _sampled(
             )
 
         def host_grad(w_, b_, x_, lab_, ids_, te_, se_, g_):
-            return unpack(grad_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw, grad_loss=g_))
+            return unpack(args(w_, b_, x_, lab_, ids_, te_, se_).loss_and_grad(g_))
 
         def host_fused(w_, b_, x_, lab_, ids_, te_, se_):
-            r = grad_fn(*args(w_, b_, x_, lab_, ids_, te_, se_), **kw)
+            r = args(w_, b_, x_, lab_, ids_, te_, se_).loss_and_grad()
             return (np.asarray(r.loss, dtype=npdt),) + unpack(r)
 
         b_in = b if has_bias else tf.zeros([0], dt)
@@ -292,10 +277,10 @@ def sampled_softmax_loss(
 
     Differentiable in ``weights``, ``biases`` (``tf.IndexedSlices`` gradients) and ``inputs``. The extra
     keyword-only options are those of ``zipfnce.sampled_softmax_loss``."""
-    return _sampled(
-        False, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma, name,
-    )  # fmt: skip
+    opts = _losses.options(
+        False, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values, name)
 
 
 def nce_loss(
@@ -315,10 +300,10 @@ def nce_loss(
     focal_gamma: float = 0.0,
 ) -> tf.Tensor:
     """Drop-in for ``tf.nn.nce_loss`` (same arguments), ``[B]``; ``seed`` seeds the default sampler."""
-    return _sampled(
-        True, weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
-        remove_accidental_hits, seed, subtract_log_q, focal_gamma, name,
-    )  # fmt: skip
+    opts = _losses.options(
+        True, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    return _sampled(opts, weights, biases, labels, inputs, sampled_values, name)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -342,14 +327,7 @@ def info_nce_loss(
 ) -> tf.Tensor:
     """``zipfnce.info_nce_loss`` on tensors, ``[B]``, differentiable in ``query``, ``keys`` and ``negatives``
     (the log-q corrections and ids are constants)."""
-    t = as_float(temperature, "temperature")
-    if not t > 0:
-        raise ValueError(f"temperature: must be > 0, got {t}")
-    gamma = as_float(focal_gamma, "focal_gamma")
-    if gamma < 0:
-        raise ValueError(f"focal_gamma: must be >= 0, got {gamma}")
-    sym = as_flag(symmetric, "symmetric")
-    budget = None if max_logits_bytes is None else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
+    opts = _infonce.options(temperature, symmetric, focal_gamma, max_logits_bytes)
     with tf.name_scope(name):
         q = _float_tensor(query, "query")
         dt = q.dtype
@@ -363,20 +341,15 @@ def info_nce_loss(
         present = [a is not None for a, _ in opt]
         extras = [tf.cast(tf.convert_to_tensor(a), d) if a is not None else tf.zeros([0], d) for a, d in opt]
 
-        def kwargs(ex):
+        def args(q_, k_, n_, ex):
             kq, nq, kid, nid = (e if p else None for e, p in zip(ex, present))
-            return {
-                "temperature": t, "key_log_q": kq, "negative_log_q": nq, "key_ids": kid, "negative_ids": nid,
-                "symmetric": sym, "focal_gamma": gamma, "max_logits_bytes": budget,
-            }  # fmt: skip
+            return opts.bind(q_, k_, n_ if has_neg else None, kq, nq, kid, nid)
 
         def host_loss(q_, k_, n_, *ex):
-            return np.asarray(
-                _zn.info_nce_loss(q_, k_, negatives=n_ if has_neg else None, **kwargs(ex)), dtype=npdt
-            )
+            return np.asarray(args(q_, k_, n_, ex).loss(), dtype=npdt)
 
         def host_grad(q_, k_, n_, g_, *ex):
-            r = _zn.info_nce_loss_and_grad(q_, k_, negatives=n_ if has_neg else None, grad_loss=g_, **kwargs(ex))
+            r = args(q_, k_, n_, ex).loss_and_grad(g_)
             gn = r.grad_negatives if has_neg else np.zeros((0, 0), npdt)
             return np.asarray(r.grad_query, npdt), np.asarray(r.grad_keys, npdt), np.asarray(gn, npdt)
 

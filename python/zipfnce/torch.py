@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 import zipfnce as _zn
+from zipfnce import _infonce, _losses
 from zipfnce._validate import as_int
 
 __all__ = [
@@ -83,20 +84,6 @@ def _as_np(x: Any, name: str) -> Any:
             raise TypeError(f"{name}: dtype {x.dtype} is not supported")
         return x.detach().resolve_conj().resolve_neg().numpy()
     return x
-
-
-def _sampled_values_np(sv: Any) -> Any:
-    if sv is None:
-        return None
-    if isinstance(sv, (tuple, list)) and len(sv) in (3, 4):
-        parts = [_as_np(v, "sampled_values") for v in sv]
-        if isinstance(sv, _zn.CandidateSample):
-            return _zn.CandidateSample(*parts)
-        return tuple(parts)
-    raise TypeError(
-        "sampled_values: expected None, a CandidateSample or a tuple (sampled_candidates, "
-        f"true_expected_count, sampled_expected_count), got {type(sv).__name__}"
-    )
 
 
 def _reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
@@ -170,50 +157,51 @@ def _rows_to_grad(
     return torch.zeros(shape, dtype=dtype).index_copy_(0, i, v)
 
 
+class _SampledCall(NamedTuple):
+    """What a sampled softmax / NCE call carries from its front end through autograd: the checked arguments
+    (with the candidates drawn once, so that a recomputation in backward sees the same ones) and how the
+    result is reduced and its gradients built."""
+
+    args: _losses.SampledArgs
+    reduction: str
+    fused: bool  # the forward pass computes the gradients too
+    sparse: bool
+    # Shapes and dtypes only: the gradient constructors need them, not the data.
+    weight_like: Tuple[Tuple[int, ...], torch.dtype]
+    bias_like: Optional[Tuple[Tuple[int, ...], torch.dtype]]
+
+
 class _Sampled(torch.autograd.Function):
-    """Sampled softmax / NCE. ``spec`` holds the non-tensor arguments (labels, candidates, options)."""
+    """Sampled softmax / NCE; ``call`` (a :class:`_SampledCall`) holds everything but the three tensors."""
 
     @staticmethod
-    def forward(ctx, weight, bias, inputs, spec):  # type: ignore[override]
-        w = weight.detach().numpy()
-        b = None if bias is None else bias.detach().numpy()
-        x = inputs.detach().numpy()
-        ctx.spec = spec
+    def forward(ctx, weight, bias, inputs, call):  # type: ignore[override]
+        ctx.call = call
         ctx.has_bias = bias is not None
-        if spec["fused"]:
-            gl = _fused_weight(spec["reduction"], x.shape[0])
-            r = spec["and_grad"](w, b, spec["labels"], x, *spec["args"], **spec["kw"], grad_loss=gl)
+        if call.fused:
+            r = call.args.loss_and_grad(_fused_weight(call.reduction, inputs.shape[0]))
             ctx.fused = r
             loss = r.loss
         else:
             ctx.fused = None
-            loss = spec["loss"](w, b, spec["labels"], x, *spec["args"], **spec["kw"])
+            loss = call.args.loss()
         # Kept for a recomputation: "none", or a second backward through a retained graph.
         ctx.save_for_backward(weight, bias, inputs)
-        return torch.from_numpy(_reduce(loss, spec["reduction"]))
+        return torch.from_numpy(_reduce(loss, call.reduction))
 
     @staticmethod
     @_once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
-        spec = ctx.spec
-        weight_like = spec["weight_like"]
-        sparse = spec["sparse"]
+        call = ctx.call
         if ctx.fused is not None:
             # The saved gradients go to autograd without a copy, so they are handed over once only.
             r, ctx.fused = ctx.fused, None
             s = float(grad_output)
         else:
+            # Reading the saved tensors checks that none was modified in place since the forward pass; the
+            # prepared arguments hold their memory, and run again with the upstream gradient as row weights.
             weight, bias, inputs = ctx.saved_tensors
-            gl = _upstream_rows(grad_output, spec["reduction"], inputs.shape[0])
-            r = spec["and_grad"](
-                weight.detach().numpy(),
-                None if bias is None else bias.detach().numpy(),
-                spec["labels"],
-                inputs.detach().numpy(),
-                *spec["args"],
-                **spec["kw"],
-                grad_loss=gl,
-            )
+            r = call.args.loss_and_grad(_upstream_rows(grad_output, call.reduction, inputs.shape[0]))
             s = 1.0
         gx = gw = gb = None
         if ctx.needs_input_grad[2]:
@@ -221,9 +209,9 @@ class _Sampled(torch.autograd.Function):
             if s != 1.0:
                 gx = gx * s
         if ctx.needs_input_grad[0]:
-            gw = _rows_to_grad(r.grad_weights.indices, r.grad_weights.values, weight_like, s, sparse)
+            gw = _rows_to_grad(r.grad_weights.indices, r.grad_weights.values, call.weight_like, s, call.sparse)
         if ctx.has_bias and ctx.needs_input_grad[1]:
-            gb = _rows_to_grad(r.grad_biases.indices, r.grad_biases.values, spec["bias_like"], s, sparse)
+            gb = _rows_to_grad(r.grad_biases.indices, r.grad_biases.values, call.bias_like, s, call.sparse)
         return gw, gb, gx, None
 
 
@@ -252,34 +240,30 @@ def _sampled(
     inputs = _float_tensor(inputs, "inputs", dt)
     lab = _as_np(labels, "labels")
     _nonempty_labels(lab)
-    sv = _sampled_values_np(sampled_values)
-    if sv is None:
-        # Draw here, so that a recomputation in backward sees the same candidates.
-        nt = as_int(num_true, "num_true", lo=1)
+    opts = _losses.options(
+        nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
+    )
+    if sampled_values is None:
+        # Drawn here from the labels as given: an id out of range is the sampler's error (true_classes).
+        opts.check_num_classes(weight.shape[0], "weight")
         lab2 = np.asarray(lab)
-        if lab2.ndim == 1 and nt == 1:
-            lab2 = lab2.reshape(-1, 1)
-        nc = as_int(num_classes, "num_classes", lo=1)
-        if nc > weight.shape[0]:
-            raise ValueError(f"num_classes: is {nc} but weight has only {weight.shape[0]} rows")
-        sv = _zn.log_uniform_candidate_sampler(lab2, nt, num_sampled, True, nc, seed=seed)
+        sv = opts.draw(lab2.reshape(-1, 1) if lab2.ndim == 1 and opts.num_true == 1 else lab2)
+    else:
+        sv = tuple(_as_np(v, "sampled_values") for v in _losses.split_sampled_values(sampled_values))
+    b = None if bias is None else bias.detach().numpy()
+    args = opts.bind(weight.detach().numpy(), b, lab, inputs.detach().numpy(), sv)
     need = torch.is_grad_enabled() and (
         weight.requires_grad or inputs.requires_grad or (bias is not None and bias.requires_grad)
     )
-    spec = {
-        "loss": _zn.nce_loss if nce else _zn.sampled_softmax_loss,
-        "and_grad": _zn.nce_loss_and_grad if nce else _zn.sampled_softmax_loss_and_grad,
-        "labels": lab,
-        "args": (num_sampled, num_classes, num_true, sv, remove_accidental_hits, seed),
-        "kw": {"subtract_log_q": subtract_log_q, "focal_gamma": focal_gamma},
-        "reduction": red,
-        "fused": need and red != "none",
-        "sparse": sparse,
-        # Shapes and dtypes only: the gradient constructors need them, not the data.
-        "weight_like": (tuple(weight.shape), dt),
-        "bias_like": None if bias is None else (tuple(bias.shape), dt),
-    }
-    return _Sampled.apply(weight, bias, inputs, spec)
+    call = _SampledCall(
+        args,
+        red,
+        need and red != "none",
+        sparse,
+        (tuple(weight.shape), dt),
+        None if bias is None else (tuple(bias.shape), dt),
+    )
+    return _Sampled.apply(weight, bias, inputs, call)
 
 
 def sampled_softmax_loss(
@@ -337,40 +321,38 @@ def nce_loss(
     )  # fmt: skip
 
 
+class _InfoNCECall(NamedTuple):
+    """What an InfoNCE call carries through autograd: the checked arguments and the reduction."""
+
+    args: _infonce.InfoNCEArgs
+    reduction: str
+    fused: bool
+
+
 class _InfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, keys, negatives, spec):  # type: ignore[override]
-        q, k = query.detach().numpy(), keys.detach().numpy()
-        n = None if negatives is None else negatives.detach().numpy()
-        ctx.spec = spec
-        ctx.has_neg = negatives is not None
-        if spec["fused"]:
-            gl = _fused_weight(spec["reduction"], q.shape[0])
-            r = _zn.info_nce_loss_and_grad(q, k, negatives=n, **spec["kw"], grad_loss=gl)
+    def forward(ctx, query, keys, negatives, call):  # type: ignore[override]
+        ctx.call = call
+        if call.fused:
+            r = call.args.loss_and_grad(_fused_weight(call.reduction, query.shape[0]))
             ctx.fused = r
             loss = r.loss
         else:
             ctx.fused = None
-            loss = _zn.info_nce_loss(q, k, negatives=n, **spec["kw"])
+            loss = call.args.loss()
         ctx.save_for_backward(query, keys, negatives)
-        return torch.from_numpy(_reduce(loss, spec["reduction"]))
+        return torch.from_numpy(_reduce(loss, call.reduction))
 
     @staticmethod
     @_once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
-        spec = ctx.spec
+        call = ctx.call
         if ctx.fused is not None:
             r, ctx.fused = ctx.fused, None
             s = float(grad_output)
         else:
-            query, keys, negatives = ctx.saved_tensors
-            r = _zn.info_nce_loss_and_grad(
-                query.detach().numpy(),
-                keys.detach().numpy(),
-                negatives=None if negatives is None else negatives.detach().numpy(),
-                grad_loss=_upstream_rows(grad_output, spec["reduction"], query.shape[0]),
-                **spec["kw"],
-            )
+            query, keys, negatives = ctx.saved_tensors  # (checks for in-place changes since forward)
+            r = call.args.loss_and_grad(_upstream_rows(grad_output, call.reduction, query.shape[0]))
             s = 1.0
 
         def t(a: Optional[np.ndarray], i: int) -> Optional[torch.Tensor]:
@@ -407,21 +389,23 @@ def info_nce_loss(
     if negatives is not None:
         negatives = _float_tensor(negatives, "negatives", dt)
     _nonempty_query(query)
-    kw = {
-        "temperature": temperature,
-        "key_log_q": _as_np(key_log_q, "key_log_q"),
-        "negative_log_q": _as_np(negative_log_q, "negative_log_q"),
-        "key_ids": _as_np(key_ids, "key_ids"),
-        "negative_ids": _as_np(negative_ids, "negative_ids"),
-        "symmetric": symmetric,
-        "focal_gamma": focal_gamma,
-        "max_logits_bytes": max_logits_bytes,
-    }
+    args = _infonce.prepare(
+        query.detach().numpy(),
+        keys.detach().numpy(),
+        None if negatives is None else negatives.detach().numpy(),
+        temperature,
+        _as_np(key_log_q, "key_log_q"),
+        _as_np(negative_log_q, "negative_log_q"),
+        _as_np(key_ids, "key_ids"),
+        _as_np(negative_ids, "negative_ids"),
+        symmetric,
+        focal_gamma,
+        max_logits_bytes,
+    )
     need = torch.is_grad_enabled() and (
         query.requires_grad or keys.requires_grad or (negatives is not None and negatives.requires_grad)
     )
-    spec = {"kw": kw, "reduction": red, "fused": need and red != "none"}
-    return _InfoNCE.apply(query, keys, negatives, spec)
+    return _InfoNCE.apply(query, keys, negatives, _InfoNCECall(args, red, need and red != "none"))
 
 
 class _SampledLossModule(nn.Module):

@@ -445,7 +445,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(available_memory, m)?)?;
+    // The limits the Python layer checks before a call reaches the core, stated once, here.
     m.add("MAX_RANGE", sampler::MAX_RANGE)?;
+    m.add("MAX_SAMPLED", sampler::unique::MAX_SAMPLED)?;
+    m.add("MAX_UNIGRAM", unigram::MAX_UNIGRAM)?;
+    m.add("MAX_THREADS", threads::MAX_THREADS)?;
     loss::register(m)?;
     infonce::register(m)?;
     Ok(())
