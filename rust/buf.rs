@@ -123,11 +123,14 @@ pub struct Scratch<T> {
 /// and product pieces, `logits` InfoNCE's one block of kept logits. Two instances, so that neither use
 /// evicts the other's buffers in a process that runs both losses.
 pub struct Caches<T> {
+    /// The sampled losses' pool of logit blocks and product pieces.
     pub tiles: Scratch<T>,
+    /// InfoNCE's one block of kept logits.
     pub logits: Scratch<T>,
 }
 
 impl<T> Caches<T> {
+    /// Empty caches (nothing allocated until a call asks).
     pub const fn new() -> Self {
         Caches { tiles: Scratch::pool(), logits: Scratch::one_block() }
     }
@@ -434,6 +437,7 @@ unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T: Zeroable + Send> ChunkedVec<T> {
+    /// `n` zeroed elements; `arg` names the argument whose size it is, for the error when memory is short.
     pub fn new(arg: &'static str, n: usize) -> Result<Self> {
         let mut vec = Vec::new();
         vec.try_reserve_exact(n)

@@ -2,13 +2,13 @@
 //!
 //! Besides the standard library's math (libm, one call per element), [`Float`] carries the fast math the
 //! kernels need in a form the compiler vectorises ([`Float::exp_fast`], [`Float::ln_1p_fast`]) and the
-//! per-type caches of work buffers kept between calls ([`crate::buf::Caches`]). `loss::tile::FastMath` and
-//! `loss::infonce::Kernel` are other names of this trait, kept for the binding.
+//! per-type caches of work buffers kept between calls ([`crate::buf::Caches`]).
 
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
+/// A float type the kernels run in: f32 or f64.
 pub trait Float:
     crate::buf::Zeroable
     + Copy
@@ -28,25 +28,40 @@ pub trait Float:
     + MulAssign
     + Sum
 {
+    /// 0.
     const ZERO: Self;
+    /// 1.
     const ONE: Self;
     /// The largest finite value (TensorFlow masks accidental hits with its negative, -FLT_MAX for f32).
     const MAX: Self;
+    /// Negative infinity.
     const NEG_INFINITY: Self;
     /// "float32" or "float64".
     const NAME: &'static str;
 
+    /// The nearest value of this type to `x`.
     fn from_f64(x: f64) -> Self;
+    /// The value as an f64 (exact).
     fn to_f64(self) -> f64;
+    /// e^x (libm).
     fn exp(self) -> Self;
+    /// ln x (libm).
     fn ln(self) -> Self;
+    /// ln(1 + x) (libm).
     fn ln_1p(self) -> Self;
+    /// e^x - 1 (libm).
     fn exp_m1(self) -> Self;
+    /// |x|.
     fn abs(self) -> Self;
+    /// The larger of the two (the other when one is NaN).
     fn max(self, other: Self) -> Self;
+    /// The smaller of the two (the other when one is NaN).
     fn min(self, other: Self) -> Self;
+    /// x^e (libm).
     fn powf(self, e: Self) -> Self;
+    /// Neither infinite nor NaN.
     fn is_finite(self) -> bool;
+    /// NaN.
     fn is_nan(self) -> bool;
 
     /// e^x, branch-free so that loops over it vectorise: within about 1 ulp (f32) or 1e-15 relative (f64)

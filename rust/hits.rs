@@ -7,7 +7,9 @@ use std::collections::HashMap;
 /// The hits, row by row: `rows[h]` is the row, `positions[h]` the position in the candidates.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hits {
+    /// The row of each hit.
     pub rows: Vec<i32>,
+    /// The position in the candidates of each hit.
     pub positions: Vec<i64>,
 }
 

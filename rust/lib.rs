@@ -11,6 +11,8 @@
 //! - [`simd`]: the one choice of SIMD level, and the one way to compile a kernel for every level.
 //! - [`loss`]: fused losses and their dense building blocks.
 
+#![warn(missing_docs)]
+
 pub mod buf;
 pub mod error;
 pub mod float;

@@ -36,6 +36,7 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The stream of `key`.
     pub fn new(key: u64) -> Self {
         let mut s = [[0u64; LANES]; 4];
         let mut z = key;
@@ -49,6 +50,7 @@ impl Stream {
         Stream { s, buf: [0; LANES], pos: LANES }
     }
 
+    /// The next 64 random bits.
     #[inline(always)]
     pub fn next_u64(&mut self) -> u64 {
         if self.pos == LANES {

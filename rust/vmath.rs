@@ -7,6 +7,10 @@
 //!
 //! The slice kernels are compiled for every SIMD level by [`crate::simd::dispatch!`], which picks at run
 //! time; all levels give bit-identical results.
+//!
+//! The polynomial constants are written with fdlibm's published digits, more than a double holds; each
+//! literal rounds to the double fdlibm uses, so clippy's `excessive_precision` is allowed in this file.
+#![allow(clippy::excessive_precision)]
 
 const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
 const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
@@ -188,11 +192,6 @@ fn one_minus_exp_avx512(x: &[f64], out: &mut [f32]) {
         *o = one_minus_exp(v);
     }
 }
-
-// The samplers name the dispatch by its old names here (`vmath::simd!`, `vmath::has_avx512`); the one
-// mechanism is `crate::simd`.
-pub(crate) use crate::simd::dispatch as simd;
-pub use crate::simd::has_avx512;
 
 #[cfg(test)]
 mod tests {

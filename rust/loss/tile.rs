@@ -6,23 +6,32 @@ use crate::float::Float;
 
 /// The one matrix view of the crate, for every operand that is read: `rows × cols`, element (i, j) at
 /// `data[i * row_stride + j * col_stride]`. The callers' arrays (embeddings, class weights of any strides;
-/// `infonce::Matrix` and `sampled::Weights` are other names of it) and the blocks the kernels make are all
+/// all of them this one type) and the blocks the kernels make are all
 /// views of this kind; the products read any strides, the gathers any column stride.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a, T> {
+    /// The elements (at least up to the last one the strides reach).
     pub data: &'a [T],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Elements from one row to the next.
     pub row_stride: usize,
+    /// Elements from one column to the next.
     pub col_stride: usize,
 }
 
 /// A mutable row-major matrix view (the output of a product): element (i, j) at `data[i * stride + j]`.
 #[derive(Debug)]
 pub struct MatMut<'a, T> {
+    /// The elements, row-major.
     pub data: &'a mut [T],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Elements from one row to the next.
     pub stride: usize,
 }
 
@@ -67,6 +76,7 @@ impl<'a, T> Mat<'a, T> {
 }
 
 impl<'a, T> MatMut<'a, T> {
+    /// A C-contiguous `rows × cols` view of `data`.
     pub fn new(data: &'a mut [T], rows: usize, cols: usize) -> Self {
         MatMut { data, rows, cols, stride: cols }
     }
@@ -170,10 +180,6 @@ pub fn matmul<T: Float>(
 // choice (all levels give bit-identical results), over `Float::exp_fast`; every reduction below runs in a
 // fixed order (a fixed number of partial sums), whatever the machine or the thread count.
 // ---------------------------------------------------------------------------------------------------------
-
-/// The float trait of the loss kernels: [`Float`] itself (it carries the fast math they need); this name is
-/// kept for the binding.
-pub use crate::float::Float as FastMath;
 
 /// Bytes of work buffers the sampled losses keep between calls (`Float::caches().tiles`, see
 /// [`crate::buf::Scratch`]).
@@ -391,11 +397,14 @@ crate::simd::dispatch! {
 /// One piece of the log-sum-exp of a row, kept as (max, Σ e^(x - max)), merged in a fixed order.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Lse<T> {
+    /// The largest element of the piece.
     pub max: T,
+    /// Σ e^(x - max) over the piece.
     pub sum: T,
 }
 
-impl<T: FastMath> Lse<T> {
+impl<T: Float> Lse<T> {
+    /// The piece of no element (log-sum-exp -inf).
     pub const EMPTY: Lse<T> = Lse { max: T::NEG_INFINITY, sum: T::ZERO };
     /// The piece of the slice `x` (-inf entries count as absent).
     pub fn of(x: &[T]) -> Self {

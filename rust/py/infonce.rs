@@ -3,7 +3,9 @@
 //! order, so this file only borrows them, releases the GIL and hands them to the core.
 
 use super::{array2, check_aligned, err};
-use crate::loss::infonce::{self, Kernel, Matrix, Options};
+use crate::float::Float;
+use crate::loss::infonce::{self, Options};
+use crate::loss::tile::Mat;
 use numpy::ndarray::Array1;
 use numpy::{Element, IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyTypeError;
@@ -68,7 +70,7 @@ struct Args<'a, 'py> {
     max_logits_bytes: usize,
 }
 
-fn run<'py, T: Kernel + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+fn run<'py, T: Float + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
     let q = as2::<T>(a.query, "query")?;
     let k = as2::<T>(a.keys, "keys")?;
     let n = a.negatives.map(|x| as2::<T>(x, "negatives")).transpose()?;
@@ -101,9 +103,9 @@ fn run<'py, T: Kernel + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<
         focal_gamma: a.focal_gamma,
         max_logits_bytes: a.max_logits_bytes,
     };
-    let query = Matrix::new(&qv[..], b, d);
-    let keys = Matrix::new(&kv[..], kshape.0, kshape.1);
-    let negatives = nv.as_deref().zip(nshape).map(|(v, (r, c))| Matrix::new(v, r, c));
+    let query = Mat::new(&qv[..], b, d);
+    let keys = Mat::new(&kv[..], kshape.0, kshape.1);
+    let negatives = nv.as_deref().zip(nshape).map(|(v, (r, c))| Mat::new(v, r, c));
     if !a.want_grad {
         let loss = py.detach(|| infonce::info_nce_loss(query, keys, negatives, &opts)).map_err(err)?;
         return Ok(Array1::from_vec(loss).into_pyarray(py).into_any());

@@ -5,8 +5,9 @@
 use super::{check_aligned, err, to_vec, to_vec2};
 use crate::buf::ensure_memory;
 use crate::error::Error;
-use crate::loss::sampled::{self, Args, Kind, Weights};
-use crate::loss::tile::FastMath;
+use crate::float::Float;
+use crate::loss::sampled::{self, Args, Kind};
+use crate::loss::tile::Mat;
 use numpy::ndarray::{Array1, Array2};
 use numpy::{
     IntoPyArray, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyReadonlyArrayDyn,
@@ -56,7 +57,7 @@ struct Call<'a, 'py> {
     grad: Option<Option<&'a Bound<'py, PyAny>>>,
 }
 
-fn run<'py, T: FastMath + numpy::Element>(
+fn run<'py, T: Float + numpy::Element>(
     py: Python<'py>,
     weights: &Bound<'py, PyArray2<T>>,
     call: &Call<'_, 'py>,
@@ -84,7 +85,7 @@ fn run<'py, T: FastMath + numpy::Element>(
         // elements from `ptr` lie inside the array's buffer. The borrow outlives every use of `data`.
         unsafe { std::slice::from_raw_parts(w.as_array().as_ptr(), span) }
     };
-    let weights = Weights { data, rows, cols, row_stride: rs, col_stride: cs };
+    let weights = Mat { data, rows, cols, row_stride: rs, col_stride: cs };
     // Biases ([V], as large as a column of the weights) are read in place like the weights, unless they
     // are strided (then copied).
     let biases_ro = biases.map(|b| typed::<T>(b, "biases").map(|a| a.readonly())).transpose()?;

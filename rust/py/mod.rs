@@ -158,6 +158,7 @@ impl Sampler {
     /// TensorFlow's FixedUnigramSampler rules (see `Unigram::tf`).
     #[staticmethod]
     #[pyo3(signature = (unigrams, distortion, num_reserved_ids, num_shards, shard, float32, seed=None))]
+    #[allow(clippy::too_many_arguments)] // TensorFlow's constructor arguments, one for one
     fn unigram_tf(
         py: Python<'_>,
         unigrams: PyReadonlyArray1<'_, f64>,
@@ -340,7 +341,7 @@ impl Sampler {
                 sampler::sample_per_row(dist.as_ref(), key, &flat, t, num_sampled, unique, remove_true)
             })
             .map_err(err)?;
-        let cols = if b == 0 { num_sampled.max(0) as usize } else { s.ids.len() / b };
+        let cols = s.ids.len().checked_div(b).unwrap_or(num_sampled.max(0) as usize);
         let ids = array2(py, s.ids, b, cols)?;
         let se = array2(py, s.sampled_expected, b, cols)?;
         let te = array2(py, s.true_expected, b, t)?;
@@ -447,7 +448,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(available_memory, m)?)?;
     // The limits the Python layer checks before a call reaches the core, stated once, here.
     m.add("MAX_RANGE", sampler::MAX_RANGE)?;
-    m.add("MAX_SAMPLED", sampler::unique::MAX_SAMPLED)?;
+    m.add("MAX_SAMPLED", sampler::MAX_SAMPLED)?;
     m.add("MAX_UNIGRAM", unigram::MAX_UNIGRAM)?;
     m.add("MAX_THREADS", threads::MAX_THREADS)?;
     loss::register(m)?;

@@ -21,18 +21,26 @@ const ROW_GROUP: usize = 1 << 12;
 /// A set of candidates shared by a batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
+    /// The candidates, `[S]`.
     pub ids: Vec<i64>,
+    /// Expected counts of the true classes, `[B, num_true]`, when true classes were given.
     pub true_expected: Option<Vec<f32>>,
+    /// Expected counts of the candidates, `[S]`.
     pub sampled_expected: Vec<f32>,
+    /// Draws it took (S for draws with replacement).
     pub num_tries: u64,
 }
 
 /// A set of candidates per row, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PerRowSample {
+    /// The candidates, `[B, S]`.
     pub ids: Vec<i64>,
+    /// Expected counts of the true classes, `[B, num_true]`.
     pub true_expected: Vec<f32>,
+    /// Expected counts of the candidates, `[B, S]`.
     pub sampled_expected: Vec<f32>,
+    /// Draws each row took, `[B]`.
     pub num_tries: Vec<i64>,
 }
 

@@ -9,7 +9,8 @@
 use super::Distribution;
 use crate::buf::zeroed;
 use crate::error::{Error, Result};
-use crate::vmath::{self, simd};
+use crate::simd::dispatch as simd;
+use crate::vmath;
 
 /// Below this scaled P, [`count_exponents`] takes ln(1 - q) from its series to the degree 6
 /// (`Counts::Series`); up to LONG_SERIES_MAX to the degree 12 (`Counts::LongSeries`); above, the exact

@@ -350,21 +350,8 @@ impl Seen for Bytes<'_> {
 #[inline(always)]
 fn prefetch_byte(map: &[u8], id: u64) {
     if let Some(b) = map.get(id as usize) {
-        prefetch_at(b);
+        crate::simd::prefetch(b, 1);
     }
-}
-
-/// Ask the cache for the line holding `p` (a hint: it never faults, whatever `p` is).
-#[inline(always)]
-fn prefetch_at(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint to the cache: it never faults, reads nothing into the program and
-    // needs no CPU feature beyond x86_64's baseline (SSE).
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// `Seen::scan` over a byte map, by the same step as the fused kernels ([`Taker::take`]), whose state the
@@ -468,7 +455,7 @@ impl Prefetcher {
     /// result.
     #[inline(always)]
     pub(crate) fn fetch(self, id: u64) {
-        prefetch_at(self.map.wrapping_add(id as usize))
+        crate::simd::prefetch(self.map.wrapping_add(id as usize), 1)
     }
 }
 
@@ -555,7 +542,7 @@ mod tests {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        assert!(compared == 48 || !crate::vmath::has_avx512(), "the kernel ran {compared} times of 48");
+        assert!(compared == 48 || !crate::simd::has_avx512(), "the kernel ran {compared} times of 48");
     }
 
     #[test]

@@ -7,8 +7,10 @@
 use super::{check_range, refine, ByteScan, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
-use crate::vmath::{self, simd, u64_to_f64, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
+use crate::simd::dispatch as simd;
+use crate::vmath::{self, u64_to_f64, EXP2_16, INV_LN2_16, LN2_16_HI, LN2_16_LO, ROUND_SHIFT};
 
+/// The log-uniform law P(k) = ln((k + 2) / (k + 1)) / ln(range_max + 1) over `0..range_max`.
 #[derive(Clone, Debug)]
 pub struct LogUniform {
     range_max: u64,
@@ -30,6 +32,7 @@ struct Span {
 }
 
 impl LogUniform {
+    /// The law over `0..range_max` (1 <= range_max <= 2^62).
     pub fn new(range_max: i64) -> Result<Self> {
         let range_max = check_range(range_max)?;
         Ok(LogUniform { range_max, log_range: (range_max as f64).ln_1p(), tf_formula: false })
@@ -175,7 +178,7 @@ simd! {
 /// Draws for ranges below 2^30, by the widest kernel the CPU has.
 fn draw_small(words: &[u64], out: &mut [u64], span: Span) {
     #[cfg(target_arch = "x86_64")]
-    if vmath::has_avx512() {
+    if crate::simd::has_avx512() {
         // SAFETY: the CPU has the features `avx512::draw_small` is compiled for (checked).
         return unsafe { avx512::draw_small(words, out, span) };
     }
@@ -185,7 +188,7 @@ fn draw_small(words: &[u64], out: &mut [u64], span: Span) {
 /// e^x of each word, by the widest kernel the CPU has.
 fn draw_values(words: &[u64], out: &mut [f64], span: Span) {
     #[cfg(target_arch = "x86_64")]
-    if vmath::has_avx512() {
+    if crate::simd::has_avx512() {
         // SAFETY: the CPU has the features `avx512::draw` is compiled for (checked).
         return unsafe { avx512::draw(words, out, span) };
     }
@@ -458,7 +461,7 @@ impl Distribution for LogUniform {
             tf_prob_kernel(ids, out, 1.0 / self.log_range)
         } else {
             #[cfg(target_arch = "x86_64")]
-            if vmath::has_avx512() {
+            if crate::simd::has_avx512() {
                 // SAFETY: the CPU has the features `avx512::prob` is compiled for (checked).
                 return unsafe { avx512::prob(ids, out, 1.0 / self.log_range) };
             }
@@ -483,7 +486,7 @@ impl Distribution for LogUniform {
             && from < self.range_max
             && len.is_multiple_of(8)
             && scan.fits(self.range_max)
-            && vmath::has_avx512()
+            && crate::simd::has_avx512()
         {
             let lanes = stream.lanes()?;
             // SAFETY: the CPU has the kernel's features (checked); ids are at most range_max - 1, inside the

@@ -4,12 +4,14 @@ use super::{check_range, Distribution};
 use crate::error::Result;
 use crate::rng::Stream;
 
+/// The uniform law P(k) = 1 / range_max over `0..range_max`.
 #[derive(Clone, Debug)]
 pub struct Uniform {
     range_max: u64,
 }
 
 impl Uniform {
+    /// The law over `0..range_max` (1 <= range_max <= 2^62).
     pub fn new(range_max: i64) -> Result<Self> {
         Ok(Uniform { range_max: check_range(range_max)? })
     }

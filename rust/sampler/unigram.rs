@@ -6,6 +6,7 @@ use super::Distribution;
 use crate::error::{Error, Result};
 use crate::rng::Stream;
 
+/// Classes drawn in proportion to weights, by an alias table.
 #[derive(Clone, Debug)]
 pub struct Unigram {
     /// Weight of each id (0 for ids that are never drawn).

@@ -11,8 +11,10 @@
 use super::{check_range, refine, Distribution};
 use crate::error::{Error, Result};
 use crate::rng::Stream;
-use crate::vmath::{self, simd, u64_to_f64};
+use crate::simd::dispatch as simd;
+use crate::vmath::{self, u64_to_f64};
 
+/// The Zipf law P(k) = (k + 1)^-s / H(range_max, s) over `0..range_max`, drawn by rejection-inversion.
 #[derive(Clone, Debug)]
 pub struct Zipf {
     range_max: u64,
@@ -48,6 +50,7 @@ fn expm1_over_x(x: f64) -> f64 {
 }
 
 impl Zipf {
+    /// The law over `0..range_max` (1 <= range_max <= 2^62) with exponent s = `exponent` > 0.
     pub fn new(range_max: i64, exponent: f64) -> Result<Self> {
         let range_max = check_range(range_max)?;
         if !exponent.is_finite() || exponent <= 0.0 {

@@ -1,7 +1,7 @@
 //! The element-wise math of InfoNCE, compiled for every SIMD level: the focal factor, a row's and a
 //! column's online log-sum-exp, and the turning of logits into G.
 
-use super::{Kernel, TJ};
+use super::TJ;
 use crate::float::Float;
 use crate::loss::tile::{fold, LANES};
 
@@ -27,7 +27,7 @@ pub(super) fn focal<T: Float>(logp: T, gamma: T) -> (T, T, T) {
 /// One step of a row's online log-sum-exp over the chunk `z` (−∞ = masked): running max `m`, and `s` the
 /// sum of e^(z − m) so far.
 #[inline]
-pub(super) fn row_lse_update<T: Kernel>(z: &[T], m: &mut T, s: &mut T) {
+pub(super) fn row_lse_update<T: Float>(z: &[T], m: &mut T, s: &mut T) {
     let mc = max_of(z);
     if mc == T::NEG_INFINITY {
         return; // the whole chunk is masked
@@ -41,7 +41,7 @@ pub(super) fn row_lse_update<T: Kernel>(z: &[T], m: &mut T, s: &mut T) {
 /// [`row_lse_update`] that also overwrites the chunk with e^(z − M), M the running maximum after it, and
 /// returns M (−∞ and a zeroed chunk when everything so far is masked). Same sums, to the bit.
 #[inline]
-pub(super) fn row_lse_update_exp<T: Kernel>(z: &mut [T], m: &mut T, s: &mut T) -> T {
+pub(super) fn row_lse_update_exp<T: Float>(z: &mut [T], m: &mut T, s: &mut T) -> T {
     let mc = max_of(z);
     if mc == T::NEG_INFINITY {
         // Masked entries hold −∞; their probability is exactly 0 (and e^(M − lse) = e^(−∞) = 0 if M is).
@@ -59,7 +59,7 @@ pub(super) fn row_lse_update_exp<T: Kernel>(z: &mut [T], m: &mut T, s: &mut T) -
 // combination order keeps the result independent of the vector width the CPU offers.
 
 #[inline(always)]
-fn max_body<T: Kernel>(z: &[T]) -> T {
+fn max_body<T: Float>(z: &[T]) -> T {
     let mut acc = [T::NEG_INFINITY; LANES];
     let mut it = z.chunks_exact(LANES);
     for c in &mut it {
@@ -75,7 +75,7 @@ fn max_body<T: Kernel>(z: &[T]) -> T {
 }
 
 #[inline(always)]
-fn sum_exp_body<T: Kernel>(z: &[T], m: T) -> T {
+fn sum_exp_body<T: Float>(z: &[T], m: T) -> T {
     // Exponentials of a block into a buffer first (a plain map loop, which vectorises well), then add the
     // buffer into the lanes; the buffer's unused tail stays zero and adds nothing.
     const BLOCK: usize = 4 * LANES;
@@ -96,7 +96,7 @@ fn sum_exp_body<T: Kernel>(z: &[T], m: T) -> T {
 
 /// [`sum_exp_body`] that also leaves each e^(z − m) in place of z: the same operations in the same order.
 #[inline(always)]
-fn sum_exp_write_body<T: Kernel>(z: &mut [T], m: T) -> T {
+fn sum_exp_write_body<T: Float>(z: &mut [T], m: T) -> T {
     const BLOCK: usize = 4 * LANES;
     let mut acc = [T::ZERO; LANES];
     for c in z.chunks_mut(BLOCK) {
@@ -116,21 +116,21 @@ fn sum_exp_write_body<T: Kernel>(z: &mut [T], m: T) -> T {
 }
 
 #[inline(always)]
-fn scale_body<T: Kernel>(z: &mut [T], f: T) {
+fn scale_body<T: Float>(z: &mut [T], f: T) {
     for x in z.iter_mut() {
         *x *= f;
     }
 }
 
 #[inline(always)]
-fn grad_row_body<T: Kernel>(z: &mut [T], lse: T, a: T) {
+fn grad_row_body<T: Float>(z: &mut [T], lse: T, a: T) {
     for x in z.iter_mut() {
         *x = a * Float::exp_fast(*x - lse);
     }
 }
 
 #[inline(always)]
-fn grad_row_sym_body<T: Kernel>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col: &[T]) {
+fn grad_row_sym_body<T: Float>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col: &[T]) {
     for ((x, &lc), &ac) in z.iter_mut().zip(lse_col).zip(a_col) {
         let v = *x;
         *x = a * Float::exp_fast(v - lse) + ac * Float::exp_fast(v - lc);
@@ -140,7 +140,7 @@ fn grad_row_sym_body<T: Kernel>(z: &mut [T], lse: T, a: T, lse_col: &[T], a_col:
 /// One step of the online log-sum-exp of `nc` columns over the `ni` rows of the tile `z` (at `stride`):
 /// running maxima `cm`, sums of e^(z − cm) `cs`.
 #[inline(always)]
-fn col_lse_body<T: Kernel>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mut [T], cs: &mut [T]) {
+fn col_lse_body<T: Float>(z: &[T], ni: usize, nc: usize, stride: usize, cm: &mut [T], cs: &mut [T]) {
     let mut mx = [T::NEG_INFINITY; TJ];
     let mx = &mut mx[..nc];
     for r in 0..ni {

@@ -53,6 +53,7 @@ mod passes;
 mod problem;
 
 use crate::error::Result;
+use crate::float::Float;
 use crate::loss::tile::Mat;
 use crate::threads;
 use problem::Problem;
@@ -70,17 +71,10 @@ pub const DEFAULT_MAX_LOGITS_BYTES: usize = 256 << 20;
 /// The largest batch or number of negatives accepted (far beyond what fits in memory as embeddings).
 const MAX_ROWS: usize = 1 << 40;
 
-/// The float types the kernel runs in: [`Float`] itself (it carries the vectorising `exp_fast`); this name
-/// is kept for the binding.
-pub use crate::float::Float as Kernel;
-
-/// A matrix handed in by the caller: the crate's one matrix view ([`Mat`]); InfoNCE takes C-contiguous ones
-/// (`Matrix::new(data, rows, cols)`).
-pub type Matrix<'a, T> = Mat<'a, T>;
-
 /// Everything but the embeddings (API.md §4); [`Options::default`] gives the documented defaults.
 #[derive(Clone, Copy, Debug)]
 pub struct Options<'a, T> {
+    /// T: the logits are `q·k / T`.
     pub temperature: f64,
     /// log of each key's sampling probability, `[B]`, subtracted from its logit.
     pub key_log_q: Option<&'a [T]>,
@@ -90,7 +84,9 @@ pub struct Options<'a, T> {
     pub key_ids: Option<&'a [i64]>,
     /// Id of each extra negative, `[N]`: masked in row i when equal to `key_ids[i]`.
     pub negative_ids: Option<&'a [i64]>,
+    /// Average the query→key loss with the key→query loss (CLIP).
     pub symmetric: bool,
+    /// Focal loss's γ (0: the plain loss).
     pub focal_gamma: f64,
     /// Keep the B×(B+N) logits between the passes when they take at most this many bytes.
     pub max_logits_bytes: usize,
@@ -125,10 +121,10 @@ pub struct InfoNceGrad<T> {
 }
 
 /// The per-row loss, `[B]`.
-pub fn info_nce_loss<T: Kernel>(
-    query: Matrix<'_, T>,
-    keys: Matrix<'_, T>,
-    negatives: Option<Matrix<'_, T>>,
+pub fn info_nce_loss<T: Float>(
+    query: Mat<'_, T>,
+    keys: Mat<'_, T>,
+    negatives: Option<Mat<'_, T>>,
     opts: &Options<'_, T>,
 ) -> Result<Vec<T>> {
     let p = Problem::new(query, keys, negatives, opts, None)?;
@@ -139,10 +135,10 @@ pub fn info_nce_loss<T: Kernel>(
 }
 
 /// The per-row loss and the gradients of `Σ_i grad_loss[i] · loss[i]` (`grad_loss` None: all ones).
-pub fn info_nce_loss_and_grad<T: Kernel>(
-    query: Matrix<'_, T>,
-    keys: Matrix<'_, T>,
-    negatives: Option<Matrix<'_, T>>,
+pub fn info_nce_loss_and_grad<T: Float>(
+    query: Mat<'_, T>,
+    keys: Mat<'_, T>,
+    negatives: Option<Mat<'_, T>>,
     opts: &Options<'_, T>,
     grad_loss: Option<&[T]>,
 ) -> Result<InfoNceGrad<T>> {
@@ -314,7 +310,7 @@ mod tests {
                             focal_gamma: gamma,
                             max_logits_bytes: budget,
                         };
-                        let negs = with_neg.then(|| Matrix::new(&n[..], nn, d));
+                        let negs = with_neg.then(|| Mat::new(&n[..], nn, d));
                         let r = reference(
                             &q,
                             &k,
@@ -326,8 +322,8 @@ mod tests {
                             &gl,
                         );
                         let got = info_nce_loss_and_grad(
-                            Matrix::new(&q, b, d),
-                            Matrix::new(&k, b, d),
+                            Mat::new(&q, b, d),
+                            Mat::new(&k, b, d),
                             negs,
                             &o,
                             Some(&gl),
@@ -342,8 +338,7 @@ mod tests {
                         } else {
                             assert!(got.grad_negatives.is_none());
                         }
-                        let loss =
-                            info_nce_loss(Matrix::new(&q, b, d), Matrix::new(&k, b, d), negs, &o).unwrap();
+                        let loss = info_nce_loss(Mat::new(&q, b, d), Mat::new(&k, b, d), negs, &o).unwrap();
                         assert_eq!(loss, got.loss, "{what}: loss alone");
                     }
                 }
@@ -369,9 +364,9 @@ mod tests {
             };
             let run = |budget| {
                 info_nce_loss_and_grad(
-                    Matrix::new(&q, b, d),
-                    Matrix::new(&k, b, d),
-                    Some(Matrix::new(&n, nn, d)),
+                    Mat::new(&q, b, d),
+                    Mat::new(&k, b, d),
+                    Some(Mat::new(&n, nn, d)),
                     &mk(budget),
                     None,
                 )
@@ -397,8 +392,7 @@ mod tests {
         let q: Vec<f32> = data(b * d, 21).into_iter().map(|x| x as f32).collect();
         let k: Vec<f32> = data(b * d, 22).into_iter().map(|x| x as f32).collect();
         let o = Options { symmetric: true, focal_gamma: 1.0, max_logits_bytes: 0, ..Options::default() };
-        let run =
-            || info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None).unwrap();
+        let run = || info_nce_loss_and_grad(Mat::new(&q, b, d), Mat::new(&k, b, d), None, &o, None).unwrap();
         let before = threads::num_threads();
         threads::set_num_threads(1).unwrap();
         let one = run();
@@ -415,7 +409,7 @@ mod tests {
         let k = data(b * d, 32);
         let ids = [7i64, 7, 7, 7];
         let o = Options { key_ids: Some(&ids[..]), ..Options::default() };
-        let g = info_nce_loss_and_grad(Matrix::new(&q, b, d), Matrix::new(&k, b, d), None, &o, None).unwrap();
+        let g = info_nce_loss_and_grad(Mat::new(&q, b, d), Mat::new(&k, b, d), None, &o, None).unwrap();
         assert!(g.loss.iter().all(|&l| l == 0.0), "{:?}", g.loss);
         assert!(g.grad_query.iter().chain(&g.grad_keys).all(|&x| x == 0.0));
     }

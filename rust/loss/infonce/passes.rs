@@ -6,7 +6,7 @@ use super::kernels::{
     col_lse_update, focal, grad_row, grad_row_sym, row_lse_update, row_lse_update_exp, scale_row,
 };
 use super::problem::Problem;
-use super::{InfoNceGrad, Kernel, TI, TJ};
+use super::{InfoNceGrad, TI, TJ};
 use crate::error::Result;
 use crate::float::Float;
 use crate::loss::tile::{matmul, Mat, MatMut, Op};
@@ -49,7 +49,7 @@ impl<T> RowJob<'_, T> {
     }
 }
 
-impl<'a, T: Kernel> Problem<'a, T> {
+impl<'a, T: Float> Problem<'a, T> {
     /// The whole call: loss, and with `grad` the gradients, keeping the logits (`keep`) or not.
     pub(super) fn run(
         &self,

@@ -1,7 +1,7 @@
 //! A validated InfoNCE call: its arguments checked (each error names its argument), and its logit tiles (the
 //! scaled product minus the log-q corrections, masked columns at −∞).
 
-use super::{keeps_logits, Kernel, Matrix, Options, MAX_ROWS, TJ};
+use super::{keeps_logits, Options, MAX_ROWS, TJ};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::loss::tile::{matmul, Mat, MatMut, Op};
@@ -40,19 +40,18 @@ fn check_len<U>(x: &[U], want: usize, arg: &'static str, what: &str) -> Result<(
     Ok(())
 }
 
-impl<'a, T: Kernel> Problem<'a, T> {
+impl<'a, T: Float> Problem<'a, T> {
     pub(super) fn new(
-        query: Matrix<'a, T>,
-        keys: Matrix<'a, T>,
-        negatives: Option<Matrix<'a, T>>,
+        query: Mat<'a, T>,
+        keys: Mat<'a, T>,
+        negatives: Option<Mat<'a, T>>,
         o: &Options<'a, T>,
         grad_loss: Option<&[T]>,
     ) -> Result<Self> {
         for (arg, m) in [("query", Some(query)), ("keys", Some(keys)), ("negatives", negatives)] {
             // Strides only: the element counts are checked below, each with its own message.
-            let strided = |m: Matrix<'a, T>| {
-                (m.col_stride != 1 && m.cols > 1) || (m.row_stride != m.cols && m.rows > 1)
-            };
+            let strided =
+                |m: Mat<'a, T>| (m.col_stride != 1 && m.cols > 1) || (m.row_stride != m.cols && m.rows > 1);
             if m.is_some_and(strided) {
                 return Err(Error::shape(arg, "must be a C-contiguous [rows, dim] array"));
             }
@@ -249,8 +248,8 @@ mod tests {
     fn bad_arguments_name_themselves() {
         let q = vec![0.5f64; 6];
         let k = vec![0.25f64; 6];
-        fn m(x: &[f64], r: usize, c: usize) -> Matrix<'_, f64> {
-            Matrix::new(x, r, c)
+        fn m(x: &[f64], r: usize, c: usize) -> Mat<'_, f64> {
+            Mat::new(x, r, c)
         }
         let arg = |r: Result<Vec<f64>>| r.unwrap_err().arg();
         let dflt = Options::<f64>::default();

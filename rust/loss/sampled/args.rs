@@ -1,23 +1,22 @@
-//! The arguments of a sampled-loss call and its results: the public types (`Kind`, `Weights`, `Args`,
+//! The arguments of a sampled-loss call and its results: the public types (`Kind`, `Mat`, `Args`,
 //! `LossAndGrad`, `SparseGrad`), and the validation that turns `Args` into the call's `Dims`.
 
 use super::Budgets;
 use crate::error::{Error, Result};
-use crate::loss::tile::{self, FastMath, Mat};
+use crate::float::Float;
+use crate::loss::tile::{self, Mat};
 use crate::threads;
 
 /// Which loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Softmax cross-entropy over the true and sampled columns.
     SampledSoftmax,
+    /// Noise-contrastive estimation: sigmoid cross-entropy summed over the columns.
     Nce,
 }
 
-/// The class weights `[V, d]`: the crate's one matrix view ([`Mat`]), of any strides (element (i, j) at
-/// `data[i * row_stride + j * col_stride]`). Only the rows a call needs are ever read.
-pub type Weights<'a, T> = Mat<'a, T>;
-
-impl<T: FastMath> Mat<'_, T> {
+impl<T: Float> Mat<'_, T> {
     /// Check the view of the weights a caller gave: non-empty, and inside its buffer.
     pub(super) fn validate_weights(&self) -> Result<()> {
         if self.rows == 0 || self.cols == 0 {
@@ -36,7 +35,7 @@ impl<T: FastMath> Mat<'_, T> {
     #[inline]
     pub(super) fn row_into(&self, i: usize, out: &mut [T]) -> bool
     where
-        T: FastMath,
+        T: Float,
     {
         let base = i * self.row_stride;
         if self.col_stride == 1 {
@@ -62,24 +61,31 @@ impl<T: FastMath> Mat<'_, T> {
 /// Everything a loss call needs. Expected counts are already in the weights' float type.
 #[derive(Clone, Copy, Debug)]
 pub struct Args<'a, T> {
+    /// Which loss.
     pub kind: Kind,
-    pub weights: Weights<'a, T>,
+    /// The class weights `[V, d]` (any strides); only the rows a call needs are read.
+    pub weights: Mat<'a, T>,
     /// `[V]` or none.
     pub biases: Option<&'a [T]>,
     /// `[B, num_true]`, row-major.
     pub labels: &'a [i64],
+    /// True classes per row.
     pub num_true: usize,
     /// `[B, d]`, row-major.
     pub inputs: &'a [T],
     /// `[S]` when `per_row` is false, else `[B, S]` row-major.
     pub sampled: &'a [i64],
+    /// Whether each row has its own candidates.
     pub per_row: bool,
     /// `[B, num_true]`.
     pub true_expected: &'a [T],
     /// The shape of `sampled`.
     pub sampled_expected: &'a [T],
+    /// Mask the candidates equal to one of the row's true classes.
     pub remove_accidental_hits: bool,
+    /// Subtract log(expected count) from every logit.
     pub subtract_log_q: bool,
+    /// Focal loss's γ (0: the plain loss).
     pub focal_gamma: f64,
 }
 
@@ -87,13 +93,16 @@ pub struct Args<'a, T> {
 /// `[indices.len(), width]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SparseGrad<T> {
+    /// The classes, sorted and unique.
     pub indices: Vec<i64>,
+    /// Their gradient rows, row-major.
     pub values: Vec<T>,
 }
 
 /// The loss per row and the gradients of `Σ_b grad_loss[b] · loss[b]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossAndGrad<T> {
+    /// `[B]`.
     pub loss: Vec<T>,
     /// `[B, d]`.
     pub grad_inputs: Vec<T>,
@@ -117,7 +126,7 @@ pub(super) struct Dims {
 }
 
 /// Validate a call (every argument, before anything large is allocated) and derive its [`Dims`].
-pub(super) fn check<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budgets: Budgets) -> Result<Dims> {
+pub(super) fn check<T: Float>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budgets: Budgets) -> Result<Dims> {
     a.weights.validate_weights()?;
     let (v, d) = (a.weights.rows, a.weights.cols);
     if a.num_true == 0 {
@@ -275,7 +284,7 @@ mod tests {
         assert_eq!(loss(&Args { inputs: &nan, ..a }).unwrap_err().arg(), "inputs");
         let mut w = p.w.clone();
         w[8 * p.d] = f64::INFINITY; // row 8 is a candidate
-        let e = loss(&Args { weights: Weights::contiguous(&w, p.v, p.d), ..a }).unwrap_err();
+        let e = loss(&Args { weights: Mat::contiguous(&w, p.v, p.d), ..a }).unwrap_err();
         assert_eq!(e.arg(), "weights");
         let e = loss(&Args { sampled_expected: &p.se[1..], ..a }).unwrap_err();
         assert_eq!(e.arg(), "sampled_values");
@@ -283,7 +292,7 @@ mod tests {
         assert_eq!(loss(&Args { sampled_expected: &zero, ..a }).unwrap_err().arg(), "sampled_values");
         // x·w overflows: five terms of 1e308 each.
         let (big, ones) = (vec![1e308; p.x.len()], vec![1.0; p.w.len()]);
-        let e = loss(&Args { inputs: &big, weights: Weights::contiguous(&ones, p.v, p.d), ..a }).unwrap_err();
+        let e = loss(&Args { inputs: &big, weights: Mat::contiguous(&ones, p.v, p.d), ..a }).unwrap_err();
         assert_eq!(e.arg(), "inputs");
         assert!(loss_and_grad(&a, Some(&[1.0])).is_err());
     }

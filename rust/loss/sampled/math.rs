@@ -2,7 +2,8 @@
 //! candidate pieces of a row, how they merge with its true columns into the loss, and dL/dz.
 
 use super::args::{Args, Kind};
-use crate::loss::tile::{self, FastMath, Lse};
+use crate::float::Float;
+use crate::loss::tile::{self, Lse};
 
 /// What a row's loss, its true columns and its candidate gradient need, after the pieces are merged.
 #[derive(Clone, Copy, Debug)]
@@ -26,7 +27,7 @@ pub(super) struct Consts<T> {
 
 /// σ(z), 1 − σ(z), softplus(−z) = −ln σ(z), softplus(z) = −ln(1 − σ(z)), without overflow.
 #[inline(always)]
-pub(super) fn sigmoid_parts<T: FastMath>(z: T) -> (T, T, T, T) {
+pub(super) fn sigmoid_parts<T: Float>(z: T) -> (T, T, T, T) {
     let e = (-z.abs()).exp_fast();
     let l = e.ln_1p_fast();
     let inv = T::ONE / (T::ONE + e);
@@ -40,7 +41,7 @@ pub(super) fn sigmoid_parts<T: FastMath>(z: T) -> (T, T, T, T) {
 
 /// NCE loss of a candidate column (label 0): softplus(z), or σ^γ softplus(z) with focal.
 #[inline(always)]
-pub(super) fn nce_neg_loss<T: FastMath>(z: T, k: &Consts<T>) -> T {
+pub(super) fn nce_neg_loss<T: Float>(z: T, k: &Consts<T>) -> T {
     if z == T::NEG_INFINITY {
         return T::ZERO;
     }
@@ -55,7 +56,7 @@ pub(super) fn nce_neg_loss<T: FastMath>(z: T, k: &Consts<T>) -> T {
 
 /// dL/dz of a candidate column of NCE (label 0), before the row's grad_loss.
 #[inline(always)]
-pub(super) fn nce_neg_grad<T: FastMath>(z: T, k: &Consts<T>) -> T {
+pub(super) fn nce_neg_grad<T: Float>(z: T, k: &Consts<T>) -> T {
     if z == T::NEG_INFINITY {
         return T::ZERO;
     }
@@ -69,7 +70,7 @@ pub(super) fn nce_neg_grad<T: FastMath>(z: T, k: &Consts<T>) -> T {
 
 /// NCE loss and dL/dz of a true column with label y.
 #[inline]
-pub(super) fn nce_true<T: FastMath>(z: T, k: &Consts<T>) -> (T, T) {
+pub(super) fn nce_true<T: Float>(z: T, k: &Consts<T>) -> (T, T) {
     let y = k.y;
     if !k.focal {
         // TensorFlow's order: max(z, 0) − z·y, then + ln(1 + e^−|z|).
@@ -89,7 +90,7 @@ pub(super) fn nce_true<T: FastMath>(z: T, k: &Consts<T>) -> (T, T) {
 
 /// Merge a row's candidate pieces with its true columns: the loss, the softmax normaliser, and dL/dz of the
 /// true columns (scaled by the row's `c`) into `gt`.
-pub(super) fn combine<T: FastMath>(
+pub(super) fn combine<T: Float>(
     k: &Consts<T>,
     pieces: &[(T, T)],
     zt: &[T],
@@ -148,7 +149,7 @@ pub(super) fn combine<T: FastMath>(
 }
 
 /// A row's piece over some of its candidate logits (masked ones are −∞).
-pub(super) fn piece<T: FastMath>(k: &Consts<T>, z: &[T]) -> (T, T) {
+pub(super) fn piece<T: Float>(k: &Consts<T>, z: &[T]) -> (T, T) {
     match k.kind {
         Kind::SampledSoftmax => {
             let l = Lse::of(z);
@@ -216,7 +217,7 @@ crate::simd::dispatch! {
 }
 
 /// Turn a row's candidate logits into dL/dz in place.
-pub(super) fn to_grad<T: FastMath>(k: &Consts<T>, z: &mut [T], st: &RowStat<T>) {
+pub(super) fn to_grad<T: Float>(k: &Consts<T>, z: &mut [T], st: &RowStat<T>) {
     match k.kind {
         Kind::SampledSoftmax => tile::scale_exp(z, st.lse, st.coef),
         Kind::Nce => nce_grad(z, &[st.coef], k),
@@ -224,7 +225,7 @@ pub(super) fn to_grad<T: FastMath>(k: &Consts<T>, z: &mut [T], st: &RowStat<T>) 
 }
 
 /// The constants of a call in its float type.
-pub(super) fn consts<T: FastMath>(a: &Args<'_, T>) -> Consts<T> {
+pub(super) fn consts<T: Float>(a: &Args<'_, T>) -> Consts<T> {
     Consts {
         kind: a.kind,
         y: T::ONE / T::from_f64(a.num_true as f64),

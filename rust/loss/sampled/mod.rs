@@ -26,12 +26,12 @@ mod per_row;
 mod shared;
 mod sparse;
 
-pub use args::{Args, Kind, LossAndGrad, SparseGrad, Weights};
+pub use args::{Args, Kind, LossAndGrad, SparseGrad};
 
 use crate::buf::zeroed;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::loss::tile::{self, FastMath};
+use crate::loss::tile;
 use crate::threads;
 use args::{check, Dims};
 use rayon::prelude::*;
@@ -65,18 +65,18 @@ const PREFETCH: usize = 8;
 const ROW_TASK: usize = 16;
 
 /// The per-row loss.
-pub fn loss<T: FastMath>(a: &Args<'_, T>) -> Result<Vec<T>> {
+pub fn loss<T: Float>(a: &Args<'_, T>) -> Result<Vec<T>> {
     let dims = check(a, None, Budgets::DEFAULT)?;
     threads::install(|| run(a, &dims, None))?.map(|o| o.loss)
 }
 
 /// The per-row loss and the gradients of `Σ_b c_b · loss_b`, with `c = grad_loss` (all ones when `None`).
-pub fn loss_and_grad<T: FastMath>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<LossAndGrad<T>> {
+pub fn loss_and_grad<T: Float>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<LossAndGrad<T>> {
     loss_and_grad_in(a, grad_loss, Budgets::DEFAULT)
 }
 
 /// [`loss_and_grad`] within the given memory budgets.
-pub(crate) fn loss_and_grad_in<T: FastMath>(
+pub(crate) fn loss_and_grad_in<T: Float>(
     a: &Args<'_, T>,
     grad_loss: Option<&[T]>,
     budgets: Budgets,
@@ -133,7 +133,7 @@ struct Out<T> {
 }
 
 /// Both paths, after validation.
-fn run<T: FastMath>(a: &Args<'_, T>, dims: &Dims, c: Option<&[T]>) -> Result<Out<T>> {
+fn run<T: Float>(a: &Args<'_, T>, dims: &Dims, c: Option<&[T]>) -> Result<Out<T>> {
     let zt = true_logits(a, dims)?;
     if a.per_row {
         per_row::per_row(a, dims, &zt, c)
@@ -143,7 +143,7 @@ fn run<T: FastMath>(a: &Args<'_, T>, dims: &Dims, c: Option<&[T]>) -> Result<Out
 }
 
 /// The true logits `[B, T]`: x_b·w_t + b_t − ln q_t.
-fn true_logits<T: FastMath>(a: &Args<'_, T>, dims: &Dims) -> Result<Vec<T>> {
+fn true_logits<T: Float>(a: &Args<'_, T>, dims: &Dims) -> Result<Vec<T>> {
     let (nt, d) = (a.num_true, dims.d);
     let mut zt: Vec<T> = zeroed("labels", a.labels.len())?;
     let res: Vec<Result<()>> = zt
@@ -174,6 +174,7 @@ fn true_logits<T: FastMath>(a: &Args<'_, T>, dims: &Dims) -> Result<Vec<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loss::tile::Mat;
 
     /// A tiny deterministic problem.
     pub(super) struct P {
@@ -208,7 +209,7 @@ mod tests {
     pub(super) fn args<'a>(p: &'a P, kind: Kind, per_row: bool, gamma: f64) -> Args<'a, f64> {
         Args {
             kind,
-            weights: Weights::contiguous(&p.w, p.v, p.d),
+            weights: Mat::contiguous(&p.w, p.v, p.d),
             biases: Some(&p.bias),
             labels: &p.labels,
             num_true: p.nt,

@@ -8,7 +8,8 @@ use super::sparse::sparse;
 use super::{bias_of, first_err, not_finite_row, overflow, Out, BLOCK_BYTES, PREFETCH, ROW_TASK};
 use crate::buf::zeroed;
 use crate::error::Result;
-use crate::loss::tile::{self, FastMath, Mat, MatMut, Op, TILES_KEEP};
+use crate::float::Float;
+use crate::loss::tile::{self, Mat, MatMut, Op, TILES_KEEP};
 use rayon::prelude::*;
 
 /// One column block of shared candidates.
@@ -32,7 +33,7 @@ struct Block<T> {
     gb: Vec<T>,
 }
 
-pub(super) fn shared<T: FastMath>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) -> Result<Out<T>> {
+pub(super) fn shared<T: Float>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) -> Result<Out<T>> {
     let (b, d, s, nt) = (dims.b, dims.d, dims.s, a.num_true);
     let k = consts(a);
     let sz = std::mem::size_of::<T>();
@@ -215,7 +216,7 @@ fn sub_rows<T>(w: usize, subtile_bytes: usize) -> usize {
 /// Logits of a block for rows `r0..r0 + x.rows` (with biases, ln q and masks), kept candidate-major
 /// (`[w, rows]`), and each row's piece. Works in sub-tiles of rows so that the product and the passes over
 /// its output run on data in cache.
-fn forward_block<T: FastMath>(
+fn forward_block<T: Float>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
     r0: usize,
@@ -311,7 +312,7 @@ fn forward_block<T: FastMath>(
 /// dL/dz is `E ⊙ f` with one factor per batch row: softmax keeps E = e^(z − m) and f = c·e^(m − lse),
 /// plain NCE E = σ(z) and f = c. The block is never rewritten: the factor goes onto the small operands,
 /// dL/dW = E·(diag(f) X), (dL/dx)ᵀ = (Wᵀ E)·diag(f), dL/db = E f. Focal NCE turns z into dL/dz in place.
-fn backward_block<T: FastMath>(
+fn backward_block<T: Float>(
     blk: &mut Block<T>,
     x: Mat<'_, T>,
     lse: &[T],
@@ -379,8 +380,9 @@ fn backward_block<T: FastMath>(
 #[cfg(test)]
 mod tests {
     use super::super::tests::{close, naive};
-    use super::super::{check, loss_and_grad, loss_and_grad_in, true_logits, Budgets, Kind, Weights};
+    use super::super::{check, loss_and_grad, loss_and_grad_in, true_logits, Budgets, Kind};
     use super::*;
+    use crate::loss::tile::Mat;
 
     #[test]
     fn thread_count_does_not_change_results() {
@@ -394,7 +396,7 @@ mod tests {
         let se = vec![0.02f32; s];
         let a = Args {
             kind: Kind::SampledSoftmax,
-            weights: Weights::contiguous(&w, v, d),
+            weights: Mat::contiguous(&w, v, d),
             biases: None,
             labels: &labels,
             num_true: 1,
@@ -436,7 +438,7 @@ mod tests {
         for kind in [Kind::SampledSoftmax, Kind::Nce] {
             let a = Args {
                 kind,
-                weights: Weights::contiguous(&w, v, d),
+                weights: Mat::contiguous(&w, v, d),
                 biases: Some(&bias),
                 labels: &labels,
                 num_true: nt,
@@ -485,7 +487,7 @@ mod tests {
         for kind in [Kind::SampledSoftmax, Kind::Nce] {
             let a = Args {
                 kind,
-                weights: Weights::contiguous(&w, v, d),
+                weights: Mat::contiguous(&w, v, d),
                 biases: None,
                 labels: &labels,
                 num_true: 1,
