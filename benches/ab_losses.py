@@ -77,7 +77,7 @@ def main():
             reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)))
         times = {name: [] for name in calls}
         for r in range(args.rounds):
-            for name in (list(calls) if r % 2 else list(calls)[::-1]):
+            for name in list(calls) if r % 2 else list(calls)[::-1]:
                 time.sleep(0.02)
                 t = time.perf_counter()
                 for _ in range(reps[name]):

@@ -78,18 +78,22 @@ def main():
         reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)))
     times = {name: [] for name in calls}
     for r in range(args.rounds):
-        for name in (list(calls) if r % 2 else list(calls)[::-1]):
+        for name in list(calls) if r % 2 else list(calls)[::-1]:
             time.sleep(0.02)
             t = time.perf_counter()
             for _ in range(reps[name]):
                 calls[name]()
             times[name].append((time.perf_counter() - t) / reps[name])
     med = {name: statistics.median(t) for name, t in times.items()}
-    line = f"{args.sampler}{' per-row B=%d' % args.batch if args.per_row else ''} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us " \
-           f"(new/old {med['new'] / med['old']:.3f})"
+    line = (
+        f"{args.sampler}{' per-row B=%d' % args.batch if args.per_row else ''} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us "
+        f"(new/old {med['new'] / med['old']:.3f})"
+    )
     if "tensorflow" in med:
         tf_t = med["tensorflow"]
-        line += f"; tensorflow {tf_t * 1e6:.0f} us: old {tf_t / med['old']:.1f}x, new {tf_t / med['new']:.1f}x"
+        line += (
+            f"; tensorflow {tf_t * 1e6:.0f} us: old {tf_t / med['old']:.1f}x, new {tf_t / med['new']:.1f}x"
+        )
     print(line)
 
 

@@ -101,7 +101,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense-gradient module variant")
     ap.add_argument("--no-multinomial", action="store_true", help="skip the torch.multinomial peer")
-    ap.add_argument("--frameworks", action="store_true", help="also time zipfnce.jax and zipfnce.tf (and tf.nn)")
+    ap.add_argument(
+        "--frameworks", action="store_true", help="also time zipfnce.jax and zipfnce.tf (and tf.nn)"
+    )
     args = ap.parse_args()
     import torch
     import zipfnce as zn
@@ -111,14 +113,18 @@ def main() -> None:
     impls = torch_step_impls(dense=not args.no_dense, multinomial=not args.no_multinomial)
     med, _ = _median_times(impls, args.repeats)
     base = med["zipfnce.torch sparse"]
-    print(f"B=1024 d=128 V=1e6 S=8192 float32, threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}")
+    print(
+        f"B=1024 d=128 V=1e6 S=8192 float32, threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}"
+    )
     print(f"{'variant':<26} {'median ms':>10} {'vs zipfnce.torch sparse':>24}")
     for k, v in med.items():
         print(f"{k:<26} {v * 1e3:>10.1f} {v / base:>23.2f}x")
     print(f"adapter overhead (zipfnce.torch sparse / numpy - 1): {base / med['numpy'] - 1:+.1%}")
     own, native = adapter_own_time(impls["zipfnce.torch sparse"], args.repeats)
-    print(f"adapter's own time per step (outside sampler and native call): {own * 1e3:.2f} ms "
-          f"= {own / native:.1%} of the {native * 1e3:.1f} ms native work")
+    print(
+        f"adapter's own time per step (outside sampler and native call): {own * 1e3:.2f} ms "
+        f"= {own / native:.1%} of the {native * 1e3:.1f} ms native work"
+    )
     if args.frameworks:
         from zipfnce.bench.cases import framework_step_impls
 

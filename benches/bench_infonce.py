@@ -129,8 +129,12 @@ print(json.dumps(dict(seconds=secs, cpu_seconds=cpu, peak_growth=hwm() - before,
 
 
 def big(b: int = 65536, d: int = D, symmetric: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", BIG_SCRIPT, str(b), str(d), "1" if symmetric else "0"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", BIG_SCRIPT, str(b), str(d), "1" if symmetric else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -158,9 +162,11 @@ def main() -> None:
         print(f"symmetric: {med['torch eager symmetric'] / s:.2f}x faster than torch eager symmetric")
     if a.big:
         r = big()
-        print(f"B=65536 d={D}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s of CPU), peak memory above the inputs "
-              f"{r['peak_growth'] / 2**20:.0f} MiB (inputs {r['inputs'] / 2**20:.0f} MiB, "
-              f"logits would be {65536 * 65536 * 4 / 2**30:.0f} GiB), finite={r['finite']}")
+        print(
+            f"B=65536 d={D}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s of CPU), peak memory above the inputs "
+            f"{r['peak_growth'] / 2**20:.0f} MiB (inputs {r['inputs'] / 2**20:.0f} MiB, "
+            f"logits would be {65536 * 65536 * 4 / 2**30:.0f} GiB), finite={r['finite']}"
+        )
 
 
 # pytest-benchmark: the same cases, one test each.

@@ -74,7 +74,11 @@ def describe_class(prefix: str, cls: ast.ClassDef, heading: Optional[str] = None
     title = heading or (
         f"`{prefix}.{signature(cls.name, init.args, True)}`" if init else f"`{prefix}.{cls.name}`"
     )
-    doc = "Methods common to all the samplers below." if heading else markdown(ast.get_docstring(cls, clean=False))
+    doc = (
+        "Methods common to all the samplers below."
+        if heading
+        else markdown(ast.get_docstring(cls, clean=False))
+    )
     out += [f"### {title}", "", doc, ""]
     fields = [
         n.target.id
@@ -89,7 +93,9 @@ def describe_class(prefix: str, cls: ast.ClassDef, heading: Optional[str] = None
         ret = f" -> {ast.unparse(m.returns)}" if m.returns is not None and not is_prop else ""
         ret = re.sub(r"\b_S\b", "Self", ret)  # the TypeVar of "the same class as self"
         out += [f"- `{sig}{ret}`" + (" (property)" if is_prop else ""), ""]
-        out += ["  " + line if line else "" for line in markdown(ast.get_docstring(m, clean=False)).splitlines()]
+        out += [
+            "  " + line if line else "" for line in markdown(ast.get_docstring(m, clean=False)).splitlines()
+        ]
         out += [""]
     return out
 
@@ -139,7 +145,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     new = head + MARKER + "\n\n" + reference()
     if args.check:
         if new != text:
-            diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "docs/API.md", "generated", lineterm="")
+            diff = difflib.unified_diff(
+                text.splitlines(), new.splitlines(), "docs/API.md", "generated", lineterm=""
+            )
             print("\n".join(list(diff)[:60]), file=sys.stderr)
             print("docs/API.md is out of date: run python docs/gen_api.py", file=sys.stderr)
             return 1

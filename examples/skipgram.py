@@ -468,16 +468,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="zipfnce, BLAS, gensim threads")
-    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
-                   help="where the plot and the numbers go: skipgram[_<corpus>][_quick].png and .json")
+    p.add_argument(
+        "--out",
+        default=os.path.dirname(os.path.abspath(__file__)),
+        help="where the plot and the numbers go: skipgram[_<corpus>][_quick].png and .json",
+    )
     p.add_argument("--quick", action="store_true", help="fewer sentences and epochs (< 2 minutes)")
     p.add_argument("--corpus", default="lee_background.cor", help="a file in gensim's test data, or a path")
     p.add_argument("--min-count", type=int, default=3)
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--negatives", type=int, default=10, help="k, also gensim's negative")
     p.add_argument("--batch", type=int, default=4096, help="pairs per step")
-    p.add_argument("--unique", action=argparse.BooleanOptionalAction, default=True,
-                   help="negatives without replacement within a row (--no-unique: with, as word2vec)")
+    p.add_argument(
+        "--unique",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="negatives without replacement within a row (--no-unique: with, as word2vec)",
+    )
     p.add_argument("--lr", type=float, default=0.1, help="Adagrad step size")
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--max-eval-pairs", type=int, default=None, help="score a random subset of held-out pairs")

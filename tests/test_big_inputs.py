@@ -49,10 +49,15 @@ def _all_candidates(n):
 
 def _run(fn, **kwargs):
     """Call test_big_inputs.<fn>(**kwargs) in a child whose address space is capped at 6 GiB."""
-    src = f"import sys; sys.path.insert(0, {H.TESTS_DIR!r}); import test_big_inputs as t; " \
-          f"print(repr(t.{fn}(**{kwargs!r})))"
+    src = (
+        f"import sys; sys.path.insert(0, {H.TESTS_DIR!r}); import test_big_inputs as t; "
+        f"print(repr(t.{fn}(**{kwargs!r})))"
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", src], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", src],
+        capture_output=True,
+        text=True,
+        timeout=120,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)),
     )
     assert proc.returncode == 0, f"the child died ({proc.returncode}):\n{proc.stderr[-3000:]}"
@@ -70,8 +75,9 @@ def _run(fn, **kwargs):
     ],
 )
 def test_impossible_sample_sizes_are_value_errors(kind, range_max, num_sampled, unique, rows):
-    typ, msg = _run("_sample", kind=kind, range_max=range_max, num_sampled=num_sampled, unique=unique,
-                    per_row_rows=rows)
+    typ, msg = _run(
+        "_sample", kind=kind, range_max=range_max, num_sampled=num_sampled, unique=unique, per_row_rows=rows
+    )
     assert typ == "ValueError" and msg.startswith("num_sampled:"), (typ, msg)
 
 
@@ -90,14 +96,17 @@ def test_all_candidates_that_cannot_fit_are_value_errors():
 def test_memory_limit_from_the_environment():
     """ZIPFNCE_MAX_MEMORY caps what a call may allocate: 2^25 draws (384 MiB of ids and counts) fail under
     a 256 MiB limit and pass under 1 GiB."""
-    code = ("import sys, zipfnce as zn; s = zn.LogUniformSampler(1000, seed=1)\n"
-            "try:\n r = s.sample(2**25, unique=False); print('ok', r.ids.size)\n"
-            "except ValueError as e: print('ValueError', e)")
+    code = (
+        "import sys, zipfnce as zn; s = zn.LogUniformSampler(1000, seed=1)\n"
+        "try:\n r = s.sample(2**25, unique=False); print('ok', r.ids.size)\n"
+        "except ValueError as e: print('ValueError', e)"
+    )
     outs = {}
     for limit in ("256M", "1G"):
         env = dict(os.environ, ZIPFNCE_MAX_MEMORY=limit)
-        outs[limit] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     timeout=120, check=True).stdout.strip()
+        outs[limit] = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+        ).stdout.strip()
     assert outs["256M"].startswith("ValueError num_sampled:") and "memory" in outs["256M"], outs
     assert outs["1G"] == f"ok {2**25}", outs
 
@@ -112,7 +121,7 @@ def test_available_memory_is_known_on_linux():
 # Losses: 1e7 x 128 float32 weights (5 GB) are read in place. Runs once zn.sampled_softmax_loss exists.
 # ----------------------------------------------------------------------------------------------------------
 
-LOSS_CHILD = textwrap.dedent('''
+LOSS_CHILD = textwrap.dedent("""
     import resource, sys
     import numpy as np, zipfnce as zn
     V, D, B, S = 10_000_000, 128, 256, 1024
@@ -140,13 +149,14 @@ LOSS_CHILD = textwrap.dedent('''
     assert np.array_equal(out.grad_weights.indices, used[small.grad_weights.indices])
     assert np.array_equal(out.grad_weights.values, small.grad_weights.values)
     print(after - before, w.nbytes)
-''')
+""")
 
 
 def test_loss_reads_5gb_of_weights_in_place(tmp_path):
     path = tmp_path / "weights.f32"
-    out = subprocess.run([sys.executable, "-c", LOSS_CHILD, str(path)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", LOSS_CHILD, str(path)], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     grown, size = map(int, out.stdout.split())
     assert grown < 0.05 * size, f"peak memory grew by {grown >> 20} MiB for {size >> 20} MiB of weights"
@@ -162,29 +172,54 @@ def _loss_call(case):
             v, d, s = 2**24, 256, 2**24
             w = np.broadcast_to(np.full((1, d), 0.01, f32), (v, d))
             sv = (np.arange(s), np.ones((4, 1), f32), np.ones(s, f32))
-            zn.sampled_softmax_loss_and_grad(w, None, np.zeros((4, 1), np.int64), np.ones((4, d), f32), s, v,
-                                             sampled_values=sv)
+            zn.sampled_softmax_loss_and_grad(
+                w, None, np.zeros((4, 1), np.int64), np.ones((4, d), f32), s, v, sampled_values=sv
+            )
         elif case == "per-row ids":
             # [2^14, 2^16] int64 candidates, a broadcast view: the binding's copy of them takes 8 GiB (and
             # aborted). Straight into the binding: the Python layer would refuse the counts' copy first.
             b, s = 2**14, 2**16
             ids = np.broadcast_to(np.int64(0), (b, s))
             se = np.broadcast_to(f32(1), (b, s))
-            zn._core.sampled_loss(True, np.ones((2, 4), f32), None, np.zeros((b, 1), np.int64),
-                                  np.ones((b, 4), f32), ids, np.ones((b, 1), f32), se, False, True, 0.0, False)
+            zn._core.sampled_loss(
+                True,
+                np.ones((2, 4), f32),
+                None,
+                np.zeros((b, 1), np.int64),
+                np.ones((b, 4), f32),
+                ids,
+                np.ones((b, 1), f32),
+                se,
+                False,
+                True,
+                0.0,
+                False,
+            )
         elif case == "per-row counts":
             b, s = 2**14, 2**16
             se = np.broadcast_to(f32(1), (b, s))  # a float64 copy of it is 8 GiB
-            zn.nce_loss(np.ones((2, 4)), None, np.zeros(b, np.int64), np.ones((b, 4)), s, 2,
-                        sampled_values=(np.zeros((b, s), np.int8), np.ones(b), se))
+            zn.nce_loss(
+                np.ones((2, 4)),
+                None,
+                np.zeros(b, np.int64),
+                np.ones((b, 4)),
+                s,
+                2,
+                sampled_values=(np.zeros((b, s), np.int8), np.ones(b), se),
+            )
     except Exception as e:
         return type(e).__name__, str(e)
     return "no error", ""
 
 
-@pytest.mark.parametrize("case,name", [("shared work buffers", "num_sampled"),
-                                       ("per-row ids", "sampled_values"),
-                                       ("per-row counts", "sampled_values")])
+@pytest.mark.parametrize(
+    "case,name",
+    [
+        ("shared work buffers", "num_sampled"),
+        ("per-row ids", "sampled_values"),
+        ("per-row counts", "sampled_values"),
+    ],
+)
 def test_loss_work_that_cannot_fit_is_a_value_error(case, name):
     typ, msg = _run("_loss_call", case=case)
     assert typ == "ValueError" and msg.startswith(name + ":") and "memory" in msg, (typ, msg)

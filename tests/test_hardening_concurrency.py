@@ -42,25 +42,38 @@ CALLS = [
     ("log_uniform.sample unique", lambda: _t(LOGU.sample(20_000, true_classes=TC, seed=11))),
     ("uniform.sample plain", lambda: _t(UNI.sample(50_000, unique=False, true_classes=TC, seed=12))),
     ("zipf.sample small", lambda: _t(ZIPF.sample(64, true_classes=TC[:8], remove_true=True, seed=13))),
-    ("unigram.sample remove_true", lambda: _t(UNIGRAM.sample(9000, true_classes=TC[:50], remove_true=True,
-                                                             seed=14))),
+    (
+        "unigram.sample remove_true",
+        lambda: _t(UNIGRAM.sample(9000, true_classes=TC[:50], remove_true=True, seed=14)),
+    ),
     ("log_uniform.sample_per_row", lambda: _t(LOGU.sample_per_row(TC, 16, remove_true=True, seed=15))),
     ("zipf.sample_per_row plain", lambda: _t(ZIPF.sample_per_row(TC, 8, unique=False, seed=16))),
     ("unigram.sample_per_row", lambda: _t(UNIGRAM.sample_per_row(TC[:300], 32, seed=17))),
     ("probability", lambda: _t(ZIPF.probability(IDS))),
     ("expected_count", lambda: _t(LOGU.expected_count(IDS, 64, 900))),
-    ("log_uniform_candidate_sampler", lambda: _t(zn.log_uniform_candidate_sampler(TC, 2, 128, True, V, seed=18))),
-    ("fixed_unigram_candidate_sampler", lambda: _t(zn.fixed_unigram_candidate_sampler(
-        TC[:10] % 1000, 2, 100, True, 1000, unigrams=SMALL_UNIGRAM, distortion=0.75, seed=19))),
+    (
+        "log_uniform_candidate_sampler",
+        lambda: _t(zn.log_uniform_candidate_sampler(TC, 2, 128, True, V, seed=18)),
+    ),
+    (
+        "fixed_unigram_candidate_sampler",
+        lambda: _t(
+            zn.fixed_unigram_candidate_sampler(
+                TC[:10] % 1000, 2, 100, True, 1000, unigrams=SMALL_UNIGRAM, distortion=0.75, seed=19
+            )
+        ),
+    ),
     ("compute_accidental_hits", lambda: _t(zn.compute_accidental_hits(TC[:100], CANDS, 2))),
 ]
 
-# Losses (API.md sections 2-4).
+# Losses (docs/API.md: Sampled softmax and NCE, InfoNCE).
 _W = rng.standard_normal((20_000, 64)).astype(np.float32)
 _B = rng.standard_normal(20_000).astype(np.float32)
 _X = rng.standard_normal((256, 64)).astype(np.float32)
 _L = rng.integers(0, 20_000, size=(256, 1))
-CALLS.append(("sampled_softmax_loss", lambda: _t(zn.sampled_softmax_loss(_W, _B, _L, _X, 512, 20_000, seed=21))))
+CALLS.append(
+    ("sampled_softmax_loss", lambda: _t(zn.sampled_softmax_loss(_W, _B, _L, _X, 512, 20_000, seed=21)))
+)
 CALLS.append(("nce_loss", lambda: _t(zn.nce_loss(_W, _B, _L, _X, 512, 20_000, seed=22))))
 # Gradients (the parallel backward pass and the sparse sums), per-row candidates, float64, focal.
 _G = rng.standard_normal(256).astype(np.float32)
@@ -74,10 +87,20 @@ def _flat(g):
     return (g.loss, g.grad_inputs, *g.grad_weights, *(g.grad_biases or ()))
 
 
-CALLS.append(("sampled_softmax_loss_and_grad", lambda: _flat(zn.sampled_softmax_loss_and_grad(
-    _W, _B, _L, _X, 2048, 20_000, seed=24, grad_loss=_G))))
-CALLS.append(("nce_loss_and_grad per row", lambda: _flat(zn.nce_loss_and_grad(
-    _W64, None, _L3, _X, 64, 20_000, 3, sampled_values=_PER_ROW, focal_gamma=1.5))))
+CALLS.append(
+    (
+        "sampled_softmax_loss_and_grad",
+        lambda: _flat(zn.sampled_softmax_loss_and_grad(_W, _B, _L, _X, 2048, 20_000, seed=24, grad_loss=_G)),
+    )
+)
+CALLS.append(
+    (
+        "nce_loss_and_grad per row",
+        lambda: _flat(
+            zn.nce_loss_and_grad(_W64, None, _L3, _X, 64, 20_000, 3, sampled_values=_PER_ROW, focal_gamma=1.5)
+        ),
+    )
+)
 _Q = rng.standard_normal((256, 64)).astype(np.float32)
 _K = rng.standard_normal((256, 64)).astype(np.float32)
 _N = rng.standard_normal((1024, 64)).astype(np.float32)
@@ -121,7 +144,7 @@ def _run_threads(target, n=N_THREADS, timeout=TIMEOUT):
 
 def test_threads_share_samplers_and_match_the_single_threaded_results(reference):
     def target(i):
-        order = CALLS[i % len(CALLS):] + CALLS[: i % len(CALLS)]  # threads start on different calls
+        order = CALLS[i % len(CALLS) :] + CALLS[: i % len(CALLS)]  # threads start on different calls
         for _ in range(2):
             for name, f in order:
                 H._same(f(), reference[name])
@@ -142,7 +165,7 @@ def test_results_hold_while_another_thread_resizes_the_pool(reference):
                 time.sleep(0.002)
             return
         try:
-            for name, f in CALLS[i % len(CALLS):] + CALLS[: i % len(CALLS)]:
+            for name, f in CALLS[i % len(CALLS) :] + CALLS[: i % len(CALLS)]:
                 H._same(f(), reference[name])
         finally:
             if i == 1:
@@ -184,8 +207,9 @@ def test_per_row_shared_stream_under_threads():
 
     _run_threads(target)
     solo = zn.ZipfSampler(V, 1.2, seed=5)
-    assert sorted(sum(got, [])) == sorted(solo.sample_per_row(TC[:600], 16).ids.tobytes()
-                                          for _ in range(N_THREADS * 6))
+    assert sorted(sum(got, [])) == sorted(
+        solo.sample_per_row(TC[:600], 16).ids.tobytes() for _ in range(N_THREADS * 6)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,8 +265,14 @@ def test_torch_dataloader_workers_sample_without_hanging(reference):
     from torch.utils.data import DataLoader
 
     _warm_the_pool()
-    loader = DataLoader(_Rows(), batch_size=None, num_workers=2, multiprocessing_context="fork",
-                        timeout=TIMEOUT, collate_fn=lambda x: x)
+    loader = DataLoader(
+        _Rows(),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context="fork",
+        timeout=TIMEOUT,
+        collate_fn=lambda x: x,
+    )
     seen = 0
     for name, value in loader:
         H._same(value, reference[name])

@@ -1,10 +1,10 @@
-"""Hostile and random inputs to every public function of API.md (issue 7).
+"""Hostile and random inputs to every public function of docs/API.md (issue 7).
 
 Each registered function (tests/hardening/) gets two property tests, both run in a worker process so that
 an abort, a segfault or a hang fails the example that caused it rather than the whole run:
 
 - valid arguments in every dtype and memory layout: the result satisfies the function's checked properties
-  (shapes, dtypes, ids in range, uniqueness, expected counts by API.md's formulas, probabilities by their
+  (shapes, dtypes, ids in range, uniqueness, expected counts by docs/API.md's formulas, probabilities by their
   formulas, seeded calls reproducible and independent of the arrays' layout);
 - one argument made hostile (empty, NaN/inf, negative or huge ids, sizes near 2^63, wrong dtypes, ragged
   lists, non-contiguous, Fortran-order, read-only, big-endian, unaligned...): a correct result, or a
@@ -96,7 +96,9 @@ def test_hostile_arguments_are_named_errors_or_correct_results(worker, name):
             # The error may also be one that the unmodified arguments give (a random valid-looking call can
             # be impossible: unique sampling from a range of 1 with its class removed, say).
             base = worker.run(H.assemble((kind, base_args), name))
-            if base["status"] == "raised" and H.error_names(base["message"]) == H.error_names(outcome["message"]):
+            if base["status"] == "raised" and H.error_names(base["message"]) == H.error_names(
+                outcome["message"]
+            ):
                 problem = None
         assert problem is None, f"{recipe}\n{problem}"
 
@@ -158,8 +160,12 @@ def test_ragged_lists_are_named(call, name):
     [
         (lambda: zn.ZipfSampler(10, 10**400), "exponent"),  # was OverflowError
         (lambda: zn.UnigramSampler([1.0, 2.0], distortion=-(10**400)), "distortion"),
-        (lambda: zn.fixed_unigram_candidate_sampler([[0]], 1, 1, True, 2, unigrams=[1, 2], distortion=10**309),
-         "distortion"),
+        (
+            lambda: zn.fixed_unigram_candidate_sampler(
+                [[0]], 1, 1, True, 2, unigrams=[1, 2], distortion=10**309
+            ),
+            "distortion",
+        ),
     ],
 )
 def test_integers_beyond_float_range_are_value_errors(call, name):
@@ -251,7 +257,7 @@ def test_huge_and_odd_scalars():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Regressions of the losses (API.md sections 2-3)
+# Regressions of the losses (docs/API.md: Sampled softmax and NCE)
 # ----------------------------------------------------------------------------------------------------------
 
 LOSSES = [zn.sampled_softmax_loss, zn.nce_loss, zn.sampled_softmax_loss_and_grad, zn.nce_loss_and_grad]
@@ -275,8 +281,16 @@ def _loss_parts(out):
 @pytest.mark.parametrize("arg", ["weights", "biases", "inputs", "true_expected", "grad_loss"])
 def test_ragged_loss_arguments_are_named(f, arg):
     w, b, lab, x, sv = _loss_problem()
-    kw = dict(weights=w, biases=b, labels=lab, inputs=x, num_sampled=6, num_classes=30, num_true=2,
-              sampled_values=sv)
+    kw = dict(
+        weights=w,
+        biases=b,
+        labels=lab,
+        inputs=x,
+        num_sampled=6,
+        num_classes=30,
+        num_true=2,
+        sampled_values=sv,
+    )
     ragged = [[1.0, 2.0], [3.0]]
     name = arg
     if arg == "true_expected":
@@ -310,13 +324,33 @@ def test_the_loss_binding_refuses_unaligned_arrays():
     w, b, lab, x, sv = _loss_problem()
     te, se = sv.true_expected_count.astype(np.float64), sv.sampled_expected_count.astype(np.float64)
     ok = dict(w=w, b=b, lab=lab, x=x, ids=sv.ids, te=te, se=se, gl=np.ones(5))
-    for name, key in [("weights", "w"), ("biases", "b"), ("labels", "lab"), ("inputs", "x"),
-                      ("sampled_values", "ids"), ("sampled_values", "te"), ("sampled_values", "se"),
-                      ("grad_loss", "gl")]:
+    for name, key in [
+        ("weights", "w"),
+        ("biases", "b"),
+        ("labels", "lab"),
+        ("inputs", "x"),
+        ("sampled_values", "ids"),
+        ("sampled_values", "te"),
+        ("sampled_values", "se"),
+        ("grad_loss", "gl"),
+    ]:
         a = dict(ok, **{key: _unaligned(ok[key])})
         with pytest.raises(ValueError, match=f"^{name}:.*aligned"):
-            _core.sampled_loss(False, a["w"], a["b"], a["lab"], a["x"], a["ids"], a["te"], a["se"], True,
-                               True, 0.0, True, a["gl"])
+            _core.sampled_loss(
+                False,
+                a["w"],
+                a["b"],
+                a["lab"],
+                a["x"],
+                a["ids"],
+                a["te"],
+                a["se"],
+                True,
+                True,
+                0.0,
+                True,
+                a["gl"],
+            )
 
 
 @pytest.mark.parametrize("f", LOSSES)
@@ -334,8 +368,16 @@ def test_candidates_that_are_all_accidental_hits_drop_out(f, per_row):
     rng = np.random.default_rng(1)
     w, x = rng.standard_normal((3, 2)), rng.standard_normal((4, 2))
     ids = np.ones((4, 1) if per_row else 1, np.int64)
-    out = f(w, None, [1] * 4, x, 1, 3, sampled_values=(ids, np.full(4, 0.5), np.full(ids.shape, 0.5)),
-            remove_accidental_hits=True)
+    out = f(
+        w,
+        None,
+        [1] * 4,
+        x,
+        1,
+        3,
+        sampled_values=(ids, np.full(4, 0.5), np.full(ids.shape, 0.5)),
+        remove_accidental_hits=True,
+    )
     loss = out[0] if isinstance(out, tuple) else out
     z = x @ w[1] - np.log(0.5)
     want = 0.0 * z if "softmax" in f.__name__ else np.logaddexp(0, -z)  # NCE: the true column's term

@@ -1,7 +1,7 @@
-"""InfoNCE (API.md section 4): parity with an autograd implementation of the formula, numerics, bad input,
+"""InfoNCE (docs/API.md: InfoNCE): parity with an autograd implementation of the formula, numerics, bad input,
 memory.
 
-The reference below writes the formula of API.md in torch ops and lets autograd differentiate it (the same
+The reference below writes the formula of docs/API.md in torch ops and lets autograd differentiate it (the same
 in TensorFlow ops with tf.GradientTape when torch is absent, as in CI, whose test extra has TensorFlow); the native kernel is compared with it over every option and their combinations,
 in float32 and float64, on both of the kernel's paths (logits kept between the passes, or recomputed).
 """
@@ -40,12 +40,24 @@ B, N, D = 300, 70, 16
 
 
 def reference(q, k, n, **kw):
-    """API.md section 4 by autograd in float64: (loss, grad_q, grad_k, grad_n)."""
+    """docs/API.md: InfoNCE by autograd in float64: (loss, grad_q, grad_k, grad_n)."""
     return reference_torch(q, k, n, **kw) if torch is not None else reference_tf(q, k, n, **kw)
 
 
-def reference_tf(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=None, key_ids=None,
-                 negative_ids=None, symmetric=False, focal_gamma=0.0, grad_loss=None):
+def reference_tf(
+    q,
+    k,
+    n,
+    *,
+    temperature=0.1,
+    key_log_q=None,
+    negative_log_q=None,
+    key_ids=None,
+    negative_ids=None,
+    symmetric=False,
+    focal_gamma=0.0,
+    grad_loss=None,
+):
     """The formula in TensorFlow ops, differentiated by tf.GradientTape."""
     f64 = lambda a: tf.constant(np.asarray(a, dtype=np.float64))  # noqa: E731
     tq, tk = tf.Variable(f64(q)), tf.Variable(f64(k))
@@ -84,8 +96,20 @@ def reference_tf(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=Non
     return loss.numpy(), grads[0].numpy(), grads[1].numpy(), gn
 
 
-def reference_torch(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=None, key_ids=None,
-                    negative_ids=None, symmetric=False, focal_gamma=0.0, grad_loss=None):
+def reference_torch(
+    q,
+    k,
+    n,
+    *,
+    temperature=0.1,
+    key_log_q=None,
+    negative_log_q=None,
+    key_ids=None,
+    negative_ids=None,
+    symmetric=False,
+    focal_gamma=0.0,
+    grad_loss=None,
+):
     """The formula in torch ops, differentiated by autograd."""
     t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)  # noqa: E731
     tq, tk = t(q), t(k)
@@ -117,7 +141,11 @@ def reference_torch(q, k, n, *, temperature=0.1, key_log_q=None, negative_log_q=
     loss = focal_ce(z)
     if symmetric:
         loss = (loss + focal_ce(z[:, :b].T)) / 2
-    w = torch.ones(b, dtype=torch.float64) if grad_loss is None else torch.tensor(grad_loss, dtype=torch.float64)
+    w = (
+        torch.ones(b, dtype=torch.float64)
+        if grad_loss is None
+        else torch.tensor(grad_loss, dtype=torch.float64)
+    )
     (loss * w).sum().backward()
     gn = None if tn is None else tn.grad.numpy()
     return loss.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), gn
@@ -207,9 +235,16 @@ def test_the_tensorflow_reference_agrees_with_torch():
     tf = tf_mod
     try:
         q, k, negs, rng = data(10, b=40, n=9)
-        kw = dict(temperature=0.3, key_log_q=rng.uniform(-3, 0, 40), negative_log_q=rng.uniform(-3, 0, 9),
-                  key_ids=rng.integers(0, 20, 40), negative_ids=rng.integers(0, 20, 9), symmetric=True,
-                  focal_gamma=0.5, grad_loss=rng.uniform(0.5, 2, 40))
+        kw = dict(
+            temperature=0.3,
+            key_log_q=rng.uniform(-3, 0, 40),
+            negative_log_q=rng.uniform(-3, 0, 9),
+            key_ids=rng.integers(0, 20, 40),
+            negative_ids=rng.integers(0, 20, 9),
+            symmetric=True,
+            focal_gamma=0.5,
+            grad_loss=rng.uniform(0.5, 2, 40),
+        )
         for a, b in zip(reference_tf(q, k, negs, **kw), reference_torch(q, k, negs, **kw)):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
     finally:
@@ -235,14 +270,30 @@ def test_rows_with_every_negative_masked_have_zero_loss_and_no_nan(dtype, symmet
     same = np.full(12, 7)  # every key is a duplicate of every row's positive
     for budget in (None, 0):
         # Every other column masked, in both directions: only the target is left, p = 1.
-        g = zn.info_nce_loss_and_grad(q, k, negatives=negs, key_ids=same, negative_ids=np.full(5, 7),
-                                      symmetric=symmetric, focal_gamma=focal_gamma, max_logits_bytes=budget)
+        g = zn.info_nce_loss_and_grad(
+            q,
+            k,
+            negatives=negs,
+            key_ids=same,
+            negative_ids=np.full(5, 7),
+            symmetric=symmetric,
+            focal_gamma=focal_gamma,
+            max_logits_bytes=budget,
+        )
         for a in g:
             assert (a == 0).all()
         # Negatives 3 and 4 have other ids and stay: finite positive losses, and exactly zero gradient for
         # the three masked negatives.
-        g = zn.info_nce_loss_and_grad(q, k, negatives=negs, key_ids=same, negative_ids=[7, 7, 7, 1, 2],
-                                      symmetric=symmetric, focal_gamma=focal_gamma, max_logits_bytes=budget)
+        g = zn.info_nce_loss_and_grad(
+            q,
+            k,
+            negatives=negs,
+            key_ids=same,
+            negative_ids=[7, 7, 7, 1, 2],
+            symmetric=symmetric,
+            focal_gamma=focal_gamma,
+            max_logits_bytes=budget,
+        )
         for a in g:
             assert np.isfinite(a).all()
         assert (g.loss > 0).all()
@@ -253,20 +304,39 @@ def test_masked_columns_get_exactly_zero_gradient():
     q, k, negs, _ = data(4, b=6, n=3)
     key_ids = np.array([0, 1, 2, 3, 4, 5])
     negative_ids = np.array([0, 0, 0])  # masked for row 0 only
-    g = zn.info_nce_loss_and_grad(q, k, negatives=negs, key_ids=key_ids, negative_ids=negative_ids,
-                                  grad_loss=np.array([1.0, 0, 0, 0, 0, 0]))
+    g = zn.info_nce_loss_and_grad(
+        q,
+        k,
+        negatives=negs,
+        key_ids=key_ids,
+        negative_ids=negative_ids,
+        grad_loss=np.array([1.0, 0, 0, 0, 0, 0]),
+    )
     # Only row 0 has weight and it masks every negative: the negatives' gradient is exactly zero.
     assert (g.grad_negatives == 0).all()
-    g = zn.info_nce_loss_and_grad(q, k, negatives=negs, key_ids=key_ids, negative_ids=negative_ids,
-                                  grad_loss=np.array([0, 1.0, 0, 0, 0, 0]))
+    g = zn.info_nce_loss_and_grad(
+        q,
+        k,
+        negatives=negs,
+        key_ids=key_ids,
+        negative_ids=negative_ids,
+        grad_loss=np.array([0, 1.0, 0, 0, 0, 0]),
+    )
     assert (np.abs(g.grad_negatives).sum(axis=1) > 0).all()
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_kept_and_recomputed_logits_give_the_same_numbers(symmetric):
     q, k, negs, rng = data(5, b=700, n=300, d=64, dtype=np.float32)
-    kw = dict(negatives=negs, key_ids=rng.integers(0, 500, 700), negative_ids=rng.integers(0, 500, 300),
-              key_log_q=rng.uniform(-8, -1, 700), symmetric=symmetric, focal_gamma=1.0, temperature=0.05)
+    kw = dict(
+        negatives=negs,
+        key_ids=rng.integers(0, 500, 700),
+        negative_ids=rng.integers(0, 500, 300),
+        key_log_q=rng.uniform(-8, -1, 700),
+        symmetric=symmetric,
+        focal_gamma=1.0,
+        temperature=0.05,
+    )
     kept = zn.info_nce_loss_and_grad(q, k, max_logits_bytes=700 * 1000 * 4, **kw)
     recomputed = zn.info_nce_loss_and_grad(q, k, max_logits_bytes=700 * 1000 * 4 - 1, **kw)
     # Identical logit tiles and the same online log-sum-exp: the same loss to the bit.
@@ -284,7 +354,9 @@ def test_results_do_not_depend_on_the_thread_count():
         for nt in (1, 2, 3):
             zn.set_num_threads(nt)
             for budget in (None, 0):
-                out.append(zn.info_nce_loss_and_grad(q, k, negatives=negs, symmetric=True, max_logits_bytes=budget))
+                out.append(
+                    zn.info_nce_loss_and_grad(q, k, negatives=negs, symmetric=True, max_logits_bytes=budget)
+                )
     finally:
         zn.set_num_threads(before)
     for other in out[2:]:
@@ -297,7 +369,9 @@ def test_dtype_of_query_decides():
     q, k, negs, _ = data(8, b=20, n=4)
     g = zn.info_nce_loss_and_grad(q.astype(np.float32), k, negatives=negs, key_log_q=np.zeros(20, np.float64))
     assert all(a.dtype == np.float32 for a in g)
-    want = zn.info_nce_loss_and_grad(q.astype(np.float32), k.astype(np.float32), negatives=negs.astype(np.float32))
+    want = zn.info_nce_loss_and_grad(
+        q.astype(np.float32), k.astype(np.float32), negatives=negs.astype(np.float32)
+    )
     np.testing.assert_array_equal(g.loss, want.loss)
     g64 = zn.info_nce_loss_and_grad(q, k.astype(np.float32), negatives=negs.astype(np.float16))
     assert all(a.dtype == np.float64 for a in g64)
@@ -350,8 +424,11 @@ def test_symmetric_ignores_key_log_q_in_the_key_to_query_direction():
         (dict(negative_log_q=np.zeros(5)), ValueError, "negative_log_q"),
         (dict(key_ids=np.arange(5)), ValueError, "key_ids"),
         (dict(key_ids=np.arange(4.0) + 0.5), TypeError, "key_ids"),
-        (dict(negatives=np.zeros((5, 3)), key_ids=np.arange(4), negative_ids=np.arange(4)), ValueError,
-         "negative_ids"),
+        (
+            dict(negatives=np.zeros((5, 3)), key_ids=np.arange(4), negative_ids=np.arange(4)),
+            ValueError,
+            "negative_ids",
+        ),
         (dict(negatives=np.zeros((5, 3)), negative_ids=np.arange(5)), ValueError, "negative_ids"),
         (dict(negative_ids=np.arange(5)), ValueError, "negative_ids"),
         (dict(symmetric="yes"), TypeError, "symmetric"),
@@ -416,8 +493,13 @@ def test_peak_memory_stays_flat_when_the_logits_do_not_fit():
     # so the kernel recomputes them: its peak memory above the inputs is the outputs (3 x 1.5 MiB of
     # gradients) plus O(B + N) statistics and a 256 KiB tile per thread.
     b, d, n = 12288, 32, 2048
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(b), str(d), str(n)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "ZIPFNCE_NUM_THREADS": "2"})
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(b), str(d), str(n)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ZIPFNCE_NUM_THREADS": "2"},
+    )
     assert out.returncode == 0, out.stderr
     import json
 

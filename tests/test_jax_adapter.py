@@ -44,7 +44,11 @@ def test_sampled_losses_match_numpy(nce, per_row, jit, weighting):
     w, b, x, lab, sv = _data(num_true=2, per_row=per_row)
     fn = znj.nce_loss if nce else znj.sampled_softmax_loss
     ref_fn = zn.nce_loss_and_grad if nce else zn.sampled_softmax_loss_and_grad
-    c = np.linspace(0.5, 2.0, B).astype(np.float32) if weighting == "rows" else np.full(B, 1.0 / B, np.float32)
+    c = (
+        np.linspace(0.5, 2.0, B).astype(np.float32)
+        if weighting == "rows"
+        else np.full(B, 1.0 / B, np.float32)
+    )
     svj = (jnp.asarray(sv.ids), jnp.asarray(sv.true_expected_count), jnp.asarray(sv.sampled_expected_count))
 
     def objective(w_, b_, x_):
@@ -64,7 +68,9 @@ def test_sampled_losses_match_numpy(nce, per_row, jit, weighting):
 def test_loss_values_and_default_sampler():
     w, b, x, lab, _ = _data()
     got = jax.jit(lambda w_, x_: znj.sampled_softmax_loss(w_, b, lab, x_, S, V, seed=7))(w, x)
-    np.testing.assert_allclose(np.asarray(got), zn.sampled_softmax_loss(w, b, lab, x, S, V, seed=7), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(got), zn.sampled_softmax_loss(w, b, lab, x, S, V, seed=7), rtol=1e-6
+    )
     g = jax.grad(lambda w_: jnp.sum(znj.nce_loss(w_, None, lab, x, S, V, seed=7)))(w)
     ref = zn.nce_loss_and_grad(w, None, lab, x, S, V, seed=7)
     np.testing.assert_allclose(np.asarray(g), _dense(ref.grad_weights, w.shape), rtol=2e-5, atol=1e-6)
@@ -73,9 +79,13 @@ def test_loss_values_and_default_sampler():
 def test_candidate_sample_and_no_log_q():
     w, b, x, lab, _ = _data()
     sv = zn.UniformSampler(V, seed=1).sample(S, seed=2)  # no true_classes: true_expected_count is None
-    f = lambda w_: jnp.sum(znj.sampled_softmax_loss(w_, b, lab, x, S, V, sampled_values=sv, subtract_log_q=False))  # noqa: E731
+    f = lambda w_: jnp.sum(
+        znj.sampled_softmax_loss(w_, b, lab, x, S, V, sampled_values=sv, subtract_log_q=False)
+    )  # noqa: E731
     ref = zn.sampled_softmax_loss_and_grad(w, b, lab, x, S, V, sampled_values=sv, subtract_log_q=False)
-    np.testing.assert_allclose(np.asarray(jax.grad(f)(w)), _dense(ref.grad_weights, w.shape), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(f)(w)), _dense(ref.grad_weights, w.shape), rtol=2e-5, atol=1e-6
+    )
     with pytest.raises(ValueError, match="sampled_values"):
         znj.sampled_softmax_loss(w, b, lab, x, S, V, sampled_values=sv)
 
@@ -136,7 +146,9 @@ def test_out_of_range_ids_raise_instead_of_clamping():
     bad = lab.copy()
     bad[0, 0] = V + 3
     with pytest.raises(Exception, match="outside"):
-        jax.block_until_ready(jax.jit(lambda w_: znj.sampled_softmax_loss(w_, b, bad, x, S, V, sampled_values=sv))(w))
+        jax.block_until_ready(
+            jax.jit(lambda w_: znj.sampled_softmax_loss(w_, b, bad, x, S, V, sampled_values=sv))(w)
+        )
 
 
 def test_only_the_rows_used_reach_the_host(monkeypatch):

@@ -196,7 +196,7 @@ def test_default_sampler_is_a_unique_log_uniform_draw():
 
 
 def _tf_focal(tf, kind, w, bias, labels, x, sv, nt, hits, gamma, c):
-    """Autograd (TensorFlow) of API.md's focal formula on TensorFlow's own sampled logits."""
+    """Autograd (TensorFlow) of docs/API.md's focal formula on TensorFlow's own sampled logits."""
     from tensorflow.python.ops.nn_impl import _compute_sampled_logits
 
     tw, tb, tx = tf.constant(w), tf.constant(bias), tf.constant(x)

@@ -126,9 +126,13 @@ def test_native_sampler_pickles_too():
 
 
 def test_unigram_shards_and_tf_float32_survive_a_copy():
-    u = zn.UnigramSampler(np.arange(1.0, 101.0), distortion=0.5, num_reserved_ids=4, num_shards=3, shard=1, seed=2)
+    u = zn.UnigramSampler(
+        np.arange(1.0, 101.0), distortion=0.5, num_reserved_ids=4, num_shards=3, shard=1, seed=2
+    )
     c = pickle.loads(pickle.dumps(u))
-    np.testing.assert_array_equal(c.probability(np.arange(u.range_max)), u.probability(np.arange(u.range_max)))
+    np.testing.assert_array_equal(
+        c.probability(np.arange(u.range_max)), u.probability(np.arange(u.range_max))
+    )
     f = zn._core.Sampler.unigram_tf(np.arange(1.0, 101.0), 0.75, 0, 1, 0, True, 3)
     g = pickle.loads(pickle.dumps(f))
     k = np.arange(100)
@@ -199,6 +203,7 @@ def test_spawned_child_is_a_value_too():
 
 # --- DataLoader workers ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_dataloader_workers_draw_different_and_reproducible_candidates(method):
     pytest.importorskip("torch")
@@ -233,7 +238,9 @@ def test_the_main_process_stream_is_untouched_by_torch():
     pytest.importorskip("torch")
     import torch  # noqa: F401  (loaded, but not in a worker: nothing changes)
 
-    np.testing.assert_array_equal(draws(zn.LogUniformSampler(V, seed=9)), draws(zn.LogUniformSampler(V, seed=9)))
+    np.testing.assert_array_equal(
+        draws(zn.LogUniformSampler(V, seed=9)), draws(zn.LogUniformSampler(V, seed=9))
+    )
 
 
 def test_without_torch_nothing_is_imported():

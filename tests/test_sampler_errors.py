@@ -1,4 +1,4 @@
-"""Every bad argument of API.md sections 1 and 2 raises ValueError or TypeError naming the argument."""
+"""Every bad argument of docs/API.md: Samplers, TensorFlow-style samplers raises ValueError or TypeError naming the argument."""
 
 import numpy as np
 import pytest
@@ -87,7 +87,11 @@ BAD_CALLS = [
     (lambda: s.sample_per_row(np.zeros((2, 2, 2), dtype=np.int64), 3), ValueError, "true_classes"),
     (lambda: s.expected_count([1], 5, 4), ValueError, "num_tries"),
     (lambda: zn.UnigramSampler([1.0, 0.0, 2.0]).sample(3), ValueError, "num_sampled"),
-    (lambda: zn.UnigramSampler([1.0, 0.0]).sample(1, unique=False, true_classes=[[0]], remove_true=True), ValueError, "num_sampled"),
+    (
+        lambda: zn.UnigramSampler([1.0, 0.0]).sample(1, unique=False, true_classes=[[0]], remove_true=True),
+        ValueError,
+        "num_sampled",
+    ),
 ]
 
 
@@ -104,11 +108,23 @@ BAD_DROPINS = [
     (lambda: zn.log_uniform_candidate_sampler(tc, 1, 0, True, 100), ValueError, "num_sampled"),
     (lambda: zn.log_uniform_candidate_sampler(tc, 1, 101, True, 100), ValueError, "num_sampled"),
     (lambda: zn.log_uniform_candidate_sampler(tc, 1, 5, True, 0), ValueError, "range_max"),
-    (lambda: zn.log_uniform_candidate_sampler(tc.astype(np.float32), 1, 5, True, 100), TypeError, "true_classes"),
+    (
+        lambda: zn.log_uniform_candidate_sampler(tc.astype(np.float32), 1, 5, True, 100),
+        TypeError,
+        "true_classes",
+    ),
     (lambda: zn.uniform_candidate_sampler([[100]], 1, 5, True, 100), ValueError, "true_classes"),
     (lambda: zn.fixed_unigram_candidate_sampler(tc, 1, 2, True, 3), ValueError, "unigrams"),
-    (lambda: zn.fixed_unigram_candidate_sampler(tc, 1, 2, True, 4, unigrams=[1, 2, 3]), ValueError, "range_max"),
-    (lambda: zn.fixed_unigram_candidate_sampler(tc, 1, 2, True, 3, unigrams=[1, 2, -3]), ValueError, "unigrams"),
+    (
+        lambda: zn.fixed_unigram_candidate_sampler(tc, 1, 2, True, 4, unigrams=[1, 2, 3]),
+        ValueError,
+        "range_max",
+    ),
+    (
+        lambda: zn.fixed_unigram_candidate_sampler(tc, 1, 2, True, 3, unigrams=[1, 2, -3]),
+        ValueError,
+        "unigrams",
+    ),
     (lambda: zn.all_candidate_sampler(tc, 1, 2, True), ValueError, "true_classes"),
     (lambda: zn.compute_accidental_hits(tc, [[1, 2]], 1), ValueError, "sampled_candidates"),
     (lambda: zn.compute_accidental_hits(tc, [1.5], 1), TypeError, "sampled_candidates"),

@@ -1,4 +1,4 @@
-"""The sampler contract of API.md section 1: shapes, dtypes, seeds, threads, probabilities."""
+"""The sampler contract of docs/API.md: Samplers: shapes, dtypes, seeds, threads, probabilities."""
 
 import numpy as np
 import pytest
@@ -34,7 +34,9 @@ def test_probability_formulas():
     )
     np.testing.assert_allclose(zn.UniformSampler(1000).probability(k), 1 / 1000, rtol=1e-15)
     w = np.random.default_rng(0).random(1000)
-    np.testing.assert_allclose(zn.UnigramSampler(w, distortion=0.75).probability(k), w**0.75 / (w**0.75).sum(), rtol=1e-12)
+    np.testing.assert_allclose(
+        zn.UnigramSampler(w, distortion=0.75).probability(k), w**0.75 / (w**0.75).sum(), rtol=1e-12
+    )
     zipf = (k + 1.0) ** -1.3
     np.testing.assert_allclose(zn.ZipfSampler(1000, 1.3).probability(k), zipf / zipf.sum(), rtol=1e-12)
 
@@ -180,7 +182,9 @@ def test_thread_count_from_environment():
 
     env = dict(os.environ, ZIPFNCE_NUM_THREADS="3")
     code = "import zipfnce; print(zipfnce.get_num_threads())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout
     assert out.strip() == "3"
 
 

@@ -184,11 +184,15 @@ def test_unique_inclusion_frequencies_match_expected_counts():
     assert np.all(e[~tail] - f[~tail] < 0.06)
 
 
-@pytest.mark.parametrize("make, range_max, n", [
-    (zn.LogUniformSampler, 1000, 400),
-    (zn.LogUniformSampler, 20_000, 3000),
-    (lambda v: zn.ZipfSampler(v, 1.1), 5000, 800),
-], ids=["log-uniform 1000", "log-uniform 20000", "zipf 5000"])
+@pytest.mark.parametrize(
+    "make, range_max, n",
+    [
+        (zn.LogUniformSampler, 1000, 400),
+        (zn.LogUniformSampler, 20_000, 3000),
+        (lambda v: zn.ZipfSampler(v, 1.1), 5000, 800),
+    ],
+    ids=["log-uniform 1000", "log-uniform 20000", "zipf 5000"],
+)
 def test_unique_samples_over_many_chunks_have_the_law_of_plain_rejection(make, range_max, n):
     """Unique samples that take several chunks skip the draws of heads already collected and count them
     instead (a negative binomial number per chunk). Reference: the plain process built here from the
@@ -211,8 +215,12 @@ def test_unique_samples_over_many_chunks_have_the_law_of_plain_rejection(make, r
         inc_ref += np.histogram(stream[order], edges)[0]
     # num_tries: cells at the pooled 20-quantiles.
     cuts = np.unique(np.quantile(np.concatenate([tries_z, tries_ref]), np.linspace(0.05, 0.95, 19)))
-    table = np.array([np.bincount(np.searchsorted(cuts, t, side="right"), minlength=len(cuts) + 1)
-                      for t in (tries_z, tries_ref)])
+    table = np.array(
+        [
+            np.bincount(np.searchsorted(cuts, t, side="right"), minlength=len(cuts) + 1)
+            for t in (tries_z, tries_ref)
+        ]
+    )
     assert stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue > ALPHA
     # Inclusions per octave (every sample holds n ids, so the totals are equal).
     table = np.array([inc_z, inc_ref])

@@ -31,7 +31,9 @@ def _grads(fn, w, b, x, lab, sv, num_true, c, hits, use_function):
     def step():
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            loss = fn(wv, bv, labt, xt, S, V, num_true=num_true, sampled_values=sv, remove_accidental_hits=hits)
+            loss = fn(
+                wv, bv, labt, xt, S, V, num_true=num_true, sampled_values=sv, remove_accidental_hits=hits
+            )
             obj = tf.reduce_sum(loss * ct)
         gw, gb, gx = tape.gradient(obj, [wv, bv, xt])
         return loss, tf.convert_to_tensor(gw), tf.convert_to_tensor(gb), gx
@@ -131,7 +133,9 @@ def test_info_nce_matches_numpy(use_function):
         return [loss] + tape.gradient(obj, [qt, kt, nt])
 
     got = [t.numpy() for t in (tf.function(step)() if use_function else step())]
-    ref = zn.info_nce_loss_and_grad(q, k, negatives=n, temperature=0.3, key_ids=kid, symmetric=True, grad_loss=c)
+    ref = zn.info_nce_loss_and_grad(
+        q, k, negatives=n, temperature=0.3, key_ids=kid, symmetric=True, grad_loss=c
+    )
     for a, e in zip(got, ref):
         np.testing.assert_allclose(a, e, rtol=2e-5, atol=1e-6)
 
@@ -139,11 +143,14 @@ def test_info_nce_matches_numpy(use_function):
 def test_samplers_return_tensors_eager_and_in_graph():
     tc = tf.constant(np.array([[1], [5], [7]], np.int64))
     for use_function in (False, True):
+
         def run():
             return (
                 zntf.log_uniform_candidate_sampler(tc, 1, 10, True, 100, seed=3),
                 zntf.uniform_candidate_sampler(tc, 1, 10, False, 100, seed=3),
-                zntf.fixed_unigram_candidate_sampler(tc, 1, 10, True, 20, unigrams=list(range(1, 21)), seed=3),
+                zntf.fixed_unigram_candidate_sampler(
+                    tc, 1, 10, True, 20, unigrams=list(range(1, 21)), seed=3
+                ),
                 zntf.all_candidate_sampler(tc, 1, 10, True),
                 zntf.compute_accidental_hits(tc, tf.range(10, dtype=tf.int64), 1),
             )

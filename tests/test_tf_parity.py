@@ -1,4 +1,4 @@
-"""Parity with TensorFlow's candidate samplers (API.md section 2), against the real tensorflow from PyPI.
+"""Parity with TensorFlow's candidate samplers (docs/API.md: TensorFlow-style samplers), against the real tensorflow from PyPI.
 
 TensorFlow draws with another generator, so the candidates differ; what must agree is everything that is a
 function of the candidates: probabilities and expected counts (with TensorFlow's float32 rules), the
@@ -61,7 +61,15 @@ def test_log_uniform_and_uniform_counts_match_tf(kind, range_max):
 
 @pytest.mark.parametrize(
     "reserved,shards,shard,distortion",
-    [(0, 1, 0, 1.0), (0, 1, 0, 0.75), (3, 1, 0, 0.5), (0, 3, 1, 0.75), (2, 3, 1, 0.75), (5, 2, 0, 1.3), (4, 4, 3, 0.0)],
+    [
+        (0, 1, 0, 1.0),
+        (0, 1, 0, 0.75),
+        (3, 1, 0, 0.5),
+        (0, 3, 1, 0.75),
+        (2, 3, 1, 0.75),
+        (5, 2, 0, 1.3),
+        (4, 4, 3, 0.0),
+    ],
 )
 @pytest.mark.parametrize("source", ["unigrams", "vocab_file"])
 def test_fixed_unigram_matches_tf(tmp_path, source, reserved, shards, shard, distortion):
@@ -77,7 +85,9 @@ def test_fixed_unigram_matches_tf(tmp_path, source, reserved, shards, shard, dis
     local = zn.UnigramSampler(counts, num_reserved_ids=reserved, num_shards=shards, shard=shard)
     r = local.range_max
     tc = np.arange(r, dtype=np.int64).reshape(-1, 1)  # every id of the shard
-    ids, tec, sec = (x.numpy() for x in tf.random.fixed_unigram_candidate_sampler(tc, 1, 7, False, r, seed=2, **kwargs))
+    ids, tec, sec = (
+        x.numpy() for x in tf.random.fixed_unigram_candidate_sampler(tc, 1, 7, False, r, seed=2, **kwargs)
+    )
     mine = zn.fixed_unigram_candidate_sampler(tc, 1, 7, False, r, seed=2, **kwargs)
     # With replacement the counts are P * 7 in float32, P computed as TensorFlow does: exact equality.
     np.testing.assert_array_equal(mine[1], tec)
@@ -120,7 +130,16 @@ def test_accidental_hits_with_repeated_candidates_report_every_position():
     tc = np.array([[3, 7], [7, 7]], dtype=np.int64)
     cands = np.array([7, 3, 5, 7, 3, 0], dtype=np.int64)
     rows, pos, w = zn.compute_accidental_hits(tc, cands, 2)
-    assert list(zip(rows.tolist(), pos.tolist())) == [(0, 1), (0, 4), (0, 0), (0, 3), (1, 0), (1, 3), (1, 0), (1, 3)]
+    assert list(zip(rows.tolist(), pos.tolist())) == [
+        (0, 1),
+        (0, 4),
+        (0, 0),
+        (0, 3),
+        (1, 0),
+        (1, 3),
+        (1, 0),
+        (1, 3),
+    ]
     assert np.all(w == np.float32(-np.finfo(np.float32).max))
     # TensorFlow reports only the last position of each repeated candidate: a subset of ours.
     t_rows, t_pos, _ = (x.numpy() for x in tf.nn.compute_accidental_hits(tc, cands, 2))

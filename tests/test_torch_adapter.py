@@ -83,7 +83,9 @@ def test_gradcheck_sampled_no_bias_num_true_2():
     w, _, x, lab, sv = _data(num_true=2, per_row=True)
 
     def f(w_, x_):
-        return znt.sampled_softmax_loss(w_, None, lab, x_, S, V, num_true=2, sampled_values=sv, reduction="none")
+        return znt.sampled_softmax_loss(
+            w_, None, lab, x_, S, V, num_true=2, sampled_values=sv, reduction="none"
+        )
 
     assert torch.autograd.gradcheck(f, (_leaf(w), _leaf(x)))
 
@@ -156,7 +158,9 @@ def test_mean_is_one_fused_call_and_backward_only_scales(monkeypatch):
 def test_backward_twice_through_a_retained_graph(reduction):
     w, b, x, lab, sv = _data()
     tw, tx = _leaf(w), _leaf(x)
-    loss = znt.sampled_softmax_loss(tw, torch.tensor(b), lab, tx, S, V, sampled_values=sv, reduction=reduction)
+    loss = znt.sampled_softmax_loss(
+        tw, torch.tensor(b), lab, tx, S, V, sampled_values=sv, reduction=reduction
+    )
     if reduction == "none":
         loss = loss.sum()
     loss.backward(retain_graph=True)
@@ -220,7 +224,7 @@ def _train(module, optimizer, steps=60):
     opt_dense = torch.optim.Adam(proj.parameters(), lr=1e-2)
     losses = []
     for step in range(steps):
-        lab = labels_all[(step * 64) % 512:][:64]
+        lab = labels_all[(step * 64) % 512 :][:64]
         loss = module(proj(feats[lab]), lab)
         optimizer.zero_grad()
         opt_dense.zero_grad()

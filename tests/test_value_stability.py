@@ -39,8 +39,12 @@ def cases():
         "log_uniform stream": lambda: zn.LogUniformSampler(1000, seed=5).sample(16),
         # Unique draws over several chunks, which skip the draws of collected heads: byte map (with and
         # without heavy rejection, and at its largest range), bit map, hash set with the huge-range draw.
-        "log_uniform unique chunks": lambda: zn.LogUniformSampler(10**6).sample(8192, true_classes=TC, seed=42),
-        "log_uniform unique most": lambda: zn.LogUniformSampler(10**5).sample(50_000, true_classes=TC, seed=42),
+        "log_uniform unique chunks": lambda: zn.LogUniformSampler(10**6).sample(
+            8192, true_classes=TC, seed=42
+        ),
+        "log_uniform unique most": lambda: zn.LogUniformSampler(10**5).sample(
+            50_000, true_classes=TC, seed=42
+        ),
         "log_uniform unique 2^24": lambda: zn.LogUniformSampler(2**24).sample(8192, seed=42),
         "log_uniform unique bits": lambda: zn.LogUniformSampler(2**25).sample(8192, seed=42),
         "log_uniform unique 2^40": lambda: zn.LogUniformSampler(2**40).sample(8192, seed=42),
@@ -54,7 +58,8 @@ def cases():
         "tf log_uniform": lambda: zn.log_uniform_candidate_sampler(TC, 2, 16, True, 1000, seed=42),
         "tf uniform": lambda: zn.uniform_candidate_sampler(TC, 2, 16, False, 1000, seed=42),
         "tf fixed unigram": lambda: zn.fixed_unigram_candidate_sampler(
-            TC, 2, 16, True, 1000, unigrams=np.arange(1, 1001), distortion=0.75, seed=42),
+            TC, 2, 16, True, 1000, unigrams=np.arange(1, 1001), distortion=0.75, seed=42
+        ),
     }
 
 
@@ -73,7 +78,9 @@ def digest(result):
 
 def current():
     out = {name: digest(f()) for name, f in cases().items()}
-    out["probability"] = [float(x) for x in zn.ZipfSampler(10**9, 1.1).probability([0, 1, 999, 10**8, 10**9 - 1])]
+    out["probability"] = [
+        float(x) for x in zn.ZipfSampler(10**9, 1.1).probability([0, 1, 999, 10**8, 10**9 - 1])
+    ]
     out["probability"] += [float(x) for x in zn.LogUniformSampler(2**62).probability([0, 2**40, 2**62 - 1])]
     return out
 
@@ -690,8 +697,9 @@ def compare(got, pins):
         assert g["ids_head"] == want["ids_head"], name
         assert g["ids_sha256"] == want["ids_sha256"], name
         assert g["num_tries"] == want["num_tries"], name
-        np.testing.assert_allclose(g["sampled_expected_head"], want["sampled_expected_head"], rtol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            g["sampled_expected_head"], want["sampled_expected_head"], rtol=1e-6, err_msg=name
+        )
         if want["true_expected"] is None:
             assert g["true_expected"] is None, name
         else:
@@ -705,11 +713,19 @@ def test_seeded_outputs_are_pinned():
 @pytest.mark.parametrize("level", ["baseline", "avx2"])
 def test_pins_hold_for_every_simd_level(level):
     """The kernels are compiled for several instruction sets and picked at run time; they must agree."""
-    code = "import json, sys; sys.path.insert(0, sys.argv[1]); import test_value_stability as t; " \
-           "print(json.dumps(t.current()))"
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import test_value_stability as t; "
+        "print(json.dumps(t.current()))"
+    )
     env = dict(os.environ, ZIPFNCE_SIMD=level)
-    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(__file__)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     compare(json.loads(out.strip().splitlines()[-1]), json.loads(PINS_JSON))
 
 

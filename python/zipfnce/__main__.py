@@ -1,10 +1,10 @@
 """zipfnce on the command line.
 
-  python -m zipfnce bench [--quick] [--out DIR] [--threads N] [--filter TEXT]
-      measure zipfnce against its peers (TensorFlow, PyTorch, NumPy) on this machine
+python -m zipfnce bench [--quick] [--out DIR] [--threads N] [--filter TEXT]
+    measure zipfnce against its peers (TensorFlow, PyTorch, NumPy) on this machine
 
-  python -m zipfnce --version
-      print the installed version
+python -m zipfnce --version
+    print the installed version
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     b.add_argument("--quick", action="store_true", help="fewer repeats and only the quick cases")
     b.add_argument(
-        "--out", default="zipfnce-bench", metavar="DIR", help="directory for report.md (default ./zipfnce-bench)"
+        "--out",
+        default="zipfnce-bench",
+        metavar="DIR",
+        help="directory for report.md (default ./zipfnce-bench)",
     )
     b.add_argument("--threads", type=int, metavar="N", help="threads for zipfnce (default: all cores)")
     b.add_argument("--filter", default="", metavar="TEXT", help="only cases whose name contains this text")

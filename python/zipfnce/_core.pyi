@@ -105,6 +105,7 @@ def sampled_loss(
     want_grad: bool,
     grad_loss: Optional[_F] = None,
 ) -> Tuple[_F, ...]: ...
+
 INFO_NCE_MAX_LOGITS_BYTES: int
 
 def info_nce(

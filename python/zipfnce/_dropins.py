@@ -1,4 +1,4 @@
-"""Drop-ins for TensorFlow's candidate samplers (API.md section 2): same argument names, order and defaults as
+"""Drop-ins for TensorFlow's candidate samplers (docs/API.md: TensorFlow-style samplers): same argument names, order and defaults as
 ``tf.random.*_candidate_sampler`` and ``tf.nn.compute_accidental_hits``, NumPy arrays in and out.
 
 Probabilities and expected counts follow TensorFlow's kernels (``range_sampler.cc``): the log-uniform P(k)
@@ -50,7 +50,12 @@ def _run(sampler: Any, true_classes: Any, num_true: Any, num_sampled: Any, uniqu
 
 
 def log_uniform_candidate_sampler(
-    true_classes: Any, num_true: int, num_sampled: int, unique: bool, range_max: int, seed: Optional[int] = None
+    true_classes: Any,
+    num_true: int,
+    num_sampled: int,
+    unique: bool,
+    range_max: int,
+    seed: Optional[int] = None,
 ) -> Triple:
     """Candidates from ``P(k) = log((k+2)/(k+1)) / log(range_max+1)``, as ``tf.random.log_uniform_candidate_sampler``.
 
@@ -62,7 +67,12 @@ def log_uniform_candidate_sampler(
 
 
 def uniform_candidate_sampler(
-    true_classes: Any, num_true: int, num_sampled: int, unique: bool, range_max: int, seed: Optional[int] = None
+    true_classes: Any,
+    num_true: int,
+    num_sampled: int,
+    unique: bool,
+    range_max: int,
+    seed: Optional[int] = None,
 ) -> Triple:
     """Candidates from ``P(k) = 1 / range_max``, as ``tf.random.uniform_candidate_sampler``."""
     r = as_int(range_max, "range_max", lo=1, hi=MAX_RANGE)

@@ -1,4 +1,4 @@
-"""InfoNCE with in-batch and extra negatives (API.md section 4): the contrastive loss of CPC, SimCLR, CLIP and
+"""InfoNCE with in-batch and extra negatives (docs/API.md: InfoNCE): the contrastive loss of CPC, SimCLR, CLIP and
 two-tower retrieval, as one fused, tiled, multithreaded native kernel.
 
 The native kernel never builds the ``B x (B + N)`` logits matrix unless it fits in ``max_logits_bytes``
@@ -100,7 +100,9 @@ def options(temperature: Any, symmetric: Any, focal_gamma: Any, max_logits_bytes
     g = as_focal_gamma(focal_gamma)
     sym = as_flag(symmetric, "symmetric")
     budget = (
-        DEFAULT_MAX_LOGITS_BYTES if max_logits_bytes is None else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
+        DEFAULT_MAX_LOGITS_BYTES
+        if max_logits_bytes is None
+        else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
     )
     return InfoNCEOptions(t, sym, g, min(budget, 2**63 - 1))
 
@@ -199,7 +201,9 @@ def _bind(
     kid = _ids(key_ids, "key_ids", b, "one per key")
     nid = _ids(negative_ids, "negative_ids", nn, "one per negative")
     if nid is not None and kid is None:
-        raise ValueError("negative_ids: needs key_ids (a negative is masked where its id equals the row's key id)")
+        raise ValueError(
+            "negative_ids: needs key_ids (a negative is masked where its id equals the row's key id)"
+        )
     return InfoNCEArgs(o, q, k, n, kq, nq, kid, nid)
 
 

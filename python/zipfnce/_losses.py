@@ -1,4 +1,4 @@
-"""Sampled softmax and NCE losses with gradients (API.md sections 2 and 3).
+"""Sampled softmax and NCE losses with gradients (docs/API.md: Sampled softmax and NCE).
 
 The logits are TensorFlow's (``nn_impl._compute_sampled_logits``). For row ``b`` with input ``x_b``, true
 classes ``t`` and candidates ``s``::

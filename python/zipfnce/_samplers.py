@@ -1,4 +1,4 @@
-"""The candidate samplers (API.md section 1): thin wrappers over the native core."""
+"""The candidate samplers (docs/API.md: Samplers): thin wrappers over the native core."""
 
 from __future__ import annotations
 
@@ -202,7 +202,9 @@ class _Sampler:
         remove = as_flag(remove_true, "remove_true")
         if remove and tc is None:
             raise ValueError("remove_true: needs true_classes")
-        return CandidateSample(*self._stream().sample(n, as_flag(unique, "unique"), tc, remove, as_seed(seed)))
+        return CandidateSample(
+            *self._stream().sample(n, as_flag(unique, "unique"), tc, remove, as_seed(seed))
+        )
 
     def sample_per_row(
         self,
@@ -239,7 +241,9 @@ class LogUniformSampler(_Sampler):
     __slots__ = ()
 
     def __init__(self, range_max: int, *, seed: Optional[int] = None) -> None:
-        self._own(_core.Sampler.log_uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed)))
+        self._own(
+            _core.Sampler.log_uniform(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed))
+        )
 
 
 class UniformSampler(_Sampler):
@@ -314,15 +318,17 @@ class UnigramSampler(_Sampler):
         seed: Optional[int] = None,
     ) -> None:
         w = _unigram_source(unigrams, vocab_file)
-        self._own(_core.Sampler.unigram_tf(
-            w,
-            as_float(distortion, "distortion"),
-            as_int(num_reserved_ids, "num_reserved_ids", lo=0, hi=2**32),
-            as_int(num_shards, "num_shards", lo=1, hi=2**32),
-            as_int(shard, "shard", lo=0, hi=2**32),
-            False,
-            as_seed(seed),
-        ))
+        self._own(
+            _core.Sampler.unigram_tf(
+                w,
+                as_float(distortion, "distortion"),
+                as_int(num_reserved_ids, "num_reserved_ids", lo=0, hi=2**32),
+                as_int(num_shards, "num_shards", lo=1, hi=2**32),
+                as_int(shard, "shard", lo=0, hi=2**32),
+                False,
+                as_seed(seed),
+            )
+        )
 
 
 for _cls in (LogUniformSampler, UniformSampler, ZipfSampler, UnigramSampler):

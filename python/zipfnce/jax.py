@@ -54,6 +54,7 @@ def _const_cotangent(g: Any) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 # Sampled softmax / NCE
 
+
 class _Static(NamedTuple):
     """The static (non-differentiated, hashable) argument of the sampled custom_vjp."""
 
@@ -264,6 +265,7 @@ def nce_loss(
 
 # ------------------------------------------------------------------------------------------------------------
 # InfoNCE
+
 
 class _InfoStatic(NamedTuple):
     """The static (non-differentiated, hashable) argument of the InfoNCE custom_vjp."""

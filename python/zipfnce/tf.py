@@ -68,7 +68,11 @@ def _true_classes(tc: Any) -> tf.Tensor:
 
 
 def _sampler_shapes(tc: tf.Tensor, num_true: int, num_sampled: int) -> list:
-    return [tf.TensorShape([num_sampled]), tf.TensorShape([tc.shape[0], num_true]), tf.TensorShape([num_sampled])]
+    return [
+        tf.TensorShape([num_sampled]),
+        tf.TensorShape([tc.shape[0], num_true]),
+        tf.TensorShape([num_sampled]),
+    ]
 
 
 _SAMPLER_TOUT = [tf.int64, tf.float32, tf.float32]
@@ -128,7 +132,11 @@ def all_candidate_sampler(
 
 
 def compute_accidental_hits(
-    true_classes: Any, sampled_candidates: Any, num_true: int, seed: Optional[int] = None, name: Optional[str] = None
+    true_classes: Any,
+    sampled_candidates: Any,
+    num_true: int,
+    seed: Optional[int] = None,
+    name: Optional[str] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """``tf.nn.compute_accidental_hits`` returning tensors ``(indices int32, ids int64, weights float32)``."""
     tc = _true_classes(true_classes)
@@ -156,14 +164,24 @@ def _recording(tensors: list) -> bool:
 
 def _float_tensor(x: Any, name: str, dtype: Optional[tf.DType] = None) -> tf.Tensor:
     # Only dtype-less values (lists, Python floats) get the hint: an integer array must not become floats.
-    t = tf.convert_to_tensor(x) if hasattr(x, "dtype") else tf.convert_to_tensor(x, dtype_hint=dtype or tf.float32)
+    t = (
+        tf.convert_to_tensor(x)
+        if hasattr(x, "dtype")
+        else tf.convert_to_tensor(x, dtype_hint=dtype or tf.float32)
+    )
     if t.dtype not in (tf.float32, tf.float64) and not (dtype is not None and t.dtype.is_floating):
         raise TypeError(f"{name}: expected a float32 or float64 tensor, got {t.dtype.name}")
     return t if dtype is None else tf.cast(t, dtype)
 
 
 def _sampled(
-    opts: _losses.SampledOptions, weights: Any, biases: Any, labels: Any, inputs: Any, sampled_values: Any, name: str
+    opts: _losses.SampledOptions,
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    sampled_values: Any,
+    name: str,
 ) -> tf.Tensor:
     """The loss of one call whose options the public function has checked."""
     ns, nt = opts.num_sampled, opts.num_true
@@ -249,7 +267,11 @@ def _sampled(
                 gx.set_shape(x_.shape)
                 vals.set_shape([None, w_.shape[1]])
                 gw = tf.IndexedSlices(vals, idx, dense_shape=tf.shape(w_, out_type=tf.int64))
-                gbs = tf.IndexedSlices(gb, idx, dense_shape=tf.shape(b_, out_type=tf.int64)) if has_bias else None
+                gbs = (
+                    tf.IndexedSlices(gb, idx, dense_shape=tf.shape(b_, out_type=tf.int64))
+                    if has_bias
+                    else None
+                )
                 return gw, gbs, gx
 
             return loss, grad
@@ -358,7 +380,9 @@ def info_nce_loss(
             loss.set_shape(q_.shape[:1])
 
             def grad(upstream):
-                gq, gk, gn = tf.numpy_function(host_grad, [q_, k_, n_, upstream] + extras, [dt, dt, dt], stateful=False)
+                gq, gk, gn = tf.numpy_function(
+                    host_grad, [q_, k_, n_, upstream] + extras, [dt, dt, dt], stateful=False
+                )
                 gq.set_shape(q_.shape)
                 gk.set_shape(k_.shape)
                 gn.set_shape(n_.shape)

@@ -209,7 +209,9 @@ class _Sampled(torch.autograd.Function):
             if s != 1.0:
                 gx = gx * s
         if ctx.needs_input_grad[0]:
-            gw = _rows_to_grad(r.grad_weights.indices, r.grad_weights.values, call.weight_like, s, call.sparse)
+            gw = _rows_to_grad(
+                r.grad_weights.indices, r.grad_weights.values, call.weight_like, s, call.sparse
+            )
         if ctx.has_bias and ctx.needs_input_grad[1]:
             gb = _rows_to_grad(r.grad_biases.indices, r.grad_biases.values, call.bias_like, s, call.sparse)
         return gw, gb, gx, None
@@ -515,7 +517,11 @@ class InfoNCELoss(nn.Module):
     constructor's ``temperature``, ``symmetric`` and ``focal_gamma`` for one call."""
 
     def __init__(
-        self, temperature: float = 0.1, symmetric: bool = False, focal_gamma: float = 0.0, reduction: str = "mean"
+        self,
+        temperature: float = 0.1,
+        symmetric: bool = False,
+        focal_gamma: float = 0.0,
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         t = float(temperature)
@@ -533,7 +539,11 @@ class InfoNCELoss(nn.Module):
         )
 
     def forward(
-        self, query: torch.Tensor, keys: torch.Tensor, negatives: Optional[torch.Tensor] = None, **options: Any
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        negatives: Optional[torch.Tensor] = None,
+        **options: Any,
     ) -> torch.Tensor:
         kw = {
             "temperature": self.temperature,

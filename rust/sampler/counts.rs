@@ -1,7 +1,7 @@
 //! Expected counts: how many times a sampling procedure is expected to draw each class, the correction
 //! (logQ) that sampled losses subtract.
 //!
-//! As TensorFlow defines them (API.md): with `num_tries == num_sampled` (always so without `unique`) the count
+//! As TensorFlow defines them (docs/API.md): with `num_tries == num_sampled` (always so without `unique`) the count
 //! is `P(k) * num_sampled`; otherwise `-expm1(num_tries * log1p(-P(k)))`, the probability that k turned up in
 //! `num_tries` draws. Like TensorFlow, P(k) is rounded to float32 first. With avoided classes, sampled ids use
 //! P renormalised over the rest, P(k) / (1 - Σ_avoided P): the caller passes that factor as `scale`.

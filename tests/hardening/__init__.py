@@ -5,7 +5,7 @@
   ``Raw`` names an awkward Python object (a ragged list, a set, a generator...); ``SamplerRecipe`` a sampler.
   They are built into real arguments only in the process that makes the call.
 - ``reference`` and ``checks``: values computed with NumPy alone, and the properties a result must have.
-- ``registry``: ``REGISTRY`` holds every public function of API.md with a strategy of valid arguments,
+- ``registry``: ``REGISTRY`` holds every public function of docs/API.md with a strategy of valid arguments,
   strategies of hostile values per argument (``strategies``), the argument names an error may blame, and a
   check of the result's properties. A function joins with one ``register(Entry(...))`` in an ``entries_*``
   module; a registered function that ``zipfnce`` lacks fails its tests.

@@ -20,6 +20,7 @@ from .reference import (
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
+
 def _as_int(x: Any) -> int:
     return operator.index(x)
 
@@ -141,8 +142,12 @@ def check_constructor(recipe, args, out, again):
         assert r == _as_int(args["range_max"])
     ids = np.unique(np.array([0, r // 3, r // 2, r - 1], dtype=np.int64))
     p = out.probability(ids)
-    np.testing.assert_allclose(p, reference_probability(SamplerRecipe(kind, tuple(recipe.args.items())), out, ids),
-                               rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(
+        p,
+        reference_probability(SamplerRecipe(kind, tuple(recipe.args.items())), out, ids),
+        rtol=1e-12,
+        atol=1e-300,
+    )
     if r <= 4096:
         assert abs(out.probability(np.arange(r)).sum() - 1.0) < 1e-9
 
@@ -196,8 +201,10 @@ def check_dropin(recipe, args, out, again):
     if fn == "fixed_unigram_candidate_sampler":
         u = build(args.get("unigrams", ()))
         p_all = unigram_reference(
-            np.asarray(u, dtype=np.float64), float(args.get("distortion", 1.0)),
-            _as_int(args.get("num_reserved_ids", 0)), _as_int(args.get("num_shards", 1)),
+            np.asarray(u, dtype=np.float64),
+            float(args.get("distortion", 1.0)),
+            _as_int(args.get("num_reserved_ids", 0)),
+            _as_int(args.get("num_shards", 1)),
             _as_int(args.get("shard", 0)),
         )
         assert np.all(p_all[ids] > 0)

@@ -1,4 +1,4 @@
-"""Entries: the TensorFlow drop-ins (API.md section 2)."""
+"""Entries: the TensorFlow drop-ins (docs/API.md: TensorFlow-style samplers)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,16 @@ def _dropin_call(kind: str, args: Dict[str, Any]) -> Any:
 
 @st.composite if st is not None else (lambda f: f)
 def _dropin_valid(draw):
-    fn = draw(st.sampled_from(["log_uniform_candidate_sampler", "uniform_candidate_sampler",
-                               "fixed_unigram_candidate_sampler", "all_candidate_sampler"]))
+    fn = draw(
+        st.sampled_from(
+            [
+                "log_uniform_candidate_sampler",
+                "uniform_candidate_sampler",
+                "fixed_unigram_candidate_sampler",
+                "all_candidate_sampler",
+            ]
+        )
+    )
     unique = draw(flags())
     nt = draw(st.integers(1, 3))
     args: Dict[str, Any] = {}
@@ -47,12 +55,24 @@ def _dropin_valid(draw):
         ns = draw(st.integers(1, 2))
         sh = draw(st.integers(0, ns - 1))
         res = draw(st.integers(0, 2))
-        s = SamplerRecipe("unigram", (("unigrams", Arr(tuple(w), "float64", (len(w),))), ("num_shards", ns),
-                                      ("shard", sh), ("num_reserved_ids", res)))
+        s = SamplerRecipe(
+            "unigram",
+            (
+                ("unigrams", Arr(tuple(w), "float64", (len(w),))),
+                ("num_shards", ns),
+                ("shard", sh),
+                ("num_reserved_ids", res),
+            ),
+        )
         r = _valid_range(s)
-        args.update(unigrams=Arr(tuple(w), "float64", (len(w),), draw(layouts())),
-                    distortion=draw(st.sampled_from([1.0, 0.75, 0.5])), num_reserved_ids=res,
-                    num_shards=ns, shard=sh, range_max=r)
+        args.update(
+            unigrams=Arr(tuple(w), "float64", (len(w),), draw(layouts())),
+            distortion=draw(st.sampled_from([1.0, 0.75, 0.5])),
+            num_reserved_ids=res,
+            num_shards=ns,
+            shard=sh,
+            range_max=r,
+        )
         support = r - sum(1 for i in range(res) if i % ns == sh)
     elif fn == "all_candidate_sampler":
         r = support = draw(st.integers(1, 200))
@@ -60,8 +80,12 @@ def _dropin_valid(draw):
         r = support = draw(st.sampled_from(RANGE_EDGES[1:]) | st.integers(1, 10**6))
         args["range_max"] = r
     b = draw(st.integers(0, 5))
-    tc = Arr(tuple(draw(st.lists(st.integers(0, max(r, 1) - 1), min_size=b * nt, max_size=b * nt))), "int64", (b, nt),
-             draw(layouts()))
+    tc = Arr(
+        tuple(draw(st.lists(st.integers(0, max(r, 1) - 1), min_size=b * nt, max_size=b * nt))),
+        "int64",
+        (b, nt),
+        draw(layouts()),
+    )
     n = draw(st.integers(1, max(1, min(support if unique else 500, 64))))
     if fn == "all_candidate_sampler":
         n = r
@@ -86,27 +110,45 @@ def _dropin_hostile():
     }
 
 
-register(Entry(
-    name="dropins",
-    call=_dropin_call,
-    valid=_dropin_valid,
-    hostile=_dropin_hostile,
-    check=lambda recipe, args, out, again: check_dropin(recipe, args, out, again),
-    blame={
-        "true_classes": frozenset({"num_true"}),
-        "num_true": frozenset({"true_classes"}),
-        "unigrams": frozenset({"range_max"}),
-        "vocab_file": frozenset({"unigrams"}),
-        "distortion": frozenset({"unigrams"}),
-        "num_reserved_ids": frozenset({"range_max", "unigrams"}),
-        "num_shards": frozenset({"shard", "range_max", "unigrams"}),
-        "shard": frozenset({"range_max", "unigrams"}),
-        "range_max": frozenset(),
-        "num_sampled": frozenset({"true_classes"}),  # all_candidate_sampler: ids must be below num_sampled
-    },
-    names=frozenset({"true_classes", "num_true", "num_sampled", "unique", "range_max", "seed", "unigrams",
-                     "distortion", "num_reserved_ids", "num_shards", "shard", "vocab_file"}),
-))
+register(
+    Entry(
+        name="dropins",
+        call=_dropin_call,
+        valid=_dropin_valid,
+        hostile=_dropin_hostile,
+        check=lambda recipe, args, out, again: check_dropin(recipe, args, out, again),
+        blame={
+            "true_classes": frozenset({"num_true"}),
+            "num_true": frozenset({"true_classes"}),
+            "unigrams": frozenset({"range_max"}),
+            "vocab_file": frozenset({"unigrams"}),
+            "distortion": frozenset({"unigrams"}),
+            "num_reserved_ids": frozenset({"range_max", "unigrams"}),
+            "num_shards": frozenset({"shard", "range_max", "unigrams"}),
+            "shard": frozenset({"range_max", "unigrams"}),
+            "range_max": frozenset(),
+            "num_sampled": frozenset(
+                {"true_classes"}
+            ),  # all_candidate_sampler: ids must be below num_sampled
+        },
+        names=frozenset(
+            {
+                "true_classes",
+                "num_true",
+                "num_sampled",
+                "unique",
+                "range_max",
+                "seed",
+                "unigrams",
+                "distortion",
+                "num_reserved_ids",
+                "num_shards",
+                "shard",
+                "vocab_file",
+            }
+        ),
+    )
+)
 
 
 @st.composite if st is not None else (lambda f: f)
@@ -114,29 +156,43 @@ def _hits_valid(draw):
     nt = draw(st.integers(1, 3))
     b = draw(st.integers(0, 6))
     vals = st.integers(0, 12)
-    tc = Arr(tuple(draw(st.lists(vals, min_size=b * nt, max_size=b * nt))), draw(st.sampled_from(INT_DTYPES)),
-             (b, nt), draw(layouts()))
+    tc = Arr(
+        tuple(draw(st.lists(vals, min_size=b * nt, max_size=b * nt))),
+        draw(st.sampled_from(INT_DTYPES)),
+        (b, nt),
+        draw(layouts()),
+    )
     s = draw(st.integers(0, 20))
-    cands = Arr(tuple(draw(st.lists(vals, min_size=s, max_size=s))), draw(st.sampled_from(INT_DTYPES)), (s,),
-                draw(layouts()))
-    return "compute_accidental_hits", {"true_classes": tc, "sampled_candidates": cands, "num_true": nt,
-                                       "seed": draw(seeds())}
+    cands = Arr(
+        tuple(draw(st.lists(vals, min_size=s, max_size=s))),
+        draw(st.sampled_from(INT_DTYPES)),
+        (s,),
+        draw(layouts()),
+    )
+    return "compute_accidental_hits", {
+        "true_classes": tc,
+        "sampled_candidates": cands,
+        "num_true": nt,
+        "seed": draw(seeds()),
+    }
 
 
-register(Entry(
-    name="compute_accidental_hits",
-    call=_dropin_call,
-    valid=lambda: _hits_valid(),
-    hostile=lambda: {
-        "true_classes": hostile_ids(100, ndims=(0, 1, 2, 3)),
-        "sampled_candidates": hostile_ids(100, ndims=(0, 1, 2, 3)),
-        "num_true": hostile_int(),
-        "seed": hostile_seed(),
-    },
-    check=check_hits,
-    blame={"num_true": frozenset({"true_classes"}), "true_classes": frozenset({"num_true"})},
-    names=frozenset({"true_classes", "sampled_candidates", "num_true", "seed"}),
-))
+register(
+    Entry(
+        name="compute_accidental_hits",
+        call=_dropin_call,
+        valid=lambda: _hits_valid(),
+        hostile=lambda: {
+            "true_classes": hostile_ids(100, ndims=(0, 1, 2, 3)),
+            "sampled_candidates": hostile_ids(100, ndims=(0, 1, 2, 3)),
+            "num_true": hostile_int(),
+            "seed": hostile_seed(),
+        },
+        check=check_hits,
+        blame={"num_true": frozenset({"true_classes"}), "true_classes": frozenset({"num_true"})},
+        names=frozenset({"true_classes", "sampled_candidates", "num_true", "seed"}),
+    )
+)
 
 
 def _threads_call(kind: str, args: Dict[str, Any]) -> Any:
@@ -145,11 +201,13 @@ def _threads_call(kind: str, args: Dict[str, Any]) -> Any:
     return zn.set_num_threads(**args)
 
 
-register(Entry(
-    name="set_num_threads",
-    call=_threads_call,
-    valid=lambda: st.integers(1, 8).map(lambda n: ("set_num_threads", {"n": n})),
-    hostile=lambda: {"n": st.one_of(hostile_int(), st.sampled_from([0, 4097, -1]))},
-    check=check_threads,
-    names=frozenset({"n"}),
-))
+register(
+    Entry(
+        name="set_num_threads",
+        call=_threads_call,
+        valid=lambda: st.integers(1, 8).map(lambda n: ("set_num_threads", {"n": n})),
+        hostile=lambda: {"n": st.one_of(hostile_int(), st.sampled_from([0, 4097, -1]))},
+        check=check_threads,
+        names=frozenset({"n"}),
+    )
+)

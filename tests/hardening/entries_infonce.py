@@ -1,4 +1,4 @@
-"""Entries: InfoNCE (API.md section 4)."""
+"""Entries: InfoNCE (docs/API.md: InfoNCE)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .strategies import (
     layouts,
 )
 
-# InfoNCE (API.md section 4): info_nce_loss and info_nce_loss_and_grad share one entry (the kind says which).
+# InfoNCE (docs/API.md: InfoNCE): info_nce_loss and info_nce_loss_and_grad share one entry (the kind says which).
 
 
 def _infonce_call(kind: str, args: Dict[str, Any]) -> Any:
@@ -50,10 +50,14 @@ def _infonce_valid(draw):
         return Arr(vals, dtype, (rows, d), lay)
 
     def vec(n, values, dtype):
-        return Arr(tuple(draw(st.lists(values, min_size=n, max_size=n))), dtype, (n,), draw(layouts()) if n else ())
+        return Arr(
+            tuple(draw(st.lists(values, min_size=n, max_size=n))), dtype, (n,), draw(layouts()) if n else ()
+        )
 
-    args: Dict[str, Any] = {"query": mat(b, draw(st.sampled_from(["float32", "float64"]))),
-                            "keys": mat(b, draw(st.sampled_from(FLOAT_DTYPES)))}
+    args: Dict[str, Any] = {
+        "query": mat(b, draw(st.sampled_from(["float32", "float64"]))),
+        "keys": mat(b, draw(st.sampled_from(FLOAT_DTYPES))),
+    }
     n = draw(st.one_of(st.none(), st.integers(0, 3)))
     if n is not None:
         args["negatives"] = mat(n, draw(st.sampled_from(FLOAT_DTYPES)))
@@ -79,7 +83,7 @@ def _infonce_valid(draw):
 
 
 def infonce_reference(args: Dict[str, Any]) -> np.ndarray:
-    """API.md section 4's loss in float64 NumPy (the gradients are checked against autograd in
+    """docs/API.md's InfoNCE loss in float64 NumPy (the gradients are checked against autograd in
     test_infonce.py)."""
     f = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
     q, k = f(args["query"]), f(args["keys"])
@@ -138,29 +142,46 @@ def check_infonce(recipe, args, out, again):
     _same(out, again(not (isinstance(qr, Arr) and {"list", "tuple"} & set(qr.layout))))
 
 
-_INFONCE_SIZED = frozenset({"keys", "negatives", "key_log_q", "negative_log_q", "key_ids", "negative_ids",
-                            "grad_loss", "query"})
+_INFONCE_SIZED = frozenset(
+    {"keys", "negatives", "key_log_q", "negative_log_q", "key_ids", "negative_ids", "grad_loss", "query"}
+)
 
-register(Entry(
-    name="info_nce_loss",
-    call=_infonce_call,
-    valid=lambda: _infonce_valid(),
-    hostile=lambda: {
-        "query": hostile_ids(100, ndims=(0, 1, 2, 3)),
-        "keys": hostile_ids(100, ndims=(0, 1, 2, 3)),
-        "negatives": hostile_ids(100, ndims=(0, 1, 2, 3)),
-        "temperature": hostile_float(),
-        "key_log_q": hostile_ids(100, ndims=(0, 1, 2)),
-        "negative_log_q": hostile_ids(100, ndims=(0, 1, 2)),
-        "key_ids": hostile_ids(100, ndims=(0, 1, 2)),
-        "negative_ids": hostile_ids(100, ndims=(0, 1, 2)),
-        "symmetric": hostile_flag(),
-        "focal_gamma": hostile_float(),
-    },
-    check=check_infonce,
-    # Sizes are checked against each other, and finite embeddings can still overflow the logits (reported
-    # on query): an error may name the argument that disagrees with the bad one.
-    blame={a: _INFONCE_SIZED for a in _INFONCE_SIZED},
-    names=frozenset({"query", "keys", "negatives", "temperature", "key_log_q", "negative_log_q", "key_ids",
-                     "negative_ids", "symmetric", "focal_gamma", "grad_loss", "max_logits_bytes"}),
-))
+register(
+    Entry(
+        name="info_nce_loss",
+        call=_infonce_call,
+        valid=lambda: _infonce_valid(),
+        hostile=lambda: {
+            "query": hostile_ids(100, ndims=(0, 1, 2, 3)),
+            "keys": hostile_ids(100, ndims=(0, 1, 2, 3)),
+            "negatives": hostile_ids(100, ndims=(0, 1, 2, 3)),
+            "temperature": hostile_float(),
+            "key_log_q": hostile_ids(100, ndims=(0, 1, 2)),
+            "negative_log_q": hostile_ids(100, ndims=(0, 1, 2)),
+            "key_ids": hostile_ids(100, ndims=(0, 1, 2)),
+            "negative_ids": hostile_ids(100, ndims=(0, 1, 2)),
+            "symmetric": hostile_flag(),
+            "focal_gamma": hostile_float(),
+        },
+        check=check_infonce,
+        # Sizes are checked against each other, and finite embeddings can still overflow the logits (reported
+        # on query): an error may name the argument that disagrees with the bad one.
+        blame={a: _INFONCE_SIZED for a in _INFONCE_SIZED},
+        names=frozenset(
+            {
+                "query",
+                "keys",
+                "negatives",
+                "temperature",
+                "key_log_q",
+                "negative_log_q",
+                "key_ids",
+                "negative_ids",
+                "symmetric",
+                "focal_gamma",
+                "grad_loss",
+                "max_logits_bytes",
+            }
+        ),
+    )
+)

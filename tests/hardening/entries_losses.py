@@ -1,4 +1,4 @@
-"""Entries: sampled softmax and NCE losses and their gradients (API.md sections 2-3)."""
+"""Entries: sampled softmax and NCE losses and their gradients (docs/API.md: Sampled softmax and NCE)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,31 @@ from .registry import Entry, register
 from .strategies import flags, hostile_flag, hostile_float, hostile_ids, hostile_int, hostile_seed, layouts
 
 LOSS_FUNCTIONS = ["sampled_softmax_loss", "nce_loss", "sampled_softmax_loss_and_grad", "nce_loss_and_grad"]
-LOSS_ARGS = ("weights", "biases", "labels", "inputs", "num_sampled", "num_classes", "num_true",
-             "sampled_values", "remove_accidental_hits", "seed", "subtract_log_q", "focal_gamma", "grad_loss")
+LOSS_ARGS = (
+    "weights",
+    "biases",
+    "labels",
+    "inputs",
+    "num_sampled",
+    "num_classes",
+    "num_true",
+    "sampled_values",
+    "remove_accidental_hits",
+    "seed",
+    "subtract_log_q",
+    "focal_gamma",
+    "grad_loss",
+)
 
 
 def _softplus(z: np.ndarray) -> np.ndarray:
     return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
 
 
-def loss_reference(nce: bool, w, bias, labels, x, ids, te, se, hits: bool, log_q: bool,
-                   gamma: float) -> np.ndarray:
-    """API.md's formula, row by row in float64 (all arguments float64 / int64 NumPy arrays, labels [B, T])."""
+def loss_reference(
+    nce: bool, w, bias, labels, x, ids, te, se, hits: bool, log_q: bool, gamma: float
+) -> np.ndarray:
+    """docs/API.md's formula, row by row in float64 (all arguments float64 / int64 NumPy arrays, labels [B, T])."""
     bsz, nt = labels.shape
     y = 1.0 / nt
     out = np.zeros(bsz)
@@ -69,8 +83,9 @@ def _loss_problem(args: Dict[str, Any], dt: Any) -> Optional[Dict[str, Any]]:
             return None
         import zipfnce as zn
 
-        ids, te, se = zn.log_uniform_candidate_sampler(lab, nt, ns, True, _as_int(args["num_classes"]),
-                                                       seed=args["seed"])
+        ids, te, se = zn.log_uniform_candidate_sampler(
+            lab, nt, ns, True, _as_int(args["num_classes"]), seed=args["seed"]
+        )
     else:
         ids, te, se = sv[0], sv[1], sv[2]
     ids = _ids_array(ids)
@@ -140,8 +155,11 @@ def check_loss(recipe, args, out, again):
             np.testing.assert_array_equal(gb.indices, idx)
             assert gb.values.shape == (idx.size,) and gb.values.dtype == dt
         # The loss of the fused pass is the forward-only loss.
-        fwd = getattr(zn, fn[: -len("_and_grad")])(**{k: v for k, v in args.items() if k != "grad_loss"}) \
-            if args.get("sampled_values") is not None or args.get("seed") is not None else None
+        fwd = (
+            getattr(zn, fn[: -len("_and_grad")])(**{k: v for k, v in args.items() if k != "grad_loss"})
+            if args.get("sampled_values") is not None or args.get("seed") is not None
+            else None
+        )
         if fwd is not None:
             np.testing.assert_allclose(fwd, loss, rtol=1e-5 if dt == np.float32 else 1e-12, atol=1e-6)
     prob = _loss_problem(args, dt)
@@ -150,8 +168,19 @@ def check_loss(recipe, args, out, again):
     used = np.unique(np.concatenate([prob["labels"].ravel(), prob["ids"].ravel()]))
     if grad:
         assert set(idx.tolist()) <= set(used.tolist()), "a gradient row of a class the call did not use"
-    ref = loss_reference(nce, prob["w"], prob["bias"], prob["labels"], prob["x"], prob["ids"], prob["te"],
-                         prob["se"], prob["hits"], prob["log_q"], prob["gamma"])
+    ref = loss_reference(
+        nce,
+        prob["w"],
+        prob["bias"],
+        prob["labels"],
+        prob["x"],
+        prob["ids"],
+        prob["te"],
+        prob["se"],
+        prob["hits"],
+        prob["log_q"],
+        prob["gamma"],
+    )
     tol = 1e-9 if dt == np.float64 else 2e-4
     np.testing.assert_allclose(loss, ref, rtol=tol, atol=tol * (1 + np.abs(ref).max()))
     # Layout does not matter: the same call on C-ordered, aligned, native copies gives the same bits.
@@ -172,8 +201,11 @@ def check_loss(recipe, args, out, again):
         np.testing.assert_array_equal(gw.indices, base.grad_weights.indices)
         scale = 1 + np.abs(base.grad_weights.values).max(initial=0)
         np.testing.assert_allclose(gw.values, base.grad_weights.values, rtol=1e-3, atol=1e-3 * scale)
-    big = max(np.abs(np.asarray(args[k], dtype=np.float64)).max(initial=0)
-              for k in ("weights", "inputs", "biases") if args.get(k) is not None)
+    big = max(
+        np.abs(np.asarray(args[k], dtype=np.float64)).max(initial=0)
+        for k in ("weights", "inputs", "biases")
+        if args.get(k) is not None
+    )
     if big > 1e3:  # (hostile magnitudes: a difference step of 1e-6 would vanish, or leave the smooth regime)
         return
     fwd_fn = fn[: -len("_and_grad")]
@@ -207,10 +239,11 @@ def check_loss(recipe, args, out, again):
 
 def _float_arr(shape, dtypes=("float32", "float64"), lo=-2.0, hi=2.0, lay=None):
     n = math.prod(shape)
-    return st.tuples(st.sampled_from(dtypes),
-                     st.lists(st.floats(lo, hi, width=32), min_size=n, max_size=n),
-                     lay if lay is not None else layouts()).map(
-        lambda t: Arr(tuple(t[1]), t[0], shape, t[2]))
+    return st.tuples(
+        st.sampled_from(dtypes),
+        st.lists(st.floats(lo, hi, width=32), min_size=n, max_size=n),
+        lay if lay is not None else layouts(),
+    ).map(lambda t: Arr(tuple(t[1]), t[0], shape, t[2]))
 
 
 def _loss_valid(fn: str):
@@ -227,13 +260,18 @@ def _loss_valid(fn: str):
         biases = draw(st.one_of(st.none(), _float_arr((v,), dtypes=("float16", "float32", "float64"))))
         lab_shape = (bsz,) if nt == 1 and draw(st.booleans()) else (bsz, nt)
         lab_vals = tuple(draw(st.lists(st.integers(0, v - 1), min_size=bsz * nt, max_size=bsz * nt)))
-        labels = Arr(lab_vals, draw(st.sampled_from(["int64", "int32", "uint8", "uint64"])) if v <= 255
-                     else "int64", lab_shape, draw(layouts()))
+        labels = Arr(
+            lab_vals,
+            draw(st.sampled_from(["int64", "int32", "uint8", "uint64"])) if v <= 255 else "int64",
+            lab_shape,
+            draw(layouts()),
+        )
         inputs = draw(_float_arr((bsz, d), dtypes=("float16", "float32", "float64")))
         log_q = draw(flags())
         how = draw(st.sampled_from(["default", "triple", "shared", "per_row"]))
-        seed = draw(st.one_of(st.integers(0, 2**64 - 1),
-                              st.just(None) if how != "default" else st.integers(0, 9)))
+        seed = draw(
+            st.one_of(st.integers(0, 2**64 - 1), st.just(None) if how != "default" else st.integers(0, 9))
+        )
         nc = v
         if how == "default":
             nc = draw(st.integers(max(lab_vals) + 1, v))  # the default sampler's range holds the labels
@@ -246,14 +284,29 @@ def _loss_valid(fn: str):
             ns = draw(st.integers(1, 8))
             shape = (bsz, ns) if per_row else (ns,)
             n = math.prod(shape)
-            ids = Arr(tuple(draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n))),
-                      draw(st.sampled_from(["int64", "int32"])), shape, draw(layouts()))
+            ids = Arr(
+                tuple(draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n))),
+                draw(st.sampled_from(["int64", "int32"])),
+                shape,
+                draw(layouts()),
+            )
             pos = st.floats(float(np.float32(1e-3)), 4.0, width=32)
-            te = None if not log_q and draw(st.booleans()) else Arr(
-                tuple(draw(st.lists(pos, min_size=bsz * nt, max_size=bsz * nt))), "float32", (bsz, nt),
-                draw(layouts()))
-            se = Arr(tuple(draw(st.lists(pos, min_size=n, max_size=n))),
-                     draw(st.sampled_from(["float32", "float64"])), shape, draw(layouts()))
+            te = (
+                None
+                if not log_q and draw(st.booleans())
+                else Arr(
+                    tuple(draw(st.lists(pos, min_size=bsz * nt, max_size=bsz * nt))),
+                    "float32",
+                    (bsz, nt),
+                    draw(layouts()),
+                )
+            )
+            se = Arr(
+                tuple(draw(st.lists(pos, min_size=n, max_size=n))),
+                draw(st.sampled_from(["float32", "float64"])),
+                shape,
+                draw(layouts()),
+            )
             sv = Triple(ids, te, se, as_list=draw(st.integers(0, 5)) == 0)
         else:
             unique = draw(flags()) if v > 1 else False
@@ -261,15 +314,23 @@ def _loss_valid(fn: str):
             tc = Arr(lab_vals, "int64", (bsz, nt))
             sv = Drawn(v, ns, tc, how == "per_row", bool(unique), draw(st.integers(0, 2**32)))
         args = {
-            "weights": weights, "biases": biases, "labels": labels, "inputs": inputs, "num_sampled": ns,
-            "num_classes": nc, "num_true": nt, "sampled_values": sv,
-            "remove_accidental_hits": draw(flags()), "seed": seed, "subtract_log_q": log_q,
+            "weights": weights,
+            "biases": biases,
+            "labels": labels,
+            "inputs": inputs,
+            "num_sampled": ns,
+            "num_classes": nc,
+            "num_true": nt,
+            "sampled_values": sv,
+            "remove_accidental_hits": draw(flags()),
+            "seed": seed,
+            "subtract_log_q": log_q,
             "focal_gamma": draw(st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0, 0])),
         }
         if grad:
-            args["grad_loss"] = draw(st.one_of(
-                st.none(), st.sampled_from([2.0, -1.0, 0, 3]),
-                _float_arr((bsz,))))
+            args["grad_loss"] = draw(
+                st.one_of(st.none(), st.sampled_from([2.0, -1.0, 0, 3]), _float_arr((bsz,)))
+            )
         return fn, args
 
     return strat()
@@ -277,8 +338,9 @@ def _loss_valid(fn: str):
 
 def _loss_hostile(grad: bool):
     def floats(extra=()):
-        return st.one_of(st.sampled_from(FLOAT_MUTATIONS + list(extra)).map(Mutate),
-                         st.sampled_from(sorted(RAW)).map(Raw))
+        return st.one_of(
+            st.sampled_from(FLOAT_MUTATIONS + list(extra)).map(Mutate), st.sampled_from(sorted(RAW)).map(Raw)
+        )
 
     d = {
         "weights": floats(),
@@ -289,9 +351,14 @@ def _loss_hostile(grad: bool):
         "num_classes": st.one_of(hostile_int(), st.sampled_from([0, 10**6, 2**62])),
         "num_true": st.one_of(hostile_int(), st.sampled_from([0, 4, 100])),
         "sampled_values": st.one_of(
-            st.sampled_from(["ids:" + m for m in ID_MUTATIONS] + ["te:" + m for m in FLOAT_MUTATIONS]
-                            + ["se:" + m for m in FLOAT_MUTATIONS] + ["short"]).map(Mutate),
-            st.sampled_from(sorted(RAW)).map(Raw)),
+            st.sampled_from(
+                ["ids:" + m for m in ID_MUTATIONS]
+                + ["te:" + m for m in FLOAT_MUTATIONS]
+                + ["se:" + m for m in FLOAT_MUTATIONS]
+                + ["short"]
+            ).map(Mutate),
+            st.sampled_from(sorted(RAW)).map(Raw),
+        ),
         "remove_accidental_hits": hostile_flag(),
         "subtract_log_q": hostile_flag(),
         "seed": hostile_seed(),
@@ -321,13 +388,15 @@ def _loss_call(kind: str, args: Dict[str, Any]) -> Any:
 
 
 for _fn in LOSS_FUNCTIONS:
-    register(Entry(
-        name=_fn,
-        call=_loss_call,
-        valid=(lambda f: lambda: _loss_valid(f))(_fn),
-        hostile=(lambda g: lambda: _loss_hostile(g))(_fn.endswith("_and_grad")),
-        check=check_loss,
-        blame=_LOSS_BLAME,
-        names=frozenset(LOSS_ARGS if _fn.endswith("_and_grad") else LOSS_ARGS[:-1]),
-    ))
+    register(
+        Entry(
+            name=_fn,
+            call=_loss_call,
+            valid=(lambda f: lambda: _loss_valid(f))(_fn),
+            hostile=(lambda g: lambda: _loss_hostile(g))(_fn.endswith("_and_grad")),
+            check=check_loss,
+            blame=_LOSS_BLAME,
+            names=frozenset(LOSS_ARGS if _fn.endswith("_and_grad") else LOSS_ARGS[:-1]),
+        )
+    )
 del _fn

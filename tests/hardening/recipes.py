@@ -204,7 +204,7 @@ def _mutate(how: str, a: Any) -> Any:
         for name, i in part.items():
             if how.startswith(name + ":"):
                 parts = [ids, te, se]
-                parts[i] = _mutate(how[len(name) + 1:], parts[i])
+                parts[i] = _mutate(how[len(name) + 1 :], parts[i])
                 return tuple(parts)
         if how == "short":
             return (ids, te)
@@ -264,10 +264,31 @@ def _mutate(how: str, a: Any) -> Any:
     raise AssertionError(how)
 
 
-SHAPE_MUTATIONS = ["drop_row", "add_row", "drop_col", "add_dim", "flatten", "transpose", "empty", "scalar",
-                   "broadcast_huge", "ragged", "none"]
-FLOAT_MUTATIONS = ["nan", "inf", "huge", "zero", "negative", "int32", "float16", "bool", "complex128",
-                   "object"] + SHAPE_MUTATIONS
+SHAPE_MUTATIONS = [
+    "drop_row",
+    "add_row",
+    "drop_col",
+    "add_dim",
+    "flatten",
+    "transpose",
+    "empty",
+    "scalar",
+    "broadcast_huge",
+    "ragged",
+    "none",
+]
+FLOAT_MUTATIONS = [
+    "nan",
+    "inf",
+    "huge",
+    "zero",
+    "negative",
+    "int32",
+    "float16",
+    "bool",
+    "complex128",
+    "object",
+] + SHAPE_MUTATIONS
 ID_MUTATIONS = ["big_id", "minus_one", "int64_max", "float64", "bool", "uint64", "object"] + SHAPE_MUTATIONS
 
 

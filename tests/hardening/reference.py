@@ -54,7 +54,7 @@ def reference_probability(recipe: SamplerRecipe, sampler: Any, ids: np.ndarray) 
 
 
 def reference_counts(p: np.ndarray, num_sampled: int, num_tries: Any) -> np.ndarray:
-    """Expected counts by API.md's rule, from P (rounded to float32 first, as TensorFlow does).
+    """Expected counts by docs/API.md's rule, from P (rounded to float32 first, as TensorFlow does).
     Returns float64; exact (P·n in float32) when ``num_tries == num_sampled``."""
     p32 = np.asarray(p, dtype=np.float64).astype(np.float32)
     tries = np.broadcast_to(np.asarray(num_tries, dtype=np.float64), p32.shape)

@@ -67,8 +67,12 @@ def run_recipe(recipe: Recipe) -> Dict[str, Any]:
     try:
         out = entry.call(recipe.kind, args)
     except BaseException as e:  # PanicException derives from BaseException
-        return {"status": "raised", "type": type(e).__name__, "mro": [c.__name__ for c in type(e).__mro__],
-                "message": str(e)}
+        return {
+            "status": "raised",
+            "type": type(e).__name__,
+            "mro": [c.__name__ for c in type(e).__mro__],
+            "message": str(e),
+        }
 
     def again(canonical_layout: bool) -> Any:
         rebuilt = {k: build(canonical(v) if canonical_layout else v) for k, v in recipe.args}
@@ -107,7 +111,6 @@ def judge(recipe: Recipe, outcome: Dict[str, Any]) -> Optional[str]:
     if blamed not in allowed:
         return f"{outcome['type']} blames {blamed!r}, expected one of {sorted(allowed)}: {outcome['message']}"
     return None
-
 
 
 def assemble(kind_args: Tuple[str, Dict[str, Any]], entry: str, hostile: Optional[str] = None) -> Recipe:

@@ -18,14 +18,56 @@ FLOAT_DTYPES = ["float16", "float32", "float64"]
 
 INT_EDGES = [-1, -(2**63), -(2**100), 2**35, 2**36, 2**36 + 1, 2**62 + 1, 2**63 - 1, 2**63, 2**64, 2**100]
 NP_INT_EDGES = [np.int8(-1), np.int64(-(2**63)), np.uint64(2**64 - 1), np.uint64(2**63), np.int16(-5)]
-NOT_INTS = [True, False, 2.0, float("nan"), float("inf"), "3", b"3", None, [3], 1 + 0j, np.float32(2.0),
-            np.bool_(True), np.array([3]), np.array(3.0)]
-FLOAT_EDGES = [float("nan"), float("inf"), float("-inf"), -1.0, -0.0, 0.0, 5e-324, 1e-300, 1e300,
-               1.7976931348623157e308, 10**400, -(10**400), np.float32("nan"), np.float16(1.0), np.float64(-2.0)]
+NOT_INTS = [
+    True,
+    False,
+    2.0,
+    float("nan"),
+    float("inf"),
+    "3",
+    b"3",
+    None,
+    [3],
+    1 + 0j,
+    np.float32(2.0),
+    np.bool_(True),
+    np.array([3]),
+    np.array(3.0),
+]
+FLOAT_EDGES = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    -1.0,
+    -0.0,
+    0.0,
+    5e-324,
+    1e-300,
+    1e300,
+    1.7976931348623157e308,
+    10**400,
+    -(10**400),
+    np.float32("nan"),
+    np.float16(1.0),
+    np.float64(-2.0),
+]
 NOT_FLOATS = [True, "1", None, 1 + 1j, [1.0], b"1"]
 FLAG_HOSTILE = [2, -1, "yes", "", None, 1.0, 0.5, [True], np.int64(2), np.float64(1.0)]
-SEED_HOSTILE = [-1, 2**64, 2**64 + 5, -(2**200), 2**200, np.uint64(2**64 - 1), np.int64(-5), 1.5, "1", True,
-                float("nan"), b"1", [1]]
+SEED_HOSTILE = [
+    -1,
+    2**64,
+    2**64 + 5,
+    -(2**200),
+    2**200,
+    np.uint64(2**64 - 1),
+    np.int64(-5),
+    1.5,
+    "1",
+    True,
+    float("nan"),
+    b"1",
+    [1],
+]
 
 
 def layouts():
@@ -68,8 +110,11 @@ def valid_ids(range_max: int, ndims=(1,), max_side=6, min_side=0):
 def _hostile_values(dtype: str, range_max: int):
     if dtype in INT_DTYPES:
         info = np.iinfo(dtype)
-        edges = [v for v in (range_max, range_max - 1, -1, 2**62, 2**63 - 1, int(info.min), int(info.max))
-                 if int(info.min) <= v <= int(info.max)]
+        edges = [
+            v
+            for v in (range_max, range_max - 1, -1, 2**62, 2**63 - 1, int(info.min), int(info.max))
+            if int(info.min) <= v <= int(info.max)
+        ]
         return st.one_of(st.sampled_from(edges), int_values(dtype, int(info.min), int(info.max)))
     if dtype in FLOAT_DTYPES:
         return st.floats(width=int(np.dtype(dtype).itemsize * 8))
@@ -92,8 +137,11 @@ def hostile_ids(range_max: int, ndims=(0, 1, 2, 3)):
 
 
 def hostile_int():
-    return st.one_of(st.sampled_from(INT_EDGES + NP_INT_EDGES + NOT_INTS),
-                     st.integers(-(2**70), -1), st.integers(2**36 + 1, 2**70))
+    return st.one_of(
+        st.sampled_from(INT_EDGES + NP_INT_EDGES + NOT_INTS),
+        st.integers(-(2**70), -1),
+        st.integers(2**36 + 1, 2**70),
+    )
 
 
 def hostile_float():
@@ -109,7 +157,11 @@ def hostile_seed():
 
 
 def seeds():
-    return st.one_of(st.none(), st.integers(0, 2**64 - 1), st.sampled_from([np.uint64(2**64 - 1), np.int64(7), np.uint8(3)]))
+    return st.one_of(
+        st.none(),
+        st.integers(0, 2**64 - 1),
+        st.sampled_from([np.uint64(2**64 - 1), np.int64(7), np.uint8(3)]),
+    )
 
 
 def flags():
@@ -121,22 +173,29 @@ RANGE_EDGES = [1, 2, 3, 10, 1000, 2**20, 2**31 + 11, 2**62]
 
 def sampler_recipes(kinds=("log_uniform", "uniform", "zipf", "unigram"), small=False):
     """Valid samplers of every kind; `small` keeps range_max <= 1000 (exhaustive checks)."""
-    rng = st.sampled_from([r for r in RANGE_EDGES if r <= 1000]) if small else st.one_of(
-        st.sampled_from(RANGE_EDGES), st.integers(1, 10**6))
+    rng = (
+        st.sampled_from([r for r in RANGE_EDGES if r <= 1000])
+        if small
+        else st.one_of(st.sampled_from(RANGE_EDGES), st.integers(1, 10**6))
+    )
     seed = st.integers(0, 2**64 - 1)
 
     def simple(kind):
         return st.tuples(rng, seed).map(lambda t: SamplerRecipe(kind, (("range_max", t[0]), ("seed", t[1]))))
 
     zipf = st.tuples(rng, st.one_of(st.floats(0.05, 4.0), st.sampled_from([1.0, 0.5, 2.0, 4.0])), seed).map(
-        lambda t: SamplerRecipe("zipf", (("range_max", t[0]), ("exponent", t[1]), ("seed", t[2]))))
+        lambda t: SamplerRecipe("zipf", (("range_max", t[0]), ("exponent", t[1]), ("seed", t[2])))
+    )
 
     @st.composite
     def unigram(draw):
         # Weights of 0 or at least 1e-2: classes of vanishing probability make unique sampling take up to
         # the library's bound of 2^31 draws, which is a test of patience, not of correctness.
-        w = draw(st.lists(st.one_of(st.floats(1e-2, 100.0), st.sampled_from([0.0, 1.0, 1e-2])), min_size=1,
-                          max_size=40))
+        w = draw(
+            st.lists(
+                st.one_of(st.floats(1e-2, 100.0), st.sampled_from([0.0, 1.0, 1e-2])), min_size=1, max_size=40
+            )
+        )
         shards = draw(st.integers(1, 3))
         kw = (
             ("unigrams", Arr(tuple(w), "float64", (len(w),), draw(layouts()))),
@@ -148,8 +207,12 @@ def sampler_recipes(kinds=("log_uniform", "uniform", "zipf", "unigram"), small=F
         )
         return SamplerRecipe("unigram", kw)
 
-    table = {"log_uniform": simple("log_uniform"), "uniform": simple("uniform"), "zipf": zipf,
-             "unigram": unigram()}
+    table = {
+        "log_uniform": simple("log_uniform"),
+        "uniform": simple("uniform"),
+        "zipf": zipf,
+        "unigram": unigram(),
+    }
     return st.one_of(*[table[k] for k in kinds])
 
 

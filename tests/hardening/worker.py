@@ -64,8 +64,12 @@ class Worker:
     without limit fails inside the child instead of pushing the machine into the OOM killer.
     """
 
-    def __init__(self, env: Optional[Dict[str, str]] = None, address_space: Optional[int] = 8 << 30,
-                 timeout: float = 120.0):
+    def __init__(
+        self,
+        env: Optional[Dict[str, str]] = None,
+        address_space: Optional[int] = 8 << 30,
+        timeout: float = 120.0,
+    ):
         self.env = dict(os.environ, **(env or {}))
         self.address_space = address_space
         self.timeout = timeout

@@ -123,7 +123,9 @@ def _tf():
 def _true_classes(batch: int, range_max: int, seed: int = 0) -> np.ndarray:
     # Log-uniform-ish labels, like real word ids.
     rng = np.random.default_rng(seed)
-    return np.minimum(np.exp(rng.random((batch, 1)) * np.log1p(range_max)).astype(np.int64) - 1, range_max - 1)
+    return np.minimum(
+        np.exp(rng.random((batch, 1)) * np.log1p(range_max)).astype(np.int64) - 1, range_max - 1
+    )
 
 
 def shared_sampler_case(num_sampled: int, range_max: int, unique: bool, batch: int = 1024) -> Impls:
@@ -138,7 +140,9 @@ def shared_sampler_case(num_sampled: int, range_max: int, unique: bool, batch: i
     tf = _tf()
     if tf is not None:
         tct = tf.constant(tc)
-        impls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, num_sampled, unique, range_max)
+        impls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(
+            tct, 1, num_sampled, unique, range_max
+        )
     return impls
 
 
@@ -257,7 +261,9 @@ def _loss_data(batch: int, dim: int, vocab: int, seed: int = 0):
     return w, b, x, labels
 
 
-def sampled_loss_case(kind: str, batch: int, dim: int, vocab: int, num_sampled: int, per_row: bool = False) -> Impls:
+def sampled_loss_case(
+    kind: str, batch: int, dim: int, vocab: int, num_sampled: int, per_row: bool = False
+) -> Impls:
     """Loss and all gradients of sampled softmax / NCE against TensorFlow (tf.function + GradientTape, same
     candidates) and against the three NumPy/OpenBLAS products of the step (x·Wsᵀ, G·Ws, Gᵀ·x); with per-row
     candidates also against the NumPy gather of the rows the step reads."""
@@ -393,12 +399,16 @@ def info_nce_cases() -> List[Case]:
             lambda: info_nce_case(4096, 128),
             {"torch": 2.5, BOUND: 1 / 1.3},
         ),
-        Case("InfoNCE symmetric + grads B=4096 d=128", "info_nce", lambda: info_nce_case(4096, 128, True), {}),
+        Case(
+            "InfoNCE symmetric + grads B=4096 d=128", "info_nce", lambda: info_nce_case(4096, 128, True), {}
+        ),
     ]
 
 
 def all_cases() -> List[Case]:
-    return sampler_cases() + loss_cases() + info_nce_cases() + adapter_cases() + sampler_sweeps() + loss_sweeps()
+    return (
+        sampler_cases() + loss_cases() + info_nce_cases() + adapter_cases() + sampler_sweeps() + loss_sweeps()
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -470,7 +480,11 @@ def torch_step_impls(
             if use_multinomial:
                 ids = torch.multinomial(probs, num_sampled, replacement=False)
             else:
-                ids = ((torch.rand(num_sampled, dtype=torch.float64) * log_range).exp() - 1).long().clamp_(0, vocab - 1)
+                ids = (
+                    ((torch.rand(num_sampled, dtype=torch.float64) * log_range).exp() - 1)
+                    .long()
+                    .clamp_(0, vocab - 1)
+                )
             p_s = torch.log((ids + 2).double() / (ids + 1).double()) / log_range
             p_t = torch.log((lab + 2).double() / (lab + 1).double()) / log_range
             log_q_s = torch.log(p_s * num_sampled).float()

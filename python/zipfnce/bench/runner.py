@@ -55,7 +55,9 @@ def run_case(case: Case, repeats: int = 15, budget: float = 0.02) -> Result:
     return Result(case, {name: statistics.median(v) for name, v in samples.items()})
 
 
-def run_suite(cases: Iterable[Case], repeats: int = 15, progress: Optional[Callable[[str], None]] = None) -> List[Result]:
+def run_suite(
+    cases: Iterable[Case], repeats: int = 15, progress: Optional[Callable[[str], None]] = None
+) -> List[Result]:
     out = []
     for case in cases:
         if progress:

@@ -71,7 +71,7 @@ pub const DEFAULT_MAX_LOGITS_BYTES: usize = 256 << 20;
 /// The largest batch or number of negatives accepted (far beyond what fits in memory as embeddings).
 const MAX_ROWS: usize = 1 << 40;
 
-/// Everything but the embeddings (API.md §4); [`Options::default`] gives the documented defaults.
+/// Everything but the embeddings (docs/API.md: InfoNCE); [`Options::default`] gives the documented defaults.
 #[derive(Clone, Copy, Debug)]
 pub struct Options<'a, T> {
     /// T: the logits are `q·k / T`.

@@ -1,4 +1,4 @@
-//! Sampled softmax and NCE, fused, with gradients (API.md §2–3): the public entry points, the memory
+//! Sampled softmax and NCE, fused, with gradients (docs/API.md: Sampled softmax and NCE): the public entry points, the memory
 //! budgets, and the true logits both candidate layouts share.
 //!
 //! Logits follow TensorFlow's `_compute_sampled_logits`: for row b with true classes t and candidates s,
