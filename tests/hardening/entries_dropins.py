@@ -126,10 +126,10 @@ register(
             "num_reserved_ids": frozenset({"range_max", "unigrams"}),
             "num_shards": frozenset({"shard", "range_max", "unigrams"}),
             "shard": frozenset({"range_max", "unigrams"}),
-            "range_max": frozenset(),
-            "num_sampled": frozenset(
-                {"true_classes"}
-            ),  # all_candidate_sampler: ids must be below num_sampled
+            # A hostile range_max may be valid yet below a true class, which is then out of range.
+            "range_max": frozenset({"true_classes"}),
+            # all_candidate_sampler: ids must be below num_sampled.
+            "num_sampled": frozenset({"true_classes"}),
         },
         names=frozenset(
             {
