@@ -15,12 +15,10 @@ candidates) and ``info_nce_loss_and_grad`` (B=4096, d=128, in-batch negatives), 
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab_versions import load_old  # noqa: E402
+from ab_versions import interleaved_medians, load_old  # noqa: E402
 
 
 def main():
@@ -70,20 +68,7 @@ def main():
         a, c = fo(), fn()
         # The same inputs give the same loss to rounding in both builds (a cheap check that both ran the case).
         np.testing.assert_allclose(np.asarray(a.loss), np.asarray(c.loss), rtol=1e-4, atol=1e-5)
-        reps = {}
-        for name, f in calls.items():
-            t = time.perf_counter()
-            f()
-            reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)))
-        times = {name: [] for name in calls}
-        for r in range(args.rounds):
-            for name in list(calls) if r % 2 else list(calls)[::-1]:
-                time.sleep(0.02)
-                t = time.perf_counter()
-                for _ in range(reps[name]):
-                    calls[name]()
-                times[name].append((time.perf_counter() - t) / reps[name])
-        med = {name: statistics.median(t) for name, t in times.items()}
+        med = interleaved_medians(calls, args.rounds)
         print(
             f"{label} [ZIPFNCE_SIMD={simd}, {args.rounds} rounds]: old {med['old'] * 1e3:.2f} ms, "
             f"new {med['new'] * 1e3:.2f} ms (new/old {med['new'] / med['old']:.3f})"

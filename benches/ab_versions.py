@@ -32,6 +32,26 @@ def load_old(path):
     return importlib.import_module("zipfnce_old")
 
 
+def interleaved_medians(calls, rounds):
+    """The median time of one call of each of `calls` (name -> function): in each round every function runs
+    about 20 ms of calls after a 20 ms pause, in alternating order, as the bench runner does."""
+    reps = {}
+    for name, f in calls.items():
+        f()
+        t = time.perf_counter()
+        f()
+        reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)))
+    times = {name: [] for name in calls}
+    for r in range(rounds):
+        for name in list(calls) if r % 2 else list(calls)[::-1]:
+            time.sleep(0.02)
+            t = time.perf_counter()
+            for _ in range(reps[name]):
+                calls[name]()
+            times[name].append((time.perf_counter() - t) / reps[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, help="directory of an earlier build's zipfnce package")
@@ -69,22 +89,7 @@ def main():
             calls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, s, True, v)
     except ImportError:
         pass
-    # About 20 ms of calls per turn.
-    reps = {}
-    for name, f in calls.items():
-        f()
-        t = time.perf_counter()
-        f()
-        reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-7)))
-    times = {name: [] for name in calls}
-    for r in range(args.rounds):
-        for name in list(calls) if r % 2 else list(calls)[::-1]:
-            time.sleep(0.02)
-            t = time.perf_counter()
-            for _ in range(reps[name]):
-                calls[name]()
-            times[name].append((time.perf_counter() - t) / reps[name])
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = interleaved_medians(calls, args.rounds)
     line = (
         f"{args.sampler}{' per-row B=%d' % args.batch if args.per_row else ''} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us "
         f"(new/old {med['new'] / med['old']:.3f})"
