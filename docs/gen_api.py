@@ -31,7 +31,7 @@ SECTIONS = [
     ("Sampled softmax and NCE", "zn", ["_losses.py"]),
     ("InfoNCE", "zn", ["_infonce.py"]),
     ("Threads", "zn", ["__init__.py"]),
-    ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch.py"]),
+    ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch/__init__.py"]),
     ("JAX: `import zipfnce.jax as znj`", "znj", ["jax.py"]),
     ("TensorFlow: `import zipfnce.tf as zntf`", "zntf", ["tf.py"]),
 ]

@@ -43,7 +43,7 @@ __all__ = [
     "sampled_softmax_loss_and_grad",
     "nce_loss_and_grad",
 ]
-# Also used by the adapters (torch.py, jax.py, tf.py), not public: SampledOptions, options, SampledArgs,
+# Also used by the adapters (torch/, jax.py, tf.py), not public: SampledOptions, options, SampledArgs,
 # prepare, split_sampled_values.
 
 
