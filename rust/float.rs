@@ -3,8 +3,17 @@
 //! Besides the standard library's math (libm, one call per element), [`Float`] carries the fast math the
 //! kernels need in a form the compiler vectorises ([`Float::exp_fast`], [`Float::ln_1p_fast`]) and the
 //! per-type caches of work buffers kept between calls ([`crate::buf::Caches`]).
+//!
+//! Half precision (bfloat16, float16) is a storage type, not a float type of the kernels: [`Stored`] is what
+//! a kernel of type `T` can read (`T` itself, or a half type widened to f32 as it is gathered).
 
 use std::fmt::Debug;
+
+mod half;
+pub use half::{
+    bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, narrow_bf16, narrow_f16, widen_bf16, widen_f16,
+    widen_f16_portable, Bf16, Stored, F16,
+};
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
@@ -27,6 +36,7 @@ pub trait Float:
     + SubAssign
     + MulAssign
     + Sum
+    + Stored<Self>
 {
     /// 0.
     const ZERO: Self;

@@ -79,6 +79,19 @@ pub fn has_avx2() -> bool {
     level() >= Level::Avx2
 }
 
+/// Whether the F16C conversions (`vcvtph2ps`) run: AVX2 kernels or wider are allowed (see [`level`]) and
+/// the CPU has F16C (every AVX2 CPU in practice; checked all the same). Decided once per process.
+#[inline]
+pub fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static F16C: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F16C.get_or_init(|| has_avx2() && std::arch::is_x86_feature_detected!("f16c"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Ask the CPU to start loading the cache lines of `bytes` bytes from `p` (a hint: gathers of random rows
 /// wait on memory otherwise). Never faults, whatever the address.
 #[inline(always)]

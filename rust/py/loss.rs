@@ -1,7 +1,12 @@
 //! Binding of the sampled softmax and NCE losses (`crate::loss::sampled`). The Python layer
 //! (`python/zipfnce/_losses.py`) has already checked shapes and converted every float argument to the dtype
 //! of `weights`; this file borrows the arrays, releases the GIL and returns NumPy arrays.
+//! Half-precision tables (`storage` "bfloat16" / "float16") arrive as `uint16` views: the weights and biases
+//! are read in place (rows widened to f32 as they are gathered), `inputs` is float32 or the same half type
+//! (widened as it is copied), the other float arguments float32; the loss is float32 and the gradients are
+//! narrowed back to the storage of their argument.
 
+use super::half::{self, Half, Store};
 use super::{check_aligned, err, to_vec, to_vec2};
 use crate::buf::ensure_memory;
 use crate::error::Error;
@@ -17,6 +22,17 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::borrow::Cow;
+
+/// `a` as an aligned array of element `T` (named `name` in the error), or the error naming `arg`.
+fn typed_as<'a, 'py, T: numpy::Element>(
+    a: &'a Bound<'py, PyAny>,
+    arg: &'static str,
+    name: &str,
+) -> PyResult<&'a Bound<'py, PyArrayDyn<T>>> {
+    let a = a.cast::<PyArrayDyn<T>>().map_err(|_| err(Error::ty(arg, format!("expected a {name} array"))))?;
+    check_aligned(a.is_aligned(), arg)?;
+    Ok(a)
+}
 
 /// `a` as an aligned array of the call's float type, or the error naming `arg`.
 fn typed<'a, 'py, T: numpy::Element + crate::float::Float>(
@@ -57,10 +73,27 @@ struct Call<'a, 'py> {
     grad: Option<Option<&'a Bound<'py, PyAny>>>,
 }
 
-fn run<'py, T: Float + numpy::Element>(
+/// `inputs` in the compute type: float `T` as given, or (for a half-precision table) the table's half type,
+/// widened as it is copied. Also says whether it was half, so that its gradient goes back narrowed.
+fn inputs_of<T: Float + numpy::Element, W: Store<T>>(
+    inputs: &Bound<'_, PyAny>,
+    half: bool,
+) -> PyResult<(Vec<T>, bool)> {
+    if half && inputs.cast::<PyArrayDyn<W::Np>>().is_ok() {
+        let a = typed_as::<W::Np>(inputs, "inputs", W::STORAGE)?;
+        ensure_memory("inputs", a.len() as u128 * 4).map_err(err)?;
+        let ro = a.readonly();
+        let v: Vec<W::Np> = to_vec(&ro);
+        return Ok((W::widen_vec(&v), true));
+    }
+    Ok((small::<T>(inputs, "inputs")?, false))
+}
+
+fn run<'py, T: Float + numpy::Element, W: Store<T>>(
     py: Python<'py>,
-    weights: &Bound<'py, PyArray2<T>>,
+    weights: &Bound<'py, PyArray2<W::Np>>,
     call: &Call<'_, 'py>,
+    half: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let Call { kind, biases, labels, inputs, sampled, true_expected, sampled_expected, flags, grad } = *call;
     check_aligned(weights.is_aligned(), "weights")?;
@@ -70,14 +103,14 @@ fn run<'py, T: Float + numpy::Element>(
     ensure_memory("sampled_values", sampled.len() as u128 * 8).map_err(err)?;
     let w = weights.readonly();
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
-    let item = std::mem::size_of::<T>() as isize;
+    let item = std::mem::size_of::<W::Np>() as isize;
     let st = w.strides();
     if st.iter().any(|&s| s < 0 || s % item != 0) {
         return Err(err(Error::value("weights", "needs non-negative strides that are whole elements")));
     }
     let (rs, cs) = ((st[0] / item) as usize, (st[1] / item) as usize);
     let span = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
-    let data: &[T] = if span == 0 {
+    let data: &[W::Np] = if span == 0 {
         &[]
     } else {
         // SAFETY: `w` is a read-only borrow of an aligned array whose strides are non-negative whole
@@ -85,18 +118,24 @@ fn run<'py, T: Float + numpy::Element>(
         // elements from `ptr` lie inside the array's buffer. The borrow outlives every use of `data`.
         unsafe { std::slice::from_raw_parts(w.as_array().as_ptr(), span) }
     };
-    let weights = Mat { data, rows, cols, row_stride: rs, col_stride: cs };
+    let weights = Mat { data: W::from_np(data), rows, cols, row_stride: rs, col_stride: cs };
     // Biases ([V], as large as a column of the weights) are read in place like the weights, unless they
     // are strided (then copied).
-    let biases_ro = biases.map(|b| typed::<T>(b, "biases").map(|a| a.readonly())).transpose()?;
-    let biases: Option<Cow<'_, [T]>> = match (biases, &biases_ro) {
-        (Some(b), Some(r)) => Some(match r.as_slice() {
+    let biases_ro =
+        biases.map(|b| typed_as::<W::Np>(b, "biases", W::STORAGE).map(|a| a.readonly())).transpose()?;
+    let biases: Option<Cow<'_, [W::Np]>> = match &biases_ro {
+        Some(r) => Some(match r.as_slice() {
             Ok(s) if r.is_c_contiguous() => Cow::Borrowed(s),
-            _ => Cow::Owned(small::<T>(b, "biases")?),
+            _ => {
+                ensure_memory("biases", r.len() as u128 * std::mem::size_of::<W::Np>() as u128)
+                    .map_err(err)?;
+                Cow::Owned(to_vec(r))
+            }
         }),
-        _ => None,
+        None => None,
     };
-    let inputs = small::<T>(inputs, "inputs")?;
+    let biases: Option<&[W]> = biases.as_deref().map(W::from_np);
+    let (inputs, inputs_half) = inputs_of::<T, W>(inputs, half)?;
     let te = small::<T>(true_expected, "sampled_values")?;
     let se = small::<T>(sampled_expected, "sampled_values")?;
     let num_true = labels.shape()[1];
@@ -111,7 +150,7 @@ fn run<'py, T: Float + numpy::Element>(
     let args = Args {
         kind,
         weights,
-        biases: biases.as_deref(),
+        biases,
         labels: &labels_v,
         num_true,
         inputs: &inputs,
@@ -132,14 +171,20 @@ fn run<'py, T: Float + numpy::Element>(
     let u = out.grad_weights.indices.len();
     let shape_err = |e: numpy::ndarray::ShapeError| PyTypeError::new_err(e.to_string());
     let loss = Array1::from_vec(out.loss).into_pyarray(py);
-    let gx = Array2::from_shape_vec((b, cols), out.grad_inputs).map_err(shape_err)?.into_pyarray(py);
+    let gx = if inputs_half {
+        let v = W::to_np(out.grad_inputs);
+        Array2::from_shape_vec((b, cols), v).map_err(shape_err)?.into_pyarray(py).into_any()
+    } else {
+        Array2::from_shape_vec((b, cols), out.grad_inputs).map_err(shape_err)?.into_pyarray(py).into_any()
+    };
     let gw_idx = Array1::from_vec(out.grad_weights.indices).into_pyarray(py);
-    let gw_val =
-        Array2::from_shape_vec((u, cols), out.grad_weights.values).map_err(shape_err)?.into_pyarray(py);
+    let gw_val = Array2::from_shape_vec((u, cols), W::to_np(out.grad_weights.values))
+        .map_err(shape_err)?
+        .into_pyarray(py);
     let (gb_idx, gb_val) = match out.grad_biases {
         Some(g) => (
             Array1::from_vec(g.indices).into_pyarray(py).into_any(),
-            Array1::from_vec(g.values).into_pyarray(py).into_any(),
+            Array1::from_vec(W::to_np(g.values)).into_pyarray(py).into_any(),
         ),
         None => (py.None().into_bound(py), py.None().into_bound(py)),
     };
@@ -148,9 +193,11 @@ fn run<'py, T: Float + numpy::Element>(
 
 /// The sampled softmax (`nce=False`) or NCE loss. Returns `(loss,)`, or with `want_grad`
 /// `(loss, grad_inputs, grad_weight_ids, grad_weight_rows, grad_bias_ids | None, grad_bias_values | None)`.
+/// `storage` "bfloat16" / "float16": `weights` and `biases` are `uint16` views of that type (read in place),
+/// `inputs` float32 or the same view, the other floats float32; gradients come back in their argument's type.
 #[pyfunction]
 #[pyo3(signature = (nce, weights, biases, labels, inputs, sampled, true_expected, sampled_expected,
-    remove_accidental_hits, subtract_log_q, focal_gamma, want_grad, grad_loss=None))]
+    remove_accidental_hits, subtract_log_q, focal_gamma, want_grad, grad_loss=None, storage=None))]
 #[allow(clippy::too_many_arguments)]
 fn sampled_loss<'py>(
     py: Python<'py>,
@@ -167,7 +214,9 @@ fn sampled_loss<'py>(
     focal_gamma: f64,
     want_grad: bool,
     grad_loss: Option<&Bound<'py, PyAny>>,
+    storage: Option<&str>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    let storage = half::parse(storage)?;
     let call = Call {
         kind: if nce { Kind::Nce } else { Kind::SampledSoftmax },
         biases,
@@ -179,10 +228,19 @@ fn sampled_loss<'py>(
         flags: (remove_accidental_hits, subtract_log_q, focal_gamma),
         grad: want_grad.then_some(grad_loss),
     };
+    if let Some(h) = storage {
+        let w = weights.cast::<PyArray2<u16>>().map_err(|_| {
+            err(Error::ty("weights", "a half-precision table must arrive as a 2-D uint16 view"))
+        })?;
+        return match h {
+            Half::Bf16 => run::<f32, crate::float::Bf16>(py, w, &call, true),
+            Half::F16 => run::<f32, crate::float::F16>(py, w, &call, true),
+        };
+    }
     if let Ok(w) = weights.cast::<PyArray2<f32>>() {
-        run::<f32>(py, w, &call)
+        run::<f32, f32>(py, w, &call, false)
     } else if let Ok(w) = weights.cast::<PyArray2<f64>>() {
-        run::<f64>(py, w, &call)
+        run::<f64, f64>(py, w, &call, false)
     } else {
         Err(err(Error::ty("weights", "expected a 2-D float32 or float64 array")))
     }

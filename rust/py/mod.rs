@@ -18,6 +18,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::sync::Arc;
 
+mod half;
 mod infonce;
 
 fn err(e: Error) -> PyErr {

@@ -3,8 +3,8 @@
 
 use super::Budgets;
 use crate::error::{Error, Result};
-use crate::float::Float;
-use crate::loss::tile::{self, Mat};
+use crate::float::{Float, Stored};
+use crate::loss::tile::Mat;
 use crate::threads;
 
 /// Which loss.
@@ -16,7 +16,7 @@ pub enum Kind {
     Nce,
 }
 
-impl<T: Float> Mat<'_, T> {
+impl<W: Copy> Mat<'_, W> {
     /// Check the view of the weights a caller gave: non-empty, and inside its buffer.
     pub(super) fn validate_weights(&self) -> Result<()> {
         if self.rows == 0 || self.cols == 0 {
@@ -31,18 +31,19 @@ impl<T: Float> Mat<'_, T> {
         }
     }
 
-    /// Copy row `i` into `out` (`cols` long) and say whether it is all finite.
+    /// Copy row `i` into `out` (`cols` long), widened to the kernel's float type `T` (the gather: half
+    /// precision is widened here, as it is read), and say whether it is all finite.
     #[inline]
-    pub(super) fn row_into(&self, i: usize, out: &mut [T]) -> bool
+    pub(super) fn row_into<T: Float>(&self, i: usize, out: &mut [T]) -> bool
     where
-        T: Float,
+        W: Stored<T>,
     {
         let base = i * self.row_stride;
         if self.col_stride == 1 {
-            tile::copy_finite(&self.data[base..base + self.cols], out)
+            W::widen_finite(&self.data[base..base + self.cols], out)
         } else {
             for (j, o) in out.iter_mut().enumerate() {
-                *o = self.data[base + j * self.col_stride];
+                *o = self.data[base + j * self.col_stride].widen();
             }
             out.iter().all(|v| v.is_finite())
         }
@@ -51,22 +52,25 @@ impl<T: Float> Mat<'_, T> {
     /// Ask the CPU to start loading row `i` (a hint: gathers of random rows wait on memory otherwise).
     #[inline(always)]
     pub(super) fn prefetch(&self, i: usize) {
-        let bytes = ((self.cols - 1) * self.col_stride + 1) * std::mem::size_of::<T>();
+        let bytes = ((self.cols - 1) * self.col_stride + 1) * std::mem::size_of::<W>();
         if let Some(row) = self.data.get(i * self.row_stride..) {
             crate::simd::prefetch(row.as_ptr(), bytes);
         }
     }
 }
 
-/// Everything a loss call needs. Expected counts are already in the weights' float type.
+/// Everything a loss call needs. `T` is the float type the kernels compute in (and that of every argument
+/// but the class table); `W` the storage type of the weights and biases: `T` itself, or for `T = f32` a
+/// half-precision type ([`crate::float::Bf16`], [`crate::float::F16`]) whose rows are widened to f32 as they
+/// are gathered, so a half-precision table is never copied. Expected counts are already of type `T`.
 #[derive(Clone, Copy, Debug)]
-pub struct Args<'a, T> {
+pub struct Args<'a, T, W = T> {
     /// Which loss.
     pub kind: Kind,
     /// The class weights `[V, d]` (any strides); only the rows a call needs are read.
-    pub weights: Mat<'a, T>,
-    /// `[V]` or none.
-    pub biases: Option<&'a [T]>,
+    pub weights: Mat<'a, W>,
+    /// `[V]` or none (stored like the weights).
+    pub biases: Option<&'a [W]>,
     /// `[B, num_true]`, row-major.
     pub labels: &'a [i64],
     /// True classes per row.
@@ -126,7 +130,11 @@ pub(super) struct Dims {
 }
 
 /// Validate a call (every argument, before anything large is allocated) and derive its [`Dims`].
-pub(super) fn check<T: Float>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budgets: Budgets) -> Result<Dims> {
+pub(super) fn check<T: Float, W: Stored<T>>(
+    a: &Args<'_, T, W>,
+    grad_loss: Option<&[T]>,
+    budgets: Budgets,
+) -> Result<Dims> {
     a.weights.validate_weights()?;
     let (v, d) = (a.weights.rows, a.weights.cols);
     if a.num_true == 0 {
@@ -232,14 +240,14 @@ pub(super) fn check<T: Float>(a: &Args<'_, T>, grad_loss: Option<&[T]>, budgets:
             })
             .collect()
     };
-    crate::buf::ensure_memory("num_sampled", work_bytes::<T>(a, b, s, d, grad_loss.is_some(), &budgets))?;
+    crate::buf::ensure_memory("num_sampled", work_bytes::<T, W>(a, b, s, d, grad_loss.is_some(), &budgets))?;
     Ok(Dims { b, d, s, lq_true: log_q(a.true_expected)?, lq_sampled: log_q(a.sampled_expected)?, budgets })
 }
 
 /// An upper bound of the bytes a call allocates besides its arguments (checked before anything large is
 /// allocated: the buffers come zeroed from the OS, so an impossible size would otherwise be found out
 /// only by the OOM killer while they are written).
-fn work_bytes<T>(a: &Args<'_, T>, b: usize, s: usize, d: usize, grad: bool, budgets: &Budgets) -> u128 {
+fn work_bytes<T, W>(a: &Args<'_, T, W>, b: usize, s: usize, d: usize, grad: bool, budgets: &Budgets) -> u128 {
     let (b, s, d, nt) = (b as u128, s as u128, d as u128, a.num_true as u128);
     let sz = std::mem::size_of::<T>() as u128;
     let cand = if a.per_row { b * s } else { s };

@@ -225,7 +225,7 @@ pub(super) fn to_grad<T: Float>(k: &Consts<T>, z: &mut [T], st: &RowStat<T>) {
 }
 
 /// The constants of a call in its float type.
-pub(super) fn consts<T: Float>(a: &Args<'_, T>) -> Consts<T> {
+pub(super) fn consts<T: Float, W>(a: &Args<'_, T, W>) -> Consts<T> {
     Consts {
         kind: a.kind,
         y: T::ONE / T::from_f64(a.num_true as f64),

@@ -30,7 +30,7 @@ pub use args::{Args, Kind, LossAndGrad, SparseGrad};
 
 use crate::buf::zeroed;
 use crate::error::{Error, Result};
-use crate::float::Float;
+use crate::float::{Float, Stored};
 use crate::loss::tile;
 use crate::threads;
 use args::{check, Dims};
@@ -65,19 +65,22 @@ const PREFETCH: usize = 8;
 const ROW_TASK: usize = 16;
 
 /// The per-row loss.
-pub fn loss<T: Float>(a: &Args<'_, T>) -> Result<Vec<T>> {
+pub fn loss<T: Float, W: Stored<T>>(a: &Args<'_, T, W>) -> Result<Vec<T>> {
     let dims = check(a, None, Budgets::DEFAULT)?;
     threads::install(|| run(a, &dims, None))?.map(|o| o.loss)
 }
 
 /// The per-row loss and the gradients of `Σ_b c_b · loss_b`, with `c = grad_loss` (all ones when `None`).
-pub fn loss_and_grad<T: Float>(a: &Args<'_, T>, grad_loss: Option<&[T]>) -> Result<LossAndGrad<T>> {
+pub fn loss_and_grad<T: Float, W: Stored<T>>(
+    a: &Args<'_, T, W>,
+    grad_loss: Option<&[T]>,
+) -> Result<LossAndGrad<T>> {
     loss_and_grad_in(a, grad_loss, Budgets::DEFAULT)
 }
 
 /// [`loss_and_grad`] within the given memory budgets.
-pub(crate) fn loss_and_grad_in<T: Float>(
-    a: &Args<'_, T>,
+pub(crate) fn loss_and_grad_in<T: Float, W: Stored<T>>(
+    a: &Args<'_, T, W>,
     grad_loss: Option<&[T]>,
     budgets: Budgets,
 ) -> Result<LossAndGrad<T>> {
@@ -96,11 +99,11 @@ pub(crate) fn loss_and_grad_in<T: Float>(
 
 /// The bias of class `id` (0 without biases), checked finite.
 #[inline]
-fn bias_of<T: Float>(biases: Option<&[T]>, id: i64) -> Result<T> {
+fn bias_of<T: Float, W: Stored<T>>(biases: Option<&[W]>, id: i64) -> Result<T> {
     match biases {
         None => Ok(T::ZERO),
         Some(bs) => {
-            let v = bs[id as usize];
+            let v = bs[id as usize].widen();
             if v.is_finite() {
                 Ok(v)
             } else {
@@ -133,7 +136,7 @@ struct Out<T> {
 }
 
 /// Both paths, after validation.
-fn run<T: Float>(a: &Args<'_, T>, dims: &Dims, c: Option<&[T]>) -> Result<Out<T>> {
+fn run<T: Float, W: Stored<T>>(a: &Args<'_, T, W>, dims: &Dims, c: Option<&[T]>) -> Result<Out<T>> {
     let zt = true_logits(a, dims)?;
     if a.per_row {
         per_row::per_row(a, dims, &zt, c)
@@ -143,7 +146,7 @@ fn run<T: Float>(a: &Args<'_, T>, dims: &Dims, c: Option<&[T]>) -> Result<Out<T>
 }
 
 /// The true logits `[B, T]`: x_b·w_t + b_t − ln q_t.
-fn true_logits<T: Float>(a: &Args<'_, T>, dims: &Dims) -> Result<Vec<T>> {
+fn true_logits<T: Float, W: Stored<T>>(a: &Args<'_, T, W>, dims: &Dims) -> Result<Vec<T>> {
     let (nt, d) = (a.num_true, dims.d);
     let mut zt: Vec<T> = zeroed("labels", a.labels.len())?;
     let res: Vec<Result<()>> = zt
@@ -343,6 +346,133 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A half-precision table (bf16 and f16, contiguous and strided) gives bit for bit the results of the
+    /// f32 table holding the same (widened) values: widening is exact and the compute path is the f32 one.
+    #[test]
+    fn half_precision_tables_match_their_f32_values_exactly() {
+        use crate::float::{f32_to_bf16, f32_to_f16, Bf16, F16};
+        for per_row in [false, true] {
+            let p = problem(per_row);
+            let (v, d) = (p.v, p.d);
+            let wbf: Vec<Bf16> = p.w.iter().map(|&x| Bf16(f32_to_bf16(x as f32))).collect();
+            let whf: Vec<F16> = p.w.iter().map(|&x| F16(f32_to_f16(x as f32))).collect();
+            let bbf: Vec<Bf16> = p.bias.iter().map(|&x| Bf16(f32_to_bf16(x as f32))).collect();
+            let bhf: Vec<F16> = p.bias.iter().map(|&x| F16(f32_to_f16(x as f32))).collect();
+            let x: Vec<f32> = p.x.iter().map(|&v| v as f32).collect();
+            let te: Vec<f32> = p.te.iter().map(|&v| v as f32).collect();
+            let se: Vec<f32> = p.se.iter().map(|&v| v as f32).collect();
+            // A strided view: the table transposed in memory ([d, V] buffer read with col_stride V).
+            let transpose = |w: &[f32]| -> Vec<f32> { (0..d * v).map(|i| w[(i % v) * d + i / v]).collect() };
+            for kind in [Kind::SampledSoftmax, Kind::Nce] {
+                for gamma in [0.0, 1.5] {
+                    let base = |w: Mat<'_, f32>, b: &'_ [f32]| {
+                        let a: Args<'_, f32> = Args {
+                            kind,
+                            weights: w,
+                            biases: Some(b),
+                            labels: &p.labels,
+                            num_true: p.nt,
+                            inputs: &x,
+                            sampled: &p.sampled,
+                            per_row,
+                            true_expected: &te,
+                            sampled_expected: &se,
+                            remove_accidental_hits: true,
+                            subtract_log_q: true,
+                            focal_gamma: gamma,
+                        };
+                        loss_and_grad(&a, Some(&[0.5, -1.0, 2.0, 1.5])).unwrap()
+                    };
+                    let wide_bf: Vec<f32> = wbf.iter().map(|h| crate::float::bf16_to_f32(h.0)).collect();
+                    let wide_hf: Vec<f32> = whf.iter().map(|h| crate::float::f16_to_f32(h.0)).collect();
+                    let bias_bf: Vec<f32> = bbf.iter().map(|h| crate::float::bf16_to_f32(h.0)).collect();
+                    let bias_hf: Vec<f32> = bhf.iter().map(|h| crate::float::f16_to_f32(h.0)).collect();
+                    let want_bf = base(Mat::contiguous(&wide_bf, v, d), &bias_bf);
+                    let want_hf = base(Mat::contiguous(&wide_hf, v, d), &bias_hf);
+                    macro_rules! half_args {
+                        ($w:expr, $b:expr) => {
+                            Args {
+                                kind,
+                                weights: $w,
+                                biases: Some($b),
+                                labels: &p.labels,
+                                num_true: p.nt,
+                                inputs: &x,
+                                sampled: &p.sampled,
+                                per_row,
+                                true_expected: &te,
+                                sampled_expected: &se,
+                                remove_accidental_hits: true,
+                                subtract_log_q: true,
+                                focal_gamma: gamma,
+                            }
+                        };
+                    }
+                    let c = [0.5, -1.0, 2.0, 1.5];
+                    let got =
+                        loss_and_grad(&half_args!(Mat::contiguous(&wbf, v, d), &bbf), Some(&c)).unwrap();
+                    assert_eq!(got, want_bf, "bf16 {kind:?} per_row={per_row} γ={gamma}");
+                    let got =
+                        loss_and_grad(&half_args!(Mat::contiguous(&whf, v, d), &bhf), Some(&c)).unwrap();
+                    assert_eq!(got, want_hf, "f16 {kind:?} per_row={per_row} γ={gamma}");
+                    assert_eq!(loss(&half_args!(Mat::contiguous(&wbf, v, d), &bbf)).unwrap(), want_bf.loss);
+                    // Strided (column stride V): the same values read through another layout.
+                    let tb: Vec<Bf16> = transpose(&wide_bf).iter().map(|&x| Bf16(f32_to_bf16(x))).collect();
+                    let strided = Mat { data: &tb[..], rows: v, cols: d, row_stride: 1, col_stride: v };
+                    let got = loss_and_grad(&half_args!(strided, &bbf), Some(&c)).unwrap();
+                    assert_eq!(got, want_bf, "strided bf16 {kind:?} per_row={per_row}");
+                }
+            }
+            // A non-finite half row or bias the call uses is reported like an f32 one.
+            let mut bad = wbf.clone();
+            bad[8 * d + 1] = Bf16(0x7f80);
+            let hb = Args {
+                kind: Kind::SampledSoftmax,
+                weights: Mat::contiguous(&bad, v, d),
+                biases: Some(&bbf[..]),
+                labels: &p.labels,
+                num_true: p.nt,
+                inputs: &x,
+                sampled: &p.sampled,
+                per_row,
+                true_expected: &te,
+                sampled_expected: &se,
+                remove_accidental_hits: true,
+                subtract_log_q: true,
+                focal_gamma: 0.0,
+            };
+            let used = p.sampled.contains(&8) || p.labels.contains(&8);
+            assert_eq!(loss(&hb).is_err(), used);
+            let mut nanb = bhf.clone();
+            nanb[p.labels[0] as usize] = F16(0x7e00);
+            let hf = half_args_f16(&hb, Mat::contiguous(&whf, v, d), &nanb);
+            assert_eq!(loss(&hf).unwrap_err().arg(), "biases");
+        }
+    }
+
+    /// `a` with an f16 table and biases.
+    fn half_args_f16<'a>(
+        a: &Args<'a, f32, crate::float::Bf16>,
+        w: Mat<'a, crate::float::F16>,
+        b: &'a [crate::float::F16],
+    ) -> Args<'a, f32, crate::float::F16> {
+        Args {
+            kind: a.kind,
+            weights: w,
+            biases: Some(b),
+            labels: a.labels,
+            num_true: a.num_true,
+            inputs: a.inputs,
+            sampled: a.sampled,
+            per_row: a.per_row,
+            true_expected: a.true_expected,
+            sampled_expected: a.sampled_expected,
+            remove_accidental_hits: a.remove_accidental_hits,
+            subtract_log_q: a.subtract_log_q,
+            focal_gamma: a.focal_gamma,
         }
     }
 

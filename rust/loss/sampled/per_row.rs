@@ -7,12 +7,17 @@ use super::sparse::sparse;
 use super::{bias_of, first_err, not_finite_row, overflow, Out, PREFETCH};
 use crate::buf::zeroed;
 use crate::error::Result;
-use crate::float::Float;
+use crate::float::{Float, Stored};
 use crate::loss::tile;
 use rayon::prelude::*;
 
 /// Per-row candidates: row b has its own `s` candidates.
-pub(super) fn per_row<T: Float>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) -> Result<Out<T>> {
+pub(super) fn per_row<T: Float, W: Stored<T>>(
+    a: &Args<'_, T, W>,
+    dims: &Dims,
+    zt: &[T],
+    c: Option<&[T]>,
+) -> Result<Out<T>> {
     let (b, d, s, nt) = (dims.b, dims.d, dims.s, a.num_true);
     let k = consts(a);
     let grad = c.is_some();

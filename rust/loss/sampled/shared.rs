@@ -8,7 +8,7 @@ use super::sparse::sparse;
 use super::{bias_of, first_err, not_finite_row, overflow, Out, BLOCK_BYTES, PREFETCH, ROW_TASK};
 use crate::buf::zeroed;
 use crate::error::Result;
-use crate::float::Float;
+use crate::float::{Float, Stored};
 use crate::loss::tile::{self, Mat, MatMut, Op, TILES_KEEP};
 use rayon::prelude::*;
 
@@ -33,7 +33,12 @@ struct Block<T> {
     gb: Vec<T>,
 }
 
-pub(super) fn shared<T: Float>(a: &Args<'_, T>, dims: &Dims, zt: &[T], c: Option<&[T]>) -> Result<Out<T>> {
+pub(super) fn shared<T: Float, W: Stored<T>>(
+    a: &Args<'_, T, W>,
+    dims: &Dims,
+    zt: &[T],
+    c: Option<&[T]>,
+) -> Result<Out<T>> {
     let (b, d, s, nt) = (dims.b, dims.d, dims.s, a.num_true);
     let k = consts(a);
     let sz = std::mem::size_of::<T>();
