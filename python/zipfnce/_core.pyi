@@ -104,6 +104,7 @@ def sampled_loss(
     focal_gamma: float,
     want_grad: bool,
     grad_loss: Optional[_F] = None,
+    storage: Optional[str] = None,
 ) -> Tuple[_F, ...]: ...
 
 INFO_NCE_MAX_LOGITS_BYTES: int
@@ -122,4 +123,5 @@ def info_nce(
     grad_loss: Optional[npt.NDArray[np.floating]],
     want_grad: bool,
     max_logits_bytes: int,
+    storage: Optional[str] = None,
 ) -> Any: ...

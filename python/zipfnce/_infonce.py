@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._validate import as_array, as_flag, as_float, as_focal_gamma, as_ids, as_int
+from ._validate import as_array, as_flag, as_float, as_focal_gamma, as_ids, as_int, compute_dtype, half_storage
 
 __all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
 # Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare.
@@ -36,15 +36,20 @@ class InfoNCEGrad(NamedTuple):
 
 
 def _embeddings(x: Any, name: str, dtype: Optional[np.dtype]) -> np.ndarray:
-    """A C-ordered, aligned, native-byte-order float array of ``dtype`` (None: float32 or float64 as given)."""
+    """A C-ordered, aligned, native-byte-order float array of ``dtype`` (None: float32, float64, float16 or
+    bfloat16 as given). A half-precision ``dtype`` (that of ``query``) is not converted to: the array must
+    already have it."""
     a = as_array(x, name)
-    if a.dtype.kind != "f" or (dtype is None and a.dtype.itemsize not in (4, 8)):
-        want = "float32 or float64" if dtype is None else "floating-point"
+    half = half_storage(a.dtype) is not None
+    if (a.dtype.kind != "f" and not half) or (dtype is None and a.dtype.itemsize not in (2, 4, 8)):
+        want = "float32, float64, float16 or bfloat16" if dtype is None else "floating-point"
         raise TypeError(f"{name}: expected a {want} array, got dtype {a.dtype}")
+    if dtype is not None and half_storage(dtype) is not None and a.dtype != dtype:
+        raise TypeError(f"{name}: expected {dtype} like query (half precision is not mixed), got {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"{name}: must be two-dimensional [rows, dim], got shape {a.shape}")
     if dtype is None:
-        dtype = np.dtype(np.float32 if a.dtype.itemsize == 4 else np.float64)
+        dtype = a.dtype if half else np.dtype(np.float32 if a.dtype.itemsize <= 4 else np.float64)
     return np.ascontiguousarray(a, dtype=dtype)
 
 
@@ -128,7 +133,7 @@ class InfoNCEArgs(NamedTuple):
         """The loss and the gradients of ``sum_i grad_loss[i] * loss[i]`` (None: all ones)."""
         gl = None
         if grad_loss is not None:
-            b, dt = self.query.shape[0], self.query.dtype
+            b, dt = self.query.shape[0], compute_dtype(self.query.dtype)
             a = as_array(grad_loss, "grad_loss")
             if a.dtype.kind not in "fiu":
                 raise TypeError(f"grad_loss: expected real numbers, got dtype {a.dtype}")
@@ -138,13 +143,23 @@ class InfoNCEArgs(NamedTuple):
                 raise ValueError(f"grad_loss: must be a scalar or have shape ({b},), got {a.shape}")
             gl = np.ascontiguousarray(a, dtype=dt)
         loss, gq, gk, gn = self._run(gl, True)
+        dt = self.query.dtype
+        if gq.dtype != dt:  # half precision: the gradients come back as uint16 views
+            gq, gk = gq.view(dt), gk.view(dt)
+            gn = None if gn is None else gn.view(dt)
         return InfoNCEGrad(loss, gq, gk, gn)
 
     def _run(self, grad_loss: Optional[np.ndarray], want_grad: bool) -> Any:
         o = self.options
+        q, k, n = self.query, self.keys, self.negatives
+        tag = half_storage(q.dtype)
+        if tag is not None:  # half precision crosses as uint16 views with a storage tag
+            q, k = q.view(np.uint16), k.view(np.uint16)
+            n = None if n is None else n.view(np.uint16)
         return _core.info_nce(
-            self.query, self.keys, self.negatives, o.temperature, self.key_log_q, self.negative_log_q,
+            q, k, n, o.temperature, self.key_log_q, self.negative_log_q,
             self.key_ids, self.negative_ids, o.symmetric, o.focal_gamma, grad_loss, want_grad, o.max_logits_bytes,
+            tag,
         )  # fmt: skip
 
 
@@ -194,7 +209,7 @@ def _bind(
     key_ids: Any,
     negative_ids: Any,
 ) -> InfoNCEArgs:
-    b, dt = q.shape[0], q.dtype
+    b, dt = q.shape[0], compute_dtype(q.dtype)
     nn = 0 if n is None else n.shape[0]
     kq = _per_item(key_log_q, "key_log_q", b, "one per key", dt)
     nq = _per_item(negative_log_q, "negative_log_q", nn, "one per negative", dt)
@@ -247,7 +262,10 @@ def info_nce_loss(
         loss[i] = (f(softmax_j z[i, j])[i] + f(softmax_j z[j, i])[i]) / 2,   f(p) = -(1 - p)**gamma log p
 
     The dtype of ``query`` (float32 or float64) decides the precision; every other float argument is
-    converted to it.
+    converted to it. Half precision: a ``numpy.float16`` or ``ml_dtypes.bfloat16`` ``query`` needs ``keys``
+    and ``negatives`` of the same dtype (else ``TypeError`` naming the argument); they are widened to float32
+    as they are read, the math runs in float32, the loss is float32 and the gradients come back in that dtype
+    (rounded to nearest even).
 
     ``max_logits_bytes`` (default 256 MiB) bounds the logits kept in memory between the passes; it changes
     speed and memory, never the loss (the gradients only by rounding). A kept block is reused by the next

@@ -18,7 +18,12 @@ gradients (TensorFlow adds ``-FLT_MAX``, which has the same effect). True column
   ``g = 0`` is exactly the plain loss.
 
 Float math runs in the dtype of ``weights`` (float32 or float64); the other float arguments are converted to
-it. ``weights`` is read in place (only the rows used are touched); a weights array with negative strides or
+it. Half precision: ``weights`` may be ``numpy.float16`` or ``ml_dtypes.bfloat16`` (a storage type: the rows
+a call uses are widened to float32 as they are gathered, the math runs in float32, the table is never
+copied); then ``biases`` must have the same dtype, ``inputs`` that dtype or float32 (any other mix is a
+``TypeError`` naming the argument), the loss is float32 and every gradient has the dtype of its argument
+(rounded to nearest even). Half-precision ``inputs`` with a float32/float64 table are widened to it, and
+``grad_inputs`` comes back in their dtype. ``weights`` is read in place (only the rows used are touched); a weights array with negative strides or
 misaligned data, or in non-native byte order, is copied first. Non-finite values in ``inputs``,
 ``grad_loss``, the rows of ``weights`` and
 entries of ``biases`` that the call uses, non-positive expected counts (with ``subtract_log_q``) and logits
@@ -33,7 +38,18 @@ import numpy as np
 
 from . import _core
 from ._dropins import log_uniform_candidate_sampler
-from ._validate import MAX_SAMPLED, as_array, as_flag, as_focal_gamma, as_ids, as_int, as_seed, ensure_memory
+from ._validate import (
+    MAX_SAMPLED,
+    as_array,
+    as_flag,
+    as_focal_gamma,
+    as_ids,
+    as_int,
+    as_seed,
+    compute_dtype,
+    ensure_memory,
+    half_storage,
+)
 
 __all__ = [
     "SparseGrad",
@@ -66,8 +82,10 @@ class LossAndGrad(NamedTuple):
 
 def _weights(w: Any) -> np.ndarray:
     a = as_array(w, "weights")  # (copies an unaligned array)
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-        raise TypeError(f"weights: expected a float32 or float64 array, got dtype {a.dtype}")
+    if (a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8)) and half_storage(a.dtype) is None:
+        raise TypeError(
+            f"weights: expected a float32, float64, float16 or bfloat16 array, got dtype {a.dtype}"
+        )
     if not a.dtype.isnative:
         # Byte-swapped floats (read from a big-endian file, say): the kernels need native ones.
         ensure_memory("weights", a.nbytes)
@@ -93,6 +111,30 @@ def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     ensure_memory(name, a.size * np.dtype(dtype).itemsize)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which the core reports
         return np.asarray(a, dtype=dtype, order="C")
+
+
+def _inputs(x: Any, wdt: np.dtype, tag: Optional[str]) -> np.ndarray:
+    """``inputs`` for a table of dtype ``wdt``: float32/float64 tables convert any float input (half inputs
+    are kept, widened when the call runs, so that ``grad_inputs`` goes back in their dtype); a half table
+    (``tag``) takes its own dtype or float32, nothing else."""
+    a = as_array(x, "inputs")
+    if tag is None:
+        if half_storage(a.dtype) is not None:
+            return np.ascontiguousarray(a)
+        return _floats(a, "inputs", wdt)
+    if a.dtype != wdt and a.dtype != np.float32:
+        raise TypeError(
+            f"inputs: with a {wdt} weights table, inputs must be {wdt} or float32, got dtype {a.dtype}"
+        )
+    return np.ascontiguousarray(a)
+
+
+def _half_biases(b: Any, wdt: np.dtype) -> np.ndarray:
+    """``biases`` of a half-precision table: the table's own dtype (read in place, like the table)."""
+    a = as_array(b, "biases")
+    if a.dtype != wdt:
+        raise TypeError(f"biases: with a {wdt} weights table, biases must be {wdt} too, got dtype {a.dtype}")
+    return a
 
 
 def split_sampled_values(sampled_values: Any) -> Tuple[Any, Any, Any]:
@@ -193,21 +235,37 @@ class SampledArgs(NamedTuple):
         gl = None
         if grad_loss is not None:
             bsz = self.labels.shape[0]
-            gl = _floats(grad_loss, "grad_loss", self.weights.dtype)
+            cdt = compute_dtype(self.weights.dtype)
+            gl = _floats(grad_loss, "grad_loss", cdt)
             if gl.ndim == 0:
-                gl = np.full(bsz, gl, dtype=self.weights.dtype)
+                gl = np.full(bsz, gl, dtype=cdt)
             if gl.shape != (bsz,):
                 raise ValueError(f"grad_loss: must be a scalar or [batch={bsz}], got shape {gl.shape}")
         loss, gx, gw_i, gw_v, gb_i, gb_v = self._run(True, gl)
+        wdt, xdt = self.weights.dtype, self.inputs.dtype
+        if gw_v.dtype != wdt:  # a half-precision table: its gradients come back as uint16
+            gw_v = gw_v.view(wdt)
+            gb_v = None if gb_v is None else gb_v.view(wdt)
+        if gx.dtype != xdt:
+            # Half inputs: a uint16 view from a half table, else float32/float64 narrowed here.
+            gx = gx.view(xdt) if gx.dtype == np.uint16 else gx.astype(xdt)
         gb = None if gb_i is None else SparseGrad(gb_i, gb_v)
         return LossAndGrad(loss, gx, SparseGrad(gw_i, gw_v), gb)
 
     def _run(self, want_grad: bool, grad_loss: Optional[np.ndarray]) -> Any:
-        # The one call of the native sampled loss.
+        # The one call of the native sampled loss. Half precision crosses as uint16 views with a storage tag.
         o, w, b, lab, x, ids, te, se = self
+        tag = half_storage(w.dtype)
+        if tag is not None:
+            w = w.view(np.uint16)
+            b = None if b is None else b.view(np.uint16)
+            if x.dtype == self.weights.dtype:
+                x = x.view(np.uint16)
+        elif half_storage(x.dtype) is not None:
+            x = x.astype(w.dtype)  # half inputs with a float32/float64 table: widened (exactly)
         return _core.sampled_loss(
             o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
-            want_grad, grad_loss,
+            want_grad, grad_loss, tag,
         )  # fmt: skip
 
 
@@ -238,7 +296,9 @@ def prepare(
 def _bind(
     o: SampledOptions, w: np.ndarray, biases: Any, labels: Any, inputs: Any, sampled_values: Any
 ) -> SampledArgs:
-    dt, (v, d) = w.dtype, w.shape
+    wdt, (v, d) = w.dtype, w.shape
+    tag = half_storage(wdt)
+    dt = compute_dtype(wdt)  # expected counts (and grad_loss) in the compute type
     nt, ns = o.num_true, o.num_sampled
     lab = as_ids(labels, "labels")
     if lab.ndim == 1 and nt == 1:
@@ -248,7 +308,7 @@ def _bind(
     bsz = lab.shape[0]
     if bsz == 0:
         raise ValueError("labels: the batch is empty")
-    x = _floats(inputs, "inputs", dt)
+    x = _inputs(inputs, wdt, tag)
     if x.ndim != 2:
         raise ValueError(f"inputs: must be [batch, dim], got shape {x.shape}")
     if x.shape[1] != d:
@@ -257,7 +317,7 @@ def _bind(
         raise ValueError(f"inputs: has {x.shape[0]} rows but labels has {bsz}")
     b = None
     if biases is not None:
-        b = _floats(biases, "biases", dt)
+        b = _floats(biases, "biases", dt) if tag is None else _half_biases(biases, wdt)
         if b.shape != (v,):
             raise ValueError(f"biases: must have shape ({v},) like the rows of weights, got {b.shape}")
 

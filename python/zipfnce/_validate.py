@@ -146,3 +146,23 @@ def ensure_memory(name: str, nbytes: int) -> None:
         raise ValueError(
             f"{name}: the result needs {nbytes >> 20} MiB of memory but only {avail >> 20} MiB is available"
         )
+
+
+def half_storage(dt: np.dtype) -> Optional[str]:
+    """The native storage tag of a half-precision dtype: ``"float16"`` (``numpy.float16``), ``"bfloat16"``
+    (``ml_dtypes.bfloat16``, recognised by name so that ml_dtypes is never imported here), else None.
+
+    Half precision is a storage type: such arrays cross into the native core as ``uint16`` views with this
+    tag and are widened to float32 as the kernels read them."""
+    if dt.itemsize != 2:
+        return None
+    if dt.kind == "f":
+        return "float16"
+    if dt.kind == "V" and dt.name == "bfloat16":
+        return "bfloat16"
+    return None
+
+
+def compute_dtype(dt: np.dtype) -> np.dtype:
+    """The float type the kernels compute in for storage ``dt``: float32 for the half types, else ``dt``."""
+    return np.dtype(np.float32) if half_storage(dt) is not None else dt

@@ -1,7 +1,11 @@
 //! Binding of the InfoNCE loss (`rust/loss/infonce.rs`). `python/zipfnce/_infonce.py` has already converted
 //! every float argument to the dtype of `query` (float32 or float64), the ids to int64 and the arrays to C
 //! order, so this file only borrows them, releases the GIL and hands them to the core.
+//! Half precision (`storage` "bfloat16" / "float16"): `query`, `keys` and `negatives` arrive as `uint16` views
+//! of that type and are widened to float32 as they are copied in (they are batch-sized operands, not a class
+//! table); the loss is float32 and the gradients are narrowed back to the storage type.
 
+use super::half::{self, Half, Store};
 use super::{array2, check_aligned, err};
 use crate::float::Float;
 use crate::loss::infonce::{self, Options};
@@ -124,12 +128,43 @@ fn run<'py, T: Float + Element>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<B
     Ok(t.into_any())
 }
 
+/// A half-precision call: the embeddings widened to float32 arrays, the float32 call, its gradients
+/// narrowed back to the storage type `W`.
+fn run_half<'py, W: Store<f32, Np = u16>>(py: Python<'py>, a: Args<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+    let wide = |x: &Bound<'py, PyAny>, arg: &'static str| -> PyResult<Bound<'py, PyAny>> {
+        let h = as2::<u16>(x, arg)?;
+        check_aligned(h.is_aligned(), arg)?;
+        let (r, c) = (h.shape()[0], h.shape()[1]);
+        Ok(array2(py, W::widen_vec(&view2(&h)), r, c)?.into_any())
+    };
+    let (q, k) = (wide(a.query, "query")?, wide(a.keys, "keys")?);
+    let n = a.negatives.map(|x| wide(x, "negatives")).transpose()?;
+    let want_grad = a.want_grad;
+    let out = run::<f32>(py, Args { query: &q, keys: &k, negatives: n.as_ref(), ..a })?;
+    if !want_grad {
+        return Ok(out);
+    }
+    let narrow = |g: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyAny>> {
+        if g.is_none() {
+            return Ok(g);
+        }
+        let g = g.extract::<PyReadonlyArray2<'py, f32>>()?;
+        let (r, c) = (g.shape()[0], g.shape()[1]);
+        Ok(array2(py, W::to_np(view2(&g).into_owned()), r, c)?.into_any())
+    };
+    let (loss, gq, gk, gn): (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>) =
+        out.extract()?;
+    let t: Bound<'py, PyTuple> = (loss, narrow(gq)?, narrow(gk)?, narrow(gn)?).into_pyobject(py)?;
+    Ok(t.into_any())
+}
+
 /// InfoNCE loss (and gradients with `want_grad`): float32 or float64 by the dtype of `query`; every other
 /// float argument must already have that dtype. Returns `loss` or `(loss, grad_query, grad_keys,
-/// grad_negatives or None)`.
+/// grad_negatives or None)`. `storage` "bfloat16" / "float16": the embeddings are `uint16` views of that
+/// type, every other float argument float32; the loss is float32, the gradients come back as such views.
 #[pyfunction]
 #[pyo3(signature = (query, keys, negatives, temperature, key_log_q, negative_log_q, key_ids, negative_ids,
-                    symmetric, focal_gamma, grad_loss, want_grad, max_logits_bytes))]
+                    symmetric, focal_gamma, grad_loss, want_grad, max_logits_bytes, storage=None))]
 #[allow(clippy::too_many_arguments)]
 fn info_nce<'py>(
     py: Python<'py>,
@@ -146,7 +181,9 @@ fn info_nce<'py>(
     grad_loss: Option<&Bound<'py, PyAny>>,
     want_grad: bool,
     max_logits_bytes: usize,
+    storage: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let storage = half::parse(storage)?;
     let args = Args {
         query,
         keys,
@@ -162,6 +199,12 @@ fn info_nce<'py>(
         want_grad,
         max_logits_bytes,
     };
+    if let Some(h) = storage {
+        return match h {
+            Half::Bf16 => run_half::<crate::float::Bf16>(py, args),
+            Half::F16 => run_half::<crate::float::F16>(py, args),
+        };
+    }
     if query.cast::<PyArray2<f32>>().is_ok() {
         run::<f32>(py, args)
     } else if query.cast::<PyArray2<f64>>().is_ok() {
