@@ -14,11 +14,13 @@ def spy_sampled_loss(monkeypatch, record):
     orig = zn._core.sampled_loss
 
     def spy(
-        nce, weights, biases, labels, inputs, sampled, te, se, hits, log_q, gamma, want_grad, grad_loss=None
-    ):
+        nce, weights, biases, labels, inputs, sampled, te, se, hits, log_q, gamma, want_grad, grad_loss=None,
+        **storage,
+    ):  # fmt: skip
         record(("nce_loss" if nce else "sampled_softmax_loss") + ("_and_grad" if want_grad else ""), weights)
         return orig(
-            nce, weights, biases, labels, inputs, sampled, te, se, hits, log_q, gamma, want_grad, grad_loss
-        )
+            nce, weights, biases, labels, inputs, sampled, te, se, hits, log_q, gamma, want_grad, grad_loss,
+            **storage,
+        )  # fmt: skip
 
     monkeypatch.setattr(zn._core, "sampled_loss", spy)

@@ -256,16 +256,20 @@ class SampledArgs(NamedTuple):
         # The one call of the native sampled loss. Half precision crosses as uint16 views with a storage tag.
         o, w, b, lab, x, ids, te, se = self
         tag = half_storage(w.dtype)
-        if tag is not None:
-            w = w.view(np.uint16)
-            b = None if b is None else b.view(np.uint16)
-            if x.dtype == self.weights.dtype:
-                x = x.view(np.uint16)
-        elif half_storage(x.dtype) is not None:
-            x = x.astype(w.dtype)  # half inputs with a float32/float64 table: widened (exactly)
+        if tag is None:
+            if half_storage(x.dtype) is not None:
+                x = x.astype(w.dtype)  # half inputs with a float32/float64 table: widened (exactly)
+            return _core.sampled_loss(
+                o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
+                want_grad, grad_loss,
+            )  # fmt: skip
+        w = w.view(np.uint16)
+        b = None if b is None else b.view(np.uint16)
+        if x.dtype == self.weights.dtype:
+            x = x.view(np.uint16)
         return _core.sampled_loss(
             o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
-            want_grad, grad_loss, tag,
+            want_grad, grad_loss, storage=tag,
         )  # fmt: skip
 
 
