@@ -13,7 +13,16 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import _core
-from ._validate import as_array, as_flag, as_float, as_focal_gamma, as_ids, as_int, compute_dtype, half_storage
+from ._validate import (
+    as_array,
+    as_flag,
+    as_float,
+    as_focal_gamma,
+    as_ids,
+    as_int,
+    compute_dtype,
+    half_storage,
+)
 
 __all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
 # Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare.

@@ -363,7 +363,9 @@ def _bind(
 
 
 _ARGS = """
-    Arguments (as ``tf.nn.{tf}``): ``weights`` float ``[V, d]``; ``biases`` ``[V]`` or None; ``labels`` int
+    Arguments (as ``tf.nn.{tf}``): ``weights`` float ``[V, d]`` (float32, float64, or half precision:
+    ``numpy.float16`` / ``ml_dtypes.bfloat16``, read in place and computed in float32, see the module
+    docstring); ``biases`` ``[V]`` or None; ``labels`` int
     ``[B, num_true]`` (``[B]`` when ``num_true == 1``); ``inputs`` ``[B, d]``; ``num_sampled`` S;
     ``num_classes``, the range of the default sampler. ``sampled_values``: None draws S unique candidates
     from the log-uniform distribution over ``num_classes`` (``seed`` makes it reproducible), else TensorFlow's
