@@ -269,3 +269,21 @@ def test_every_simd_level_gives_the_same_bits():
         assert r.returncode == 0, r.stderr
         digests.add(r.stdout.strip())
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize("hd", HALF)
+def test_half_grad_loss_and_log_q_are_accepted(hd):
+    """A framework's grad_output arrives in the half type (a bfloat16 one is NumPy kind "V"): it is widened
+    like any other float, for the sampled losses and InfoNCE."""
+    w, bias, x, labels = _problem(v=90)
+    sv = _candidates(labels, 90, 12, False)
+    c = np.linspace(0.5, 2.0, labels.shape[0]).astype(hd)
+    got = zn.sampled_softmax_loss_and_grad(
+        w.astype(hd), None, labels, x, 12, 90, sampled_values=sv, grad_loss=c
+    )
+    ref = zn.sampled_softmax_loss_and_grad(w.astype(hd), None, labels, x, 12, 90, sampled_values=sv,
+                                           grad_loss=c.astype(np.float32))  # fmt: skip
+    np.testing.assert_array_equal(got.grad_inputs, ref.grad_inputs)
+    q = x[:10].astype(hd)
+    r = zn.info_nce_loss_and_grad(q, q[::-1].copy(), key_log_q=np.full(10, -2.0, dtype=hd), grad_loss=c[:10])
+    assert r.grad_query.dtype == hd and np.isfinite(r.loss).all()

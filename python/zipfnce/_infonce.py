@@ -66,7 +66,7 @@ def _per_item(x: Any, name: str, n: int, what: str, dtype: np.dtype) -> Optional
     if x is None:
         return None
     a = as_array(x, name)
-    if a.dtype.kind not in "fiu":
+    if a.dtype.kind not in "fiu" and half_storage(a.dtype) is None:
         raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
     if a.shape != (n,):
         raise ValueError(f"{name}: must have shape ({n},) ({what}), got {a.shape}")
@@ -144,7 +144,7 @@ class InfoNCEArgs(NamedTuple):
         if grad_loss is not None:
             b, dt = self.query.shape[0], compute_dtype(self.query.dtype)
             a = as_array(grad_loss, "grad_loss")
-            if a.dtype.kind not in "fiu":
+            if a.dtype.kind not in "fiu" and half_storage(a.dtype) is None:
                 raise TypeError(f"grad_loss: expected real numbers, got dtype {a.dtype}")
             if a.ndim == 0:
                 a = np.full(b, a, dtype=dt)

@@ -103,7 +103,7 @@ def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     """``x`` as a C-contiguous array of ``dtype`` (float, or for ``grad_loss`` also integer, input)."""
     a = as_array(x, name)  # (names the argument in numpy's complaints; copies an unaligned array)
     ok = "f" if name != "grad_loss" else "fiu"
-    if a.dtype.kind not in ok:
+    if a.dtype.kind not in ok and half_storage(a.dtype) is None:  # (bfloat16 is numpy kind "V")
         raise TypeError(f"{name}: expected floats, got dtype {a.dtype}")
     if a.dtype == dtype and a.flags.c_contiguous:
         return a  # read in place (the usual case, and the cheap one: no errstate context)
