@@ -22,8 +22,9 @@ it. Half precision: ``weights`` may be ``numpy.float16`` or ``ml_dtypes.bfloat16
 a call uses are widened to float32 as they are gathered, the math runs in float32, the table is never
 copied); then ``biases`` must have the same dtype, ``inputs`` that dtype or float32 (any other mix is a
 ``TypeError`` naming the argument), the loss is float32 and every gradient has the dtype of its argument
-(rounded to nearest even). Half-precision ``inputs`` with a float32/float64 table are widened to it, and
-``grad_inputs`` comes back in their dtype. ``weights`` is read in place (only the rows used are touched); a weights array with negative strides or
+(rounded to nearest even). With a float32/float64 table, half-precision ``inputs`` (and biases) are converted
+to its dtype like any other float argument, and every result has the table's dtype, as before. ``weights`` is
+read in place (only the rows used are touched); a weights array with negative strides or
 misaligned data, or in non-native byte order, is copied first. Non-finite values in ``inputs``,
 ``grad_loss``, the rows of ``weights`` and
 entries of ``biases`` that the call uses, non-positive expected counts (with ``subtract_log_q``) and logits
@@ -114,13 +115,10 @@ def _floats(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
 
 
 def _inputs(x: Any, wdt: np.dtype, tag: Optional[str]) -> np.ndarray:
-    """``inputs`` for a table of dtype ``wdt``: float32/float64 tables convert any float input (half inputs
-    are kept, widened when the call runs, so that ``grad_inputs`` goes back in their dtype); a half table
-    (``tag``) takes its own dtype or float32, nothing else."""
+    """``inputs`` for a table of dtype ``wdt``: a float32/float64 table converts any float input to its dtype
+    (half ones too); a half table (``tag``) takes its own dtype or float32, nothing else."""
     a = as_array(x, "inputs")
     if tag is None:
-        if half_storage(a.dtype) is not None:
-            return np.ascontiguousarray(a)
         return _floats(a, "inputs", wdt)
     if a.dtype != wdt and a.dtype != np.float32:
         raise TypeError(
@@ -246,9 +244,8 @@ class SampledArgs(NamedTuple):
         if gw_v.dtype != wdt:  # a half-precision table: its gradients come back as uint16
             gw_v = gw_v.view(wdt)
             gb_v = None if gb_v is None else gb_v.view(wdt)
-        if gx.dtype != xdt:
-            # Half inputs: a uint16 view from a half table, else float32/float64 narrowed here.
-            gx = gx.view(xdt) if gx.dtype == np.uint16 else gx.astype(xdt)
+        if gx.dtype != xdt:  # half inputs of a half table: a uint16 view
+            gx = gx.view(xdt)
         gb = None if gb_i is None else SparseGrad(gb_i, gb_v)
         return LossAndGrad(loss, gx, SparseGrad(gw_i, gw_v), gb)
 
@@ -257,8 +254,6 @@ class SampledArgs(NamedTuple):
         o, w, b, lab, x, ids, te, se = self
         tag = half_storage(w.dtype)
         if tag is None:
-            if half_storage(x.dtype) is not None:
-                x = x.astype(w.dtype)  # half inputs with a float32/float64 table: widened (exactly)
             return _core.sampled_loss(
                 o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
                 want_grad, grad_loss,
