@@ -48,8 +48,8 @@ excluded, the same count for every method) and the held-out cross-entropy, the m
 over every window pair of the held-out sentences whose words are both in the vocabulary (nats; positions of
 out-of-vocabulary words still count in the distance), computed with ``zn.full_softmax_loss``. The quality
 for the time: each method's held-out CE against its cumulative training seconds (``*_time.png``), and the
-seconds each method needs to reach the exact softmax's final held-out CE (the table's last column; "—" when
-it never does within the run). Two context-blind references frame it: the uniform
+seconds each method needs to reach the exact softmax's final held-out CE and the sampled softmax's best one
+(the table's last two columns; "—" when it never does within the run). Two context-blind references frame it: the uniform
 model (``log V``, also the untrained model's score) and the unigram frequency of the context word. A table in
 Markdown is printed; the per-epoch curves go to ``skipgram.png`` in ``--out`` (``skipgram_<corpus>.png`` for
 another corpus, ``_quick`` added with ``--quick``), the numbers to a ``.json`` beside it. Speeds are wall
@@ -424,24 +424,27 @@ def seconds_to_reach(r: Result, curve: List[float], target: float) -> Optional[f
 
 def table(results: Sequence[Result], uniform: float, unigram: float) -> str:
     """A Markdown table: method | words/s | held-out CE after the last epoch (and the best epoch's) | the
-    training seconds to reach the exact softmax's final held-out CE (with the exact softmax in the run)."""
+    training seconds to reach the exact softmax's final held-out CE and the sampled softmax's best one (a
+    level both losses reach), when those methods are in the run ("—": never within the run)."""
     exact = next((r for r in results if r.name == EXACT), None)
+    sampled = next((r for r in results if r.name == "zipfnce sampled softmax"), None)
     lines = [
-        "| method | words/s | held-out CE (nats) | best epoch's CE | s to the exact softmax's CE |",
-        "|---|---:|---:|---:|---:|",
+        "| method | words/s | held-out CE (nats) | best epoch's CE | s to the exact's CE | s to the sampled's best |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         curves = [(r.name, r.curve)] + list(r.extra.items())
         for name, curve in curves:
-            reach = ""
-            if exact is not None and r.elapsed:
-                t = seconds_to_reach(r, curve, exact.curve[-1])
-                reach = "—" if t is None else f"{t:.1f}"
+            reach = ["", ""]
+            for i, target in ((0, exact and exact.curve[-1]), (1, sampled and min(sampled.curve[1:]))):
+                if target is not None and r.elapsed:
+                    t = seconds_to_reach(r, curve, target)
+                    reach[i] = "—" if t is None else f"{t:.1f}"
             lines.append(
-                f"| {name} | {r.words_per_s:,.0f} | {curve[-1]:.3f} | {min(curve[1:]):.3f} | {reach} |"
+                f"| {name} | {r.words_per_s:,.0f} | {curve[-1]:.3f} | {min(curve[1:]):.3f} | {reach[0]} | {reach[1]} |"
             )
-    lines.append(f"| unigram frequency, no context | — | {unigram:.3f} | | |")
-    lines.append(f"| uniform (untrained), log V | — | {uniform:.3f} | | |")
+    lines.append(f"| unigram frequency, no context | — | {unigram:.3f} | | | |")
+    lines.append(f"| uniform (untrained), log V | — | {uniform:.3f} | | | |")
     return "\n".join(lines)
 
 
