@@ -31,7 +31,8 @@
 //! Every product is called on the same tile at the same place whatever the path, the row-block size or the
 //! thread count, and every sum runs in a fixed order: kept and recomputed logits give identical numbers,
 //! and so does any number of threads. Extra memory: the kept logits (at most the budget), the groups'
-//! partial `∂x` (counted in the budget) and a tile per thread; nothing of size B×V.
+//! partial `∂x` (counted in the budget; at most 64 MiB or one TR-row block when recomputing) and a tile
+//! per thread; nothing of size B×V.
 
 use crate::buf;
 use crate::error::{Error, Result};
@@ -53,6 +54,8 @@ pub const MAX_GROUPS: usize = 64;
 const KEEP_MIN_ROWS: usize = 256;
 /// Rows of a block when the logits are recomputed or no gradient is wanted.
 const BLOCK_ROWS: usize = 1024;
+/// The most bytes of the groups' partial ∂x when the logits are recomputed (beyond one TR-row block).
+const PARTS_BYTES: usize = 64 << 20;
 /// The default budget for the logits kept between the passes (and the groups' partial ∂x): 256 MiB.
 pub const DEFAULT_MAX_LOGITS_BYTES: usize = 256 << 20;
 /// The largest batch, number of classes or dimension accepted.
@@ -341,7 +344,13 @@ impl<'a, T: Float> Problem<'a, T> {
         let (b, v, d, k) = (self.b, self.v, self.d, self.k);
         let ng = self.groups.len();
         let keep = if grad { kept_rows::<T>(b, v, d, self.budget) } else { None };
-        let rows = keep.unwrap_or_else(|| BLOCK_ROWS.min(b.div_ceil(TR) * TR));
+        let rows = keep.unwrap_or_else(|| {
+            // Without kept logits the groups' partial ∂x (ng × rows × d) is the largest work buffer: at most
+            // PARTS_BYTES unless a block of TR rows needs more (the row-block size changes no number).
+            let per_row = if grad { ng * d * std::mem::size_of::<T>() } else { 0 };
+            let cap = (PARTS_BYTES / per_row.max(1)) / TR * TR;
+            BLOCK_ROWS.min(b.div_ceil(TR) * TR).min(cap.max(TR))
+        });
         // The smoothing term: Σ_c z_ic = x_i · Σ_c W_c + Σ_c b_c (classes in order).
         let (wsum, bsum) = if self.eps != T::ZERO {
             let mut s = vec![T::ZERO; d];
