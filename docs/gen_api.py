@@ -30,8 +30,9 @@ SECTIONS = [
     ("TensorFlow-style samplers (NumPy in and out)", "zn", ["_dropins.py"]),
     ("Sampled softmax and NCE", "zn", ["_losses.py"]),
     ("InfoNCE", "zn", ["_infonce.py"]),
+    ("Full softmax", "zn", ["_full.py"]),
     ("Threads", "zn", ["__init__.py"]),
-    ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch/__init__.py"]),
+    ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch/__init__.py", "torch/_full.py"]),
     ("JAX: `import zipfnce.jax as znj`", "znj", ["jax.py"]),
     ("TensorFlow: `import zipfnce.tf as zntf`", "zntf", ["tf.py"]),
 ]
@@ -49,10 +50,13 @@ def markdown(doc: Optional[str]) -> str:
 
 
 def exported(tree: ast.Module) -> List[str]:
+    names: List[str] = []
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
-            return [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[attr-defined]
-    return []
+            names = [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[attr-defined]
+        elif isinstance(node, ast.AugAssign) and getattr(node.target, "id", None) == "__all__":
+            names += [ast.literal_eval(e) for e in node.value.elts]  # type: ignore[attr-defined]
+    return names
 
 
 def signature(name: str, args: ast.arguments, drop_self: bool) -> str:

@@ -1,4 +1,5 @@
-"""Skip-gram (word2vec) trained with zipfnce's sampled losses, against the exact softmax and gensim.
+"""Skip-gram (word2vec) trained with zipfnce's sampled losses, against the exact softmax and gensim: which
+reaches a given held-out cross-entropy sooner, in wall-clock seconds?
 
 Run it::
 
@@ -9,7 +10,7 @@ Run it::
 
 The corpus ships with gensim (``gensim/test/test_data/lee_background.cor``, news text; ``--corpus`` picks
 another file there, e.g. ``head500.noblanks.cor``, 6x larger: there the dense full softmax takes ~10 minutes
-an epoch on 2 cores, hence ``--no-full`` in the last command). Sentences are tokenised with
+an epoch on 2 cores with dense NumPy, a few seconds with ``zn.full_softmax_loss_and_grad``). Sentences are tokenised with
 ``gensim.utils.simple_preprocess``; words seen fewer than ``--min-count`` times in the training sentences
 are dropped; a fraction ``--holdout`` of the sentences is kept aside for evaluation.
 
@@ -30,8 +31,9 @@ also for gensim: ``shrink_windows=False``). Methods compared, all on the same pa
 - ``zipfnce sampled softmax``: ``zn.sampled_softmax_loss_and_grad`` with the same negatives: softmax
   cross-entropy over ``{o} + negatives`` of ``s_j``, accidental hits removed; its logits estimate the full
   softmax's (Jean et al. 2015).
-- ``full softmax``: the exact cross-entropy ``-log p(o | c)`` and its gradient, dense NumPy
-  (``dz = softmax(z) - onehot(o)``); cost O(V d) per pair, the reference the sampled losses approximate.
+- ``zipfnce exact softmax``: the exact cross-entropy ``-log p(o | c)`` and its dense gradients from
+  ``zn.full_softmax_loss_and_grad`` (fused and tiled: the ``[B, V]`` logits are never held); cost O(V d)
+  per pair, the reference the sampled losses approximate.
 - ``gensim``: ``gensim.models.Word2Vec(sg=1, negative=k, sample=0, shrink_windows=False, workers=threads)``,
   word2vec's own C-accelerated SGNS. It has no output bias; it is scored with ``U = wv.vectors``,
   ``W = syn1neg``, ``b = 0``, and also with ``b_w = log q(w)`` (``q`` the unigram^0.75 noise law), the
@@ -44,7 +46,10 @@ batch's summed loss. The Python loop runs over batches of pairs, never over rows
 Reported: training speed in words/s (in-vocabulary training tokens x epochs / training seconds, evaluation
 excluded, the same count for every method) and the held-out cross-entropy, the mean of ``-log p(o | c)``
 over every window pair of the held-out sentences whose words are both in the vocabulary (nats; positions of
-out-of-vocabulary words still count in the distance). Two context-blind references frame it: the uniform
+out-of-vocabulary words still count in the distance), computed with ``zn.full_softmax_loss``. The quality
+for the time: each method's held-out CE against its cumulative training seconds (``*_time.png``), and the
+seconds each method needs to reach the exact softmax's final held-out CE and the sampled softmax's best one
+(the table's last two columns; "—" when it never does within the run). Two context-blind references frame it: the uniform
 model (``log V``, also the untrained model's score) and the unigram frequency of the context word. A table in
 Markdown is printed; the per-epoch curves go to ``skipgram.png`` in ``--out`` (``skipgram_<corpus>.png`` for
 another corpus, ``_quick`` added with ``--quick``), the numbers to a ``.json`` beside it. Speeds are wall
@@ -74,6 +79,7 @@ import numpy as np
 import zipfnce as zn
 
 DTYPE = np.float32
+EXACT = "zipfnce exact softmax"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -201,25 +207,17 @@ class SkipGram:
 
 
 def heldout_ce(
-    U: np.ndarray, W: np.ndarray, b: Optional[np.ndarray], pairs: np.ndarray, chunk: int = 4096
+    U: np.ndarray, W: np.ndarray, b: Optional[np.ndarray], pairs: np.ndarray, chunk: int = 16384
 ) -> float:
     """Mean full-softmax cross-entropy ``mean over pairs of [logsumexp_w(z_w) - z_o]``,
-    ``z_w = U_c . W_w + b_w`` (nats), chunk by chunk: logits in the tables' float type, the shifted
-    log-sum-exp and the mean in float64."""
+    ``z_w = U_c . W_w + b_w`` (nats): ``zn.full_softmax_loss`` over chunks of pairs (so the gathered
+    ``U[c]`` stays small), in the tables' float type, the mean in float64."""
     dt = np.result_type(U, W, np.float32)
     U, W = np.asarray(U, dt), np.asarray(W, dt)
-    bias = np.zeros(W.shape[0], dt) if b is None else np.asarray(b, dt)
     total = 0.0
     for s in range(0, len(pairs), chunk):
         c, o = pairs[s : s + chunk, 0], pairs[s : s + chunk, 1]
-        z = U[c] @ W.T
-        z += bias
-        z_o = z[np.arange(len(c)), o].astype(np.float64)
-        m = z.max(1)
-        z -= m[:, None]
-        np.exp(z, out=z)
-        lse = m.astype(np.float64) + np.log(z.sum(1, dtype=np.float64))
-        total += float((lse - z_o).sum())
+        total += float(zn.full_softmax_loss(W, b, o, U[c]).sum(dtype=np.float64))
     return total / max(1, len(pairs))
 
 
@@ -241,6 +239,7 @@ class Result(NamedTuple):
     train_seconds: float
     words_per_s: float
     extra: Dict[str, List[float]]  # other curves (gensim's bias-corrected score)
+    elapsed: List[float] = []  # cumulative training seconds at each point of ``curve`` (0 first)
 
 
 def _batches(pairs: np.ndarray, batch: int, rng: np.random.Generator):
@@ -280,6 +279,7 @@ def train_sampled(
     test_pairs = heldout_pairs(corpus, window, max_eval_pairs, seed)
     curve = [heldout_ce(model.U, model.W, model.b, test_pairs)]
     seconds = 0.0
+    elapsed = [0.0]
     for epoch in range(epochs):
         t0 = time.perf_counter()
         run = 0.0
@@ -291,12 +291,13 @@ def train_sampled(
             model.update_inputs(centers, out.grad_inputs)
             run += float(out.loss.sum())
         seconds += time.perf_counter() - t0
+        elapsed.append(seconds)
         curve.append(heldout_ce(model.U, model.W, model.b, test_pairs))
         log(f"  {loss:8s} epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  "
             f"held-out CE {curve[-1]:.4f}")  # fmt: skip
     words = corpus.train_words * epochs
     name = {"nce": "zipfnce NCE", "softmax": "zipfnce sampled softmax"}[loss]
-    return Result(name, curve, seconds, words / seconds, {})
+    return Result(name, curve, seconds, words / seconds, {}, elapsed)
 
 
 def train_full_softmax(
@@ -311,10 +312,11 @@ def train_full_softmax(
     max_eval_pairs: Optional[int] = None,
     log: Callable[[str], None] = print,
 ) -> Result:
-    """The same model and optimiser with the exact softmax cross-entropy, dense NumPy.
+    """The same model and optimiser with the exact softmax cross-entropy: ``zn.full_softmax_loss_and_grad``.
 
-    ``z = U[c] W^T + b`` ``[B, V]``, ``dz = softmax(z) - onehot(o)``; ``dW = dz^T U[c]``, ``db = sum_B dz``,
-    ``dU[c] = dz W``. Every output row gets a gradient every batch (Adagrad on all of W and b).
+    ``z = U[c] W^T + b`` over all V words, ``dz = softmax(z) - onehot(o)``; the call returns
+    ``dW = dz^T U[c]`` (dense ``[V, d]``), ``db = sum_B dz`` and ``dU[c] = dz W`` without holding ``z``.
+    Every output row gets a gradient every batch (Adagrad on all of W and b).
     """
     V = len(corpus.vocab)
     rng = np.random.default_rng(seed)
@@ -324,30 +326,23 @@ def train_full_softmax(
     curve = [heldout_ce(model.U, model.W, model.b, test_pairs)]
     all_rows = np.arange(V)
     seconds = 0.0
+    elapsed = [0.0]
     for epoch in range(epochs):
         t0 = time.perf_counter()
         run = 0.0
         for bp in _batches(train_pairs, batch, rng):
             centers, ctx = bp[:, 0], bp[:, 1]
-            x = model.U[centers]
-            z = x @ model.W.T
-            z += model.b
-            z -= z.max(1, keepdims=True)
-            np.exp(z, out=z)
-            s = z.sum(1, keepdims=True)
-            r = np.arange(len(ctx))
-            run -= float(np.log(z[r, ctx] / s[:, 0]).sum())
-            z /= s  # softmax
-            z[r, ctx] -= 1.0  # dz
-            gx = z @ model.W
-            model._adagrad(model.W, model.gW, all_rows, z.T @ x)
-            model._adagrad(model.b, model.gb, all_rows, z.sum(0))
-            model.update_inputs(centers, gx)
+            out = zn.full_softmax_loss_and_grad(model.W, model.b, ctx, model.U[centers])
+            run += float(out.loss.sum())
+            model._adagrad(model.W, model.gW, all_rows, out.grad_weights)
+            model._adagrad(model.b, model.gb, all_rows, out.grad_biases)
+            model.update_inputs(centers, out.grad_inputs)
         seconds += time.perf_counter() - t0
+        elapsed.append(seconds)
         curve.append(heldout_ce(model.U, model.W, model.b, test_pairs))
-        log(f"  full     epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  "
+        log(f"  exact    epoch {epoch + 1}: train loss {run / len(train_pairs):.4f}  "
             f"held-out CE {curve[-1]:.4f}")  # fmt: skip
-    return Result("full softmax (NumPy)", curve, seconds, corpus.train_words * epochs / seconds, {})
+    return Result(EXACT, curve, seconds, corpus.train_words * epochs / seconds, {}, elapsed)
 
 
 def train_gensim(
@@ -377,9 +372,12 @@ def train_gensim(
             self.plain: List[float] = []
             self.corrected: List[float] = []
             self.spent = 0.0
+            self.start = time.perf_counter()
+            self.elapsed: List[float] = []
 
         def score(self, model: Word2Vec) -> None:
             t0 = time.perf_counter()
+            self.elapsed.append(max(0.0, t0 - self.start - self.spent))
             perm = np.array([model.wv.key_to_index[w] for w in corpus.vocab])
             U, W = model.wv.vectors[perm], model.syn1neg[perm]
             self.plain.append(heldout_ce(U, W, None, test_pairs))
@@ -403,29 +401,78 @@ def train_gensim(
     if missing:
         raise RuntimeError(f"gensim's vocabulary lacks {len(missing)} of ours")
     cb = Score()
-    t0 = time.perf_counter()
+    t0 = cb.start = time.perf_counter()
     model.train(corpus.train_tokens, total_examples=len(corpus.train_tokens), epochs=epochs, callbacks=[cb])
     seconds = time.perf_counter() - t0 - cb.spent
     # Words gensim trained on: its own count of in-vocabulary tokens (equal to ours, same vocabulary).
     return Result(
         "gensim Word2Vec (SGNS, b = 0)", cb.plain, seconds, corpus.train_words * epochs / seconds,
-        {"gensim Word2Vec (SGNS, b = log q)": cb.corrected},
+        {"gensim Word2Vec (SGNS, b = log q)": cb.corrected}, cb.elapsed,
     )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- reporting
 
 
+def seconds_to_reach(r: Result, curve: List[float], target: float) -> Optional[float]:
+    """Training seconds after which ``curve`` first reaches ``target`` (None if it never does)."""
+    for t, ce in zip(r.elapsed, curve):
+        if ce <= target:
+            return t
+    return None
+
+
 def table(results: Sequence[Result], uniform: float, unigram: float) -> str:
-    """A Markdown table: method | words/s | held-out CE after the last epoch (and the best epoch's)."""
-    lines = ["| method | words/s | held-out CE (nats) | best epoch's CE |", "|---|---:|---:|---:|"]
+    """A Markdown table: method | words/s | held-out CE after the last epoch (and the best epoch's) | the
+    training seconds to reach the exact softmax's final held-out CE and the sampled softmax's best one (a
+    level both losses reach), when those methods are in the run ("—": never within the run)."""
+    exact = next((r for r in results if r.name == EXACT), None)
+    sampled = next((r for r in results if r.name == "zipfnce sampled softmax"), None)
+    lines = [
+        "| method | words/s | held-out CE (nats) | best epoch's CE | s to the exact's CE | s to the sampled's best |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         curves = [(r.name, r.curve)] + list(r.extra.items())
         for name, curve in curves:
-            lines.append(f"| {name} | {r.words_per_s:,.0f} | {curve[-1]:.3f} | {min(curve[1:]):.3f} |")
-    lines.append(f"| unigram frequency, no context | — | {unigram:.3f} | |")
-    lines.append(f"| uniform (untrained), log V | — | {uniform:.3f} | |")
+            reach = ["", ""]
+            for i, target in ((0, exact and exact.curve[-1]), (1, sampled and min(sampled.curve[1:]))):
+                if target is not None and r.elapsed:
+                    t = seconds_to_reach(r, curve, target)
+                    reach[i] = "—" if t is None else f"{t:.1f}"
+            lines.append(
+                f"| {name} | {r.words_per_s:,.0f} | {curve[-1]:.3f} | {min(curve[1:]):.3f} | {reach[0]} | {reach[1]} |"
+            )
+    lines.append(f"| unigram frequency, no context | — | {unigram:.3f} | | | |")
+    lines.append(f"| uniform (untrained), log V | — | {uniform:.3f} | | | |")
     return "\n".join(lines)
+
+
+def plot_time(results: Sequence[Result], unigram: float, path: str, title: str) -> None:
+    """Held-out CE against cumulative training seconds (log scale): the quality each method buys per
+    second, saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=90)
+    for r in results:
+        for name, c in [(r.name, r.curve)] + list(r.extra.items()):
+            if r.elapsed:
+                ax.plot(
+                    r.elapsed[1:], c[1:], marker="o", ms=3, ls="--" if name != r.name else "-", label=name
+                )
+    ax.axhline(unigram, color="black", lw=0.8, ls="-.", label="unigram frequency")
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds (cumulative, evaluation excluded)")
+    ax.set_ylabel("held-out full-softmax CE (nats)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot(results: Sequence[Result], uniform: float, unigram: float, path: str, title: str) -> None:
@@ -438,7 +485,7 @@ def plot(results: Sequence[Result], uniform: float, unigram: float, path: str, t
 
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.0), dpi=90)
     curves = []
-    colors = {"zipfnce NCE": "C0", "zipfnce sampled softmax": "C1", "full softmax (NumPy)": "C2"}
+    colors = {"zipfnce NCE": "C0", "zipfnce sampled softmax": "C1", EXACT: "C2"}
     for i, r in enumerate(results):
         color = colors.get(r.name, "C3" if r.name.startswith("gensim") else f"C{4 + i}")  # fixed per method
         curves.append((r.name, r.curve, color, "-"))
@@ -531,6 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stem += "_quick" if a.quick else ""
     png = os.path.join(a.out, stem + ".png")
     plot(results, uniform, unigram, png, title)
+    plot_time(results, unigram, os.path.join(a.out, stem + "_time.png"), title)
     with open(os.path.join(a.out, stem + ".json"), "w") as f:  # the numbers behind the plot and table
         json.dump({"title": title, "args": vars(a), "vocab_size": V, "train_words": corpus.train_words,
                    "uniform": uniform, "unigram": unigram, "results": [r._asdict() for r in results]},

@@ -16,6 +16,7 @@ from ._dropins import (
     log_uniform_candidate_sampler,
     uniform_candidate_sampler,
 )
+from ._full import FullSoftmaxGrad, full_softmax_loss, full_softmax_loss_and_grad
 from ._infonce import InfoNCEGrad, info_nce_loss, info_nce_loss_and_grad
 from ._losses import (
     LossAndGrad,
@@ -50,6 +51,9 @@ __all__ = [
     "InfoNCEGrad",
     "info_nce_loss",
     "info_nce_loss_and_grad",
+    "FullSoftmaxGrad",
+    "full_softmax_loss",
+    "full_softmax_loss_and_grad",
     "set_num_threads",
     "get_num_threads",
 ]

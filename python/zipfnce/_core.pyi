@@ -125,3 +125,17 @@ def info_nce(
     max_logits_bytes: int,
     storage: Optional[str] = None,
 ) -> Any: ...
+
+FULL_SOFTMAX_MAX_LOGITS_BYTES: int
+
+def full_softmax(
+    weights: npt.NDArray[np.floating],
+    biases: Optional[npt.NDArray[np.floating]],
+    labels: npt.NDArray[np.int64],
+    inputs: npt.NDArray[np.floating],
+    ignore_index: Optional[int],
+    label_smoothing: float,
+    grad_loss: Optional[npt.NDArray[np.floating]],
+    want_grad: bool,
+    max_logits_bytes: int,
+) -> Any: ...

@@ -394,3 +394,130 @@ def info_nce_loss(
     has = (n is not None, kq is not None, nq is not None, kid is not None, nid is not None)
     static = _InfoStatic(opts, *has)
     return _info_core(static, q, k, n, kq, nq, kid, nid)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Full softmax (issue 16; this block is maintained with python/zipfnce/_full.py)
+
+from zipfnce import _full  # noqa: E402
+
+__all__ += ["full_softmax_loss"]
+
+
+class _FullStatic(NamedTuple):
+    """The static (non-differentiated, hashable) argument of the full-softmax custom_vjp."""
+
+    has_bias: bool
+    ignore_index: Optional[int]
+    label_smoothing: float
+    max_logits_bytes: Optional[int]
+
+
+def _full_args(static: _FullStatic, w, b, lab, x) -> _full.FullArgs:
+    return _full.prepare(
+        np.asarray(w), np.asarray(b) if static.has_bias else None, np.asarray(lab), np.asarray(x),
+        static.ignore_index, static.label_smoothing, static.max_logits_bytes,
+    )  # fmt: skip
+
+
+def _full_shapes(w, b, x):
+    out = (jax.ShapeDtypeStruct(w.shape, w.dtype),)
+    if b is not None:
+        out += (jax.ShapeDtypeStruct(b.shape, w.dtype),)
+    return out + (jax.ShapeDtypeStruct(x.shape, w.dtype),)
+
+
+def _full_grads(r: Any, dt: Any, has_bias: bool) -> Tuple[np.ndarray, ...]:
+    out = (np.asarray(r.grad_weights, dtype=dt),)
+    if has_bias:
+        out += (np.asarray(r.grad_biases, dtype=dt),)
+    return out + (np.asarray(r.grad_inputs, dtype=dt),)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _full_core(static, w, b, lab, x):
+    def host(w, b, lab, x):
+        return np.asarray(_full_args(static, w, b, lab, x).loss(), dtype=w.dtype)
+
+    return _callback(host, jax.ShapeDtypeStruct((x.shape[0],), w.dtype), w, b, lab, x)
+
+
+def _full_fwd(static, w, b, lab, x):
+    def host(w, b, lab, x):
+        r = _full_args(static, w, b, lab, x).loss_and_grad()
+        return (np.asarray(r.loss, dtype=w.dtype),) + _full_grads(r, w.dtype, b is not None)
+
+    shapes = (jax.ShapeDtypeStruct((x.shape[0],), w.dtype),) + _full_shapes(w, b, x)
+    out = _callback(host, shapes, w, b, lab, x)
+    return out[0], (w, b, lab, x, out[1:])
+
+
+def _full_bwd(static, res, g):
+    w, b, lab, x, grads1 = res
+    g = g.astype(w.dtype)
+
+    def scaled(_):
+        return tuple(a * g[0] for a in grads1)
+
+    def recompute(_):
+        def host(w, b, lab, x, g):
+            r = _full_args(static, w, b, lab, x).loss_and_grad(np.asarray(g))
+            return _full_grads(r, w.dtype, b is not None)
+
+        return _callback(host, _full_shapes(w, b, x), w, b, lab, x, g)
+
+    grads = jax.lax.cond(_const_cotangent(g), scaled, recompute, None)
+    gb = grads[1] if b is not None else None
+    return grads[0], gb, None, grads[-1]
+
+
+_full_core.defvjp(_full_fwd, _full_bwd)
+
+
+def full_softmax_loss(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    *,
+    ignore_index: Optional[int] = None,
+    label_smoothing: float = 0.0,
+    max_logits_bytes: Optional[int] = None,
+) -> Any:
+    """``zipfnce.full_softmax_loss`` on JAX arrays: the exact softmax cross-entropy of each row over all
+    classes, ``[B]``, differentiable in ``weights``, ``biases`` and ``inputs`` (``labels`` are constants).
+    The whole ``weights`` table goes to the host (the loss reads every class) and its gradient is dense."""
+    w = jnp.asarray(weights)
+    dt = _float_dtype(w, "weights")
+    if w.ndim != 2:
+        raise ValueError(f"weights: must be [num_classes, dim], got shape {w.shape}")
+    x = jnp.asarray(inputs)
+    _float_dtype(x, "inputs")
+    x = x.astype(dt)
+    if x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"inputs: must be [B, {w.shape[1]}], got shape {x.shape}")
+    b = None
+    if biases is not None:
+        b = jnp.asarray(biases)
+        _float_dtype(b, "biases")
+        b = b.astype(dt)
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"biases: must have shape ({w.shape[0]},), got {b.shape}")
+    lab = jnp.asarray(labels)
+    if not jnp.issubdtype(lab.dtype, jnp.integer):
+        raise TypeError(f"labels: expected integer class ids, got dtype {lab.dtype}")
+    if lab.ndim == 1:
+        lab = lab[:, None]
+    if lab.ndim != 2 or lab.shape[0] != x.shape[0] or lab.shape[1] == 0:
+        raise ValueError(f"labels: must be [{x.shape[0]}] or [{x.shape[0]}, num_true], got shape {lab.shape}")
+    lab = lab.astype(_int_dtype())
+    # The options checked once, eagerly (the same checks as the NumPy API).
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing: must be in [0, 1], got {label_smoothing!r}")
+    ig = None if ignore_index is None else int(ignore_index)
+    budget = None if max_logits_bytes is None else int(max_logits_bytes)
+    return _full_core(_FullStatic(b is not None, ig, eps, budget), w, b, lab, x)
+
+
+# End of the full softmax block.

@@ -391,3 +391,99 @@ def info_nce_loss(
             return loss, grad
 
         return tf.custom_gradient(core)(q, k, n)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Full softmax (issue 16; this block is maintained with python/zipfnce/_full.py)
+
+from zipfnce import _full  # noqa: E402
+
+__all__ += ["full_softmax_loss"]
+
+
+def full_softmax_loss(
+    weights: Any,
+    biases: Any,
+    labels: Any,
+    inputs: Any,
+    *,
+    ignore_index: Optional[int] = None,
+    label_smoothing: float = 0.0,
+    max_logits_bytes: Optional[int] = None,
+    name: str = "full_softmax_loss",
+) -> tf.Tensor:
+    """``zipfnce.full_softmax_loss`` on tensors: the exact softmax cross-entropy of each row over all classes,
+    ``[B]``, differentiable in ``weights``, ``biases`` (dense gradients: every class takes part) and
+    ``inputs``; ``labels`` (int ``[B]`` or ``[B, num_true]``) are constants. As for the sampled losses, a
+    recording tape makes the forward pass one fused native call whose gradients the backward pass scales
+    when the upstream gradient is the same for every row (``reduce_mean``, ``reduce_sum``)."""
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing: must be in [0, 1], got {label_smoothing!r}")
+    ig = None if ignore_index is None else as_int(ignore_index, "ignore_index")
+    with tf.name_scope(name):
+        w = _float_tensor(weights, "weights")
+        dt = w.dtype
+        npdt = dt.as_numpy_dtype
+        if w.shape.rank is not None and w.shape.rank != 2:
+            raise ValueError(f"weights: must be [num_classes, dim], got shape {w.shape}")
+        has_bias = biases is not None
+        b_in = _float_tensor(biases, "biases", dt) if has_bias else tf.zeros([0], dt)
+        x = _float_tensor(inputs, "inputs", dt)
+        lab = tf.convert_to_tensor(labels)
+        if not lab.dtype.is_integer:
+            raise TypeError(f"labels: expected integer class ids, got {lab.dtype.name}")
+        lab = tf.cast(lab, tf.int64)
+
+        def args(w_, b_, x_, lab_):
+            return _full.prepare(w_, b_ if has_bias else None, lab_, x_, ig, eps, max_logits_bytes)
+
+        def unpack(r):
+            gb = r.grad_biases if has_bias else np.zeros(0, npdt)
+            return np.asarray(r.grad_weights, npdt), np.asarray(gb, npdt), np.asarray(r.grad_inputs, npdt)
+
+        def host_loss(w_, b_, x_, lab_):
+            return np.asarray(args(w_, b_, x_, lab_).loss(), dtype=npdt)
+
+        def host_grad(w_, b_, x_, lab_, g_):
+            return unpack(args(w_, b_, x_, lab_).loss_and_grad(g_))
+
+        def host_fused(w_, b_, x_, lab_):
+            r = args(w_, b_, x_, lab_).loss_and_grad()
+            return (np.asarray(r.loss, dtype=npdt),) + unpack(r)
+
+        fused = _recording([w, b_in, x])
+
+        def core(w_, b_, x_):
+            feed = [w_, b_, x_, lab]
+            if fused:
+                loss, *saved = tf.numpy_function(host_fused, feed, [dt, dt, dt, dt], stateful=False)
+            else:
+                loss = tf.numpy_function(host_loss, feed, dt, stateful=False)
+            loss.set_shape(x_.shape[:1])
+
+            def grad(upstream):
+                def recompute():
+                    return tuple(
+                        tf.numpy_function(host_grad, feed + [upstream], [dt, dt, dt], stateful=False)
+                    )
+
+                if fused:
+                    c = upstream[0]
+
+                    def scaled():
+                        return saved[0] * c, saved[1] * c, saved[2] * c
+
+                    gw, gb, gx = tf.cond(tf.reduce_all(tf.equal(upstream, c)), scaled, recompute)
+                else:
+                    gw, gb, gx = recompute()
+                gw.set_shape(w_.shape)
+                gx.set_shape(x_.shape)
+                return gw, (gb if has_bias else None), gx
+
+            return loss, grad
+
+        return tf.custom_gradient(core)(w, b_in, x)
+
+
+# End of the full softmax block.

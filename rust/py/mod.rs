@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use std::sync::Arc;
 
 mod half;
+mod full;
 mod infonce;
 
 fn err(e: Error) -> PyErr {
@@ -454,5 +455,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_THREADS", threads::MAX_THREADS)?;
     loss::register(m)?;
     infonce::register(m)?;
+    full::register(m)?;
     Ok(())
 }

@@ -406,8 +406,18 @@ def info_nce_cases() -> List[Case]:
 
 
 def all_cases() -> List[Case]:
+    # Issue 16: the exact softmax and the "where sampling pays" sweep (pays.py imports this module).
+    from .pays import full_cases, pays_cases
+
     return (
-        sampler_cases() + loss_cases() + info_nce_cases() + adapter_cases() + sampler_sweeps() + loss_sweeps()
+        sampler_cases()
+        + loss_cases()
+        + info_nce_cases()
+        + adapter_cases()
+        + sampler_sweeps()
+        + loss_sweeps()
+        + full_cases()
+        + pays_cases()
     )
 
 

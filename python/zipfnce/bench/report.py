@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from typing import Dict, List
 
+from . import pays
 from .cases import BOUND, DROP_IN, GATHER, Case, all_cases, missing_peers
 from .runner import Result, format_time, run_case
 
@@ -228,7 +229,10 @@ def plots(results: List[Result], out_dir: str) -> List[str]:
             by_plot[r.case.plot].append(r)
     files = []
     for title, rs in by_plot.items():
-        fig = _speedup_figure(title, rs, plt)
+        if title == pays.PLOT:  # seconds per step, log-log (issue 16)
+            fig = pays.time_figure(title, rs, plt)
+        else:
+            fig = _speedup_figure(title, rs, plt)
         name = "".join(c if c.isalnum() else "_" for c in title.split(" (")[0]).strip("_") + ".png"
         path = os.path.join(out_dir, name)
         fig.savefig(path)
@@ -285,6 +289,9 @@ def bench_main(args) -> int:
         if skipped:
             f.write("\n## Peers skipped on this machine\n\n" + "\n".join(skipped) + "\n")
         f.write("\n## Results\n\n" + "\n".join(lines) + "\n")
+        sweep = [r for r in results if r.case.plot == pays.PLOT]
+        if sweep:
+            f.write("\n## Where sampling pays (time per step)\n\n" + "\n".join(pays.crossover(sweep)) + "\n")
         for img in images:
             f.write(f"\n![{img}]({img})\n")
     print(f"report: {path}", file=sys.stderr)

@@ -46,6 +46,8 @@ __all__ = [
     "SampledSoftmaxLoss",
     "NCELoss",
     "InfoNCELoss",
+    "full_softmax_loss",
+    "FullSoftmaxLoss",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -553,3 +555,6 @@ class InfoNCELoss(nn.Module):
         }
         kw.update(options)
         return info_nce_loss(query, keys, negatives=negatives, **kw)
+
+
+from ._full import FullSoftmaxLoss, full_softmax_loss  # noqa: E402  (the exact softmax: its own module)
