@@ -18,6 +18,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::sync::Arc;
 
+mod hard;
 mod infonce;
 
 fn err(e: Error) -> PyErr {
@@ -453,5 +454,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_THREADS", threads::MAX_THREADS)?;
     loss::register(m)?;
     infonce::register(m)?;
+    hard::register(m)?;
     Ok(())
 }
