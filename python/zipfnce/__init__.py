@@ -25,6 +25,7 @@ from ._losses import (
     sampled_softmax_loss,
     sampled_softmax_loss_and_grad,
 )
+from ._retrieval import MixedNegatives, mixed_negatives
 from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
 from ._validate import MAX_THREADS, as_int
 
@@ -50,6 +51,8 @@ __all__ = [
     "InfoNCEGrad",
     "info_nce_loss",
     "info_nce_loss_and_grad",
+    "MixedNegatives",
+    "mixed_negatives",
     "set_num_threads",
     "get_num_threads",
 ]
