@@ -16,7 +16,7 @@ from . import _core
 from ._validate import as_array, as_flag, as_float, as_focal_gamma, as_ids, as_int
 
 __all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
-# Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare.
+# Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare, check_hard.
 
 #: Default of ``max_logits_bytes``: the largest logits block kept between the forward and backward passes.
 DEFAULT_MAX_LOGITS_BYTES: int = int(_core.INFO_NCE_MAX_LOGITS_BYTES)
@@ -216,13 +216,19 @@ def _bind(
         raise ValueError(
             "negative_ids: needs key_ids (a negative is masked where its id equals the row's key id)"
         )
+    check_hard(o, b, nn)
+    return InfoNCEArgs(o, q, k, n, kq, nq, kid, nid)
+
+
+def check_hard(o: InfoNCEOptions, batch: int, num_negatives: int) -> None:
+    """``num_hard_negatives`` against the call's sizes: at most the ``B - 1 + N`` negatives of a row (the
+    adapters call it with the static shapes, before any work)."""
     h = o.num_hard_negatives
-    if h is not None and h > b - 1 + nn:
+    if h is not None and h > batch - 1 + num_negatives:
         raise ValueError(
             f"num_hard_negatives: {h} is larger than the number of negatives of a row "
-            f"({b - 1 + nn}: batch {b} - 1 + {nn} extra negatives)"
+            f"({batch - 1 + num_negatives}: batch {batch} - 1 + {num_negatives} extra negatives)"
         )
-    return InfoNCEArgs(o, q, k, n, kq, nq, kid, nid)
 
 
 def info_nce_loss(
