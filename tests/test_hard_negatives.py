@@ -171,3 +171,74 @@ def test_jax_adapter_matches_numpy():
     np.testing.assert_allclose(np.asarray(jitted(q, k, neg)), want.loss, rtol=1e-6)
     with pytest.raises(ValueError, match="num_hard_negatives"):
         znj.info_nce_loss(q, k, negatives=neg, num_hard_negatives=100)
+
+
+# --- the sampled softmax ---------------------------------------------------------------------------------
+
+
+def _sampled_reference(w, bias, lab, x, ids, te, se, h, per_row):
+    """Keep the true columns and the h best unmasked candidates (after bias, log-q, mask), softmax; dense
+    gradients by loops (float64)."""
+    bsz, nt = lab.shape
+    loss, gx, gw, gb = np.zeros(bsz), np.zeros_like(x), np.zeros_like(w), np.zeros_like(bias)
+    for r in range(bsz):
+        cand = ids[r] if per_row else ids
+        cq = se[r] if per_row else se
+        zt = w[lab[r]] @ x[r] + bias[lab[r]] - np.log(te[r])
+        zs = w[cand] @ x[r] + bias[cand] - np.log(cq)
+        ok = [j for j in range(len(cand)) if cand[j] not in lab[r]]
+        keep = sorted(ok, key=lambda j: (-zs[j], j))[:h]
+        z = np.r_[zt, zs[keep]]
+        cls = np.r_[lab[r], cand[keep]]
+        lse = z.max() + np.log(np.exp(z - z.max()).sum())
+        y = np.r_[np.full(nt, 1.0 / nt), np.zeros(len(keep))]
+        loss[r] = (y * (lse - z)).sum()
+        dz = np.exp(z - lse) - y
+        gx[r] = dz @ w[cls]
+        for c, g in zip(cls, dz):
+            gw[c] += g * x[r]
+            gb[c] += g
+    return loss, gx, gw, gb
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("h", [1, 5, 12])
+def test_sampled_softmax_hard_negatives_match_the_reference(per_row, h):
+    rng = np.random.default_rng(7)
+    v, d, bsz, nt, s = 40, 6, 9, 2, 12
+    w, bias, x = rng.normal(size=(v, d)), rng.normal(size=v) * 0.1, rng.normal(size=(bsz, d))
+    lab = rng.integers(0, 8, (bsz, nt))  # frequent classes: accidental hits
+    sampler = zn.UniformSampler(v, seed=3)
+    cs = (
+        sampler.sample_per_row(lab, s, unique=True, seed=1)
+        if per_row
+        else sampler.sample(s, unique=True, true_classes=lab, seed=1)
+    )
+    got = zn.sampled_softmax_loss_and_grad(w, bias, lab, x, s, v, nt, cs, num_hard_negatives=h)
+    want = _sampled_reference(
+        w, bias, lab, x, cs.ids, cs.true_expected_count.astype(np.float64),
+        cs.sampled_expected_count.astype(np.float64), h, per_row,
+    )  # fmt: skip
+    np.testing.assert_allclose(got.loss, want[0], rtol=1e-5)  # expected counts are float32
+    np.testing.assert_allclose(got.grad_inputs, want[1], rtol=1e-5, atol=1e-8)
+    gw = np.zeros_like(w)
+    gw[got.grad_weights.indices] = got.grad_weights.values
+    gb = np.zeros_like(bias)
+    gb[got.grad_biases.indices] = got.grad_biases.values
+    np.testing.assert_allclose(gw, want[2], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(gb, want[3], rtol=1e-5, atol=1e-8)
+    loss = zn.sampled_softmax_loss(w, bias, lab, x, s, v, nt, cs, num_hard_negatives=h)
+    np.testing.assert_array_equal(loss, got.loss)
+    if h == s:
+        plain = zn.sampled_softmax_loss(w, bias, lab, x, s, v, nt, cs)
+        np.testing.assert_allclose(loss, plain, rtol=1e-12)
+
+
+def test_sampled_softmax_bad_h():
+    rng = np.random.default_rng(0)
+    w, x, lab = rng.normal(size=(30, 4)), rng.normal(size=(3, 4)), np.array([1, 2, 3])
+    for h, exc in ((11, ValueError), (0, ValueError), (1.5, TypeError)):
+        with pytest.raises(exc, match="num_hard_negatives"):
+            zn.sampled_softmax_loss(w, None, lab, x, 10, 30, num_hard_negatives=h)
+    with pytest.raises(ValueError, match="num_hard_negatives"):
+        zn._losses.prepare(True, w, None, lab, x, 10, 30, 1, None, False, None, True, 0.0, 3)

@@ -104,6 +104,7 @@ def sampled_loss(
     focal_gamma: float,
     want_grad: bool,
     grad_loss: Optional[_F] = None,
+    num_hard_negatives: Optional[int] = None,
 ) -> Tuple[_F, ...]: ...
 
 INFO_NCE_MAX_LOGITS_BYTES: int
@@ -122,4 +123,18 @@ def info_nce(
     grad_loss: Optional[npt.NDArray[np.floating]],
     want_grad: bool,
     max_logits_bytes: int,
+) -> Any: ...
+def info_nce_hard(
+    query: npt.NDArray[np.floating],
+    keys: npt.NDArray[np.floating],
+    negatives: Optional[npt.NDArray[np.floating]],
+    temperature: float,
+    key_log_q: Optional[npt.NDArray[np.floating]],
+    negative_log_q: Optional[npt.NDArray[np.floating]],
+    key_ids: Optional[npt.NDArray[np.int64]],
+    negative_ids: Optional[npt.NDArray[np.int64]],
+    focal_gamma: float,
+    num_hard_negatives: int,
+    grad_loss: Optional[npt.NDArray[np.floating]],
+    want_grad: bool,
 ) -> Any: ...

@@ -1,5 +1,5 @@
-//! Binding of the hard-negative losses (`crate::loss::infonce::info_nce_hard`,
-//! `crate::loss::sampled::hard`). As for `infonce.rs`, `python/zipfnce/_infonce.py` has already converted
+//! Binding of InfoNCE with hard-negative mining (`crate::loss::infonce::info_nce_hard`; the sampled softmax's
+//! option goes through `sampled_loss` in `loss.rs`). As for `infonce.rs`, `python/zipfnce/_infonce.py` has already converted
 //! every float argument to the dtype of `query`, the ids to int64 and the arrays to C order.
 
 use super::{array2, check_aligned, err};

@@ -295,7 +295,7 @@ mod tests {
     }
 
     /// Straightforward reference: every logit, sort, keep, softmax, gradients by loops.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn reference(
         q: &[f64],
         k: &[f64],
