@@ -16,6 +16,7 @@ from ._dropins import (
     log_uniform_candidate_sampler,
     uniform_candidate_sampler,
 )
+from ._freq import FrequencyEstimator
 from ._infonce import InfoNCEGrad, info_nce_loss, info_nce_loss_and_grad
 from ._losses import (
     LossAndGrad,
@@ -50,6 +51,7 @@ __all__ = [
     "InfoNCEGrad",
     "info_nce_loss",
     "info_nce_loss_and_grad",
+    "FrequencyEstimator",
     "set_num_threads",
     "get_num_threads",
 ]

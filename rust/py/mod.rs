@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use std::sync::Arc;
 
 mod infonce;
+mod retrieval;
 
 fn err(e: Error) -> PyErr {
     if e.is_type_error() {
@@ -453,5 +454,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_THREADS", threads::MAX_THREADS)?;
     loss::register(m)?;
     infonce::register(m)?;
+    retrieval::register(m)?;
     Ok(())
 }
