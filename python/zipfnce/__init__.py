@@ -26,7 +26,14 @@ from ._losses import (
     sampled_softmax_loss,
     sampled_softmax_loss_and_grad,
 )
-from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
+from ._samplers import (
+    CandidateSample,
+    LearnedUnigramSampler,
+    LogUniformSampler,
+    UniformSampler,
+    UnigramSampler,
+    ZipfSampler,
+)
 from ._validate import MAX_THREADS, as_int
 
 __version__ = "0.1.0"
@@ -37,6 +44,7 @@ __all__ = [
     "UniformSampler",
     "UnigramSampler",
     "ZipfSampler",
+    "LearnedUnigramSampler",
     "log_uniform_candidate_sampler",
     "uniform_candidate_sampler",
     "fixed_unigram_candidate_sampler",
