@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 mod hard;
 mod infonce;
+mod retrieval;
 
 fn err(e: Error) -> PyErr {
     if e.is_type_error() {
@@ -455,5 +456,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     loss::register(m)?;
     infonce::register(m)?;
     hard::register(m)?;
+    retrieval::register(m)?;
     Ok(())
 }
