@@ -242,3 +242,15 @@ def test_sampled_softmax_bad_h():
             zn.sampled_softmax_loss(w, None, lab, x, 10, 30, num_hard_negatives=h)
     with pytest.raises(ValueError, match="num_hard_negatives"):
         zn._losses.prepare(True, w, None, lab, x, 10, 30, 1, None, False, None, True, 0.0, 3)
+
+
+def test_ties_go_to_the_lower_column_as_tf_top_k():
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(6, 3))
+    k = rng.normal(size=(6, 3))
+    k[4] = k[2] = k[5]  # three identical keys: equal logits in every other row
+    g = zn.info_nce_loss_and_grad(q, k, num_hard_negatives=1, grad_loss=np.eye(6)[0])
+    z = q[0] @ k.T
+    best = max(range(1, 6), key=lambda c: (z[c], -c))
+    assert np.count_nonzero(np.any(g.grad_keys[1:] != 0, axis=1)) == 1
+    assert np.any(g.grad_keys[best] != 0)

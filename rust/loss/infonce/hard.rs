@@ -16,8 +16,9 @@
 //!
 //! # The kernel
 //! One pass over the logit tiles (one matrix product, a TI×TJ scratch tile per task): each row feeds its
-//! tile row into a min-heap of its `h` best columns (value, column), so nothing of size B×(B+N) exists;
-//! the state is B×h. G then has `h + 1` entries per row: `∂q` is a gather of `h + 1` rows per query, and
+//! tile row to a running top-`h` selection ([`TopH`]: a threshold and a buffer of `2h` (value, column)
+//! pairs), so nothing of size B×(B+N) exists; the state is B×2h. G then has `h + 1` entries per row:
+//! `∂q` is a gather of `h + 1` rows per query, and
 //! `∂k`, `∂n` a scatter done column by column (each column's entries in row order), so results do not
 //! depend on the thread count. The cost is one product instead of three, plus O(B·h·d).
 
@@ -30,66 +31,50 @@ use crate::loss::tile::{axpy, Mat};
 use crate::threads;
 use rayon::prelude::*;
 
-/// A bounded min-heap of (logit, column): the `cap` largest logits seen so far. Its root is the worst kept
-/// entry (smallest logit; among equal logits the highest column). Columns arrive in increasing order, so
-/// an equal logit never displaces a kept one: ties go to the lower column.
+/// The `h` best (logit, column) pairs seen so far by one row, kept with a threshold and a buffer of `2h`
+/// slots: a logit at or below the threshold (the `h`-th best logit at the last compaction) cannot make the
+/// top `h`, since columns arrive in increasing order and ties go to the lower column; a better one is
+/// appended, and a full buffer is compacted to its `h` best by a partial selection (`select_nth_unstable`).
+/// Per element that is one comparison; the `O(h)` compactions happen about `ln(W / h)` times per row.
+/// (A binary heap does the same in `O(log h)` per accepted element, but with branchy sifts that cost
+/// more in practice.)
 struct TopH<'s, T> {
-    val: &'s mut [T],
-    col: &'s mut [usize],
+    buf: &'s mut [(T, usize)],
     len: usize,
+    thr: T,
+    h: usize,
+}
+
+/// Order: the higher logit first, then the lower column.
+#[inline]
+fn better<T: Float>(a: &(T, usize), b: &(T, usize)) -> std::cmp::Ordering {
+    b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1))
 }
 
 impl<T: Float> TopH<'_, T> {
-    /// Whether entry `a` is worse than entry `b` (lower logit, or the same logit and a higher column).
-    #[inline]
-    fn worse(&self, a: usize, b: usize) -> bool {
-        let (va, vb) = (self.val[a], self.val[b]);
-        va < vb || (va == vb && self.col[a] > self.col[b])
+    /// Keep the `h` best entries of the buffer and raise the threshold to the worst of them.
+    fn compact(&mut self) {
+        if self.len > self.h {
+            self.buf[..self.len].select_nth_unstable_by(self.h - 1, better);
+            self.len = self.h;
+        }
+        if self.len == self.h {
+            self.thr = self.buf[..self.h].iter().fold(self.buf[0].0, |m, e| if e.0 < m { e.0 } else { m });
+        }
     }
 
-    #[inline]
-    fn swap(&mut self, a: usize, b: usize) {
-        self.val.swap(a, b);
-        self.col.swap(a, b);
-    }
-
-    /// Offer column `c` with logit `v` (columns offered in increasing order).
+    /// Offer column `c` with logit `v` (columns offered in increasing order; −∞ is never kept).
     #[inline]
     fn offer(&mut self, v: T, c: usize) {
-        let cap = self.val.len();
-        if self.len < cap {
-            let mut i = self.len;
-            self.val[i] = v;
-            self.col[i] = c;
+        if v > self.thr {
+            if self.len == self.buf.len() {
+                self.compact();
+                if v <= self.thr {
+                    return;
+                }
+            }
+            self.buf[self.len] = (v, c);
             self.len += 1;
-            while i > 0 {
-                let p = (i - 1) / 2;
-                if self.worse(i, p) {
-                    self.swap(i, p);
-                    i = p;
-                } else {
-                    break;
-                }
-            }
-        } else if v > self.val[0] {
-            self.val[0] = v;
-            self.col[0] = c;
-            let mut i = 0;
-            loop {
-                let (l, r) = (2 * i + 1, 2 * i + 2);
-                let mut m = i;
-                if l < cap && self.worse(l, m) {
-                    m = l;
-                }
-                if r < cap && self.worse(r, m) {
-                    m = r;
-                }
-                if m == i {
-                    break;
-                }
-                self.swap(i, m);
-                i = m;
-            }
         }
     }
 }
@@ -97,9 +82,8 @@ impl<T: Float> TopH<'_, T> {
 /// The outcome of the forward pass for one block of rows.
 struct Block<T> {
     i0: usize,
-    /// Kept logits of each row (`h` slots; the first `len[r]` used), and their columns.
-    val: Vec<T>,
-    col: Vec<usize>,
+    /// Kept (logit, column) pairs of each row (`2h` slots; the first `len[r] <= h` used).
+    kept: Vec<(T, usize)>,
     len: Vec<usize>,
     diag: Vec<T>,
     lse: Vec<T>,
@@ -129,41 +113,46 @@ fn check_h<T>(p: &Problem<'_, T>, h: usize) -> Result<()> {
 impl<T: Float> Problem<'_, T> {
     /// The forward pass of rows i0..i0+ni: their top-h columns, target logits and log-sum-exps.
     fn hard_forward(&self, i0: usize, ni: usize, h: usize) -> Block<T> {
-        let mut val = vec![T::ZERO; ni * h];
-        let mut col = vec![0usize; ni * h];
+        let slots = 2 * h;
+        let mut kept = vec![(T::ZERO, 0usize); ni * slots];
         let mut len = vec![0usize; ni];
+        let mut thr = vec![T::NEG_INFINITY; ni];
         let mut diag = vec![T::ZERO; ni];
         let mut scratch = vec![T::ZERO; ni * super::TJ];
         for (c0, nc) in self.col_blocks() {
             let tile = &mut scratch[..ni * nc];
             self.logits(i0, ni, c0, nc, tile, nc);
-            for (r, ((row, (v, c)), l)) in tile
+            for (r, ((row, buf), (l, t))) in tile
                 .chunks_exact(nc)
-                .zip(val.chunks_exact_mut(h).zip(col.chunks_exact_mut(h)))
-                .zip(len.iter_mut())
+                .zip(kept.chunks_exact_mut(slots))
+                .zip(len.iter_mut().zip(thr.iter_mut()))
                 .enumerate()
             {
                 let i = i0 + r;
-                let mut heap = TopH { val: v, col: c, len: *l };
+                let mut top = TopH { buf, len: *l, thr: *t, h };
+                let own = (c0..c0 + nc).contains(&i).then(|| i - c0);
+                if let Some(k) = own {
+                    diag[r] = row[k];
+                }
                 for (k, &z) in row.iter().enumerate() {
-                    let cc = c0 + k;
-                    if cc == i {
-                        diag[r] = z;
-                    } else if z != T::NEG_INFINITY {
-                        heap.offer(z, cc);
+                    if z > top.thr && Some(k) != own {
+                        top.offer(z, c0 + k);
                     }
                 }
-                *l = heap.len;
+                (*l, *t) = (top.len, top.thr);
             }
         }
         let mut lse = vec![T::ZERO; ni];
         for r in 0..ni {
-            let kept = &val[r * h..r * h + len[r]];
-            let m = kept.iter().fold(diag[r], |m, &x| if x > m { x } else { m });
-            let s = kept.iter().fold((diag[r] - m).exp(), |s, &x| s + (x - m).exp());
+            let mut top = TopH { buf: &mut kept[r * slots..(r + 1) * slots], len: len[r], thr: thr[r], h };
+            top.compact();
+            len[r] = top.len;
+            let kept = &top.buf[..top.len];
+            let m = kept.iter().fold(diag[r], |m, &(x, _)| if x > m { x } else { m });
+            let s = kept.iter().fold((diag[r] - m).exp(), |s, &(x, _)| s + (x - m).exp());
             lse[r] = m + s.ln();
         }
-        Block { i0, val, col, len, diag, lse }
+        Block { i0, kept, len, diag, lse }
     }
 }
 
@@ -229,9 +218,8 @@ impl<T: Float> Problem<'_, T> {
                 let i = bl.i0 + r;
                 let mut e = Vec::with_capacity(bl.len[r] + 1);
                 e.push((i, g_diag[i]));
-                for k in 0..bl.len[r] {
-                    let z = bl.val[r * h + k];
-                    e.push((bl.col[r * h + k], a[i] * (z - bl.lse[r]).exp()));
+                for &(z, c) in &bl.kept[r * 2 * h..r * 2 * h + bl.len[r]] {
+                    e.push((c, a[i] * (z - bl.lse[r]).exp()));
                 }
                 g_row.push(e);
             }
