@@ -286,7 +286,7 @@ def info_nce_loss(
         loss[i] = f(p[i, i]),   p[i, c] = exp(z[i, c]) / (exp(z[i, i]) + sum_{c' in H_i} exp(z[i, c']))
 
     Gradients flow through the kept logits only. The kernel keeps a running top-``h`` selection per row (a
-    threshold and a buffer of ``2h`` candidates) while it walks the logit tiles, so memory is ``O(B * h)``
+    threshold and a buffer of ``4h`` candidates) while it walks the logit tiles, so memory is ``O(B * h)``
     beyond the embeddings and the cost is one matrix product plus the selection. ``h`` must be between 1 and ``B - 1 + N`` (else ``ValueError``); not with ``symmetric``.
     Returns ``[B]``.
     """

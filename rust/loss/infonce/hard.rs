@@ -16,8 +16,8 @@
 //!
 //! # The kernel
 //! One pass over the logit tiles (one matrix product, a TI×TJ scratch tile per task): each row feeds its
-//! tile row to a running top-`h` selection ([`TopH`]: a threshold and a buffer of `2h` (value, column)
-//! pairs), so nothing of size B×(B+N) exists; the state is B×2h. G then has `h + 1` entries per row:
+//! tile row to a running top-`h` selection ([`TopH`]: a threshold and a buffer of `4h` (value, column)
+//! pairs), so nothing of size B×(B+N) exists; the state is B×4h. G then has `h + 1` entries per row:
 //! `∂q` is a gather of `h + 1` rows per query, and
 //! `∂k`, `∂n` a scatter done column by column (each column's entries in row order), so results do not
 //! depend on the thread count. The cost is one product instead of three, plus O(B·h·d).
@@ -31,7 +31,7 @@ use crate::loss::tile::{axpy, Mat};
 use crate::threads;
 use rayon::prelude::*;
 
-/// The `h` best (logit, column) pairs seen so far by one row, kept with a threshold and a buffer of `2h`
+/// The `h` best (logit, column) pairs seen so far by one row, kept with a threshold and a buffer of `4h`
 /// slots: a logit at or below the threshold (the `h`-th best logit at the last compaction) cannot make the
 /// top `h`, since columns arrive in increasing order and ties go to the lower column; a better one is
 /// appended, and a full buffer is compacted to its `h` best by a partial selection (`select_nth_unstable`).
@@ -48,7 +48,15 @@ struct TopH<'s, T> {
 /// Order: the higher logit first, then the lower column.
 #[inline]
 fn better<T: Float>(a: &(T, usize), b: &(T, usize)) -> std::cmp::Ordering {
-    b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1))
+    use std::cmp::Ordering::{Greater, Less};
+    // (No NaN reaches here: the logits are checked finite or −∞, and −∞ is never kept.)
+    if a.0 > b.0 {
+        Less
+    } else if a.0 < b.0 {
+        Greater
+    } else {
+        a.1.cmp(&b.1)
+    }
 }
 
 impl<T: Float> TopH<'_, T> {
@@ -82,7 +90,7 @@ impl<T: Float> TopH<'_, T> {
 /// The outcome of the forward pass for one block of rows.
 struct Block<T> {
     i0: usize,
-    /// Kept (logit, column) pairs of each row (`2h` slots; the first `len[r] <= h` used).
+    /// Kept (logit, column) pairs of each row (`4h` slots; the first `len[r] <= h` used).
     kept: Vec<(T, usize)>,
     len: Vec<usize>,
     diag: Vec<T>,
@@ -113,7 +121,7 @@ fn check_h<T>(p: &Problem<'_, T>, h: usize) -> Result<()> {
 impl<T: Float> Problem<'_, T> {
     /// The forward pass of rows i0..i0+ni: their top-h columns, target logits and log-sum-exps.
     fn hard_forward(&self, i0: usize, ni: usize, h: usize) -> Block<T> {
-        let slots = 2 * h;
+        let slots = 4 * h;
         let mut kept = vec![(T::ZERO, 0usize); ni * slots];
         let mut len = vec![0usize; ni];
         let mut thr = vec![T::NEG_INFINITY; ni];
@@ -218,7 +226,7 @@ impl<T: Float> Problem<'_, T> {
                 let i = bl.i0 + r;
                 let mut e = Vec::with_capacity(bl.len[r] + 1);
                 e.push((i, g_diag[i]));
-                for &(z, c) in &bl.kept[r * 2 * h..r * 2 * h + bl.len[r]] {
+                for &(z, c) in &bl.kept[r * 4 * h..r * 4 * h + bl.len[r]] {
                     e.push((c, a[i] * (z - bl.lse[r]).exp()));
                 }
                 g_row.push(e);
