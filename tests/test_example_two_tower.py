@@ -3,7 +3,10 @@ preparation on a hand-made document. The corpus ships with gensim (skipped witho
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -30,7 +33,10 @@ def test_pairs_are_the_window_before_each_position(tt):
 
 
 def test_tiny_run_writes_every_variant(tt, tmp_path):
-    assert tt.main(["--tiny", "--out", str(tmp_path), "--no-plot"]) == 0
+    # A fresh interpreter: torch next to an earlier test's TensorFlow or JAX in one process can clash.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, str(EXAMPLE), "--tiny", "--out", str(tmp_path), "--no-plot"]
+    subprocess.run(cmd, check=True, env=env, timeout=900, capture_output=True)
     res = json.loads((tmp_path / "two_tower_tiny.json").read_text())
     names = [v.name for v in tt.VARIANTS]
     assert list(res["variants"]) == names
