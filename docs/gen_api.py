@@ -31,6 +31,8 @@ SECTIONS = [
     ("Sampled softmax and NCE", "zn", ["_losses.py"]),
     ("InfoNCE", "zn", ["_infonce.py"]),
     ("Full softmax", "zn", ["_full.py"]),
+    ("Mixed negatives (retrieval)", "zn", ["_retrieval.py"]),
+    ("Streaming frequency estimates (logQ of in-batch negatives)", "zn", ["_freq.py"]),
     ("Threads", "zn", ["__init__.py"]),
     ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch/__init__.py", "torch/_full.py"]),
     ("JAX: `import zipfnce.jax as znj`", "znj", ["jax.py"]),

@@ -10,12 +10,14 @@
 //! - [`float`]: the trait that makes float kernels generic over f32 and f64.
 //! - [`simd`]: the one choice of SIMD level, and the one way to compile a kernel for every level.
 //! - [`loss`]: fused losses and their dense building blocks.
+//! - [`freq`]: streaming estimates of how often ids appear in a batch (logQ for in-batch negatives).
 
 #![warn(missing_docs)]
 
 pub mod buf;
 pub mod error;
 pub mod float;
+pub mod freq;
 pub mod hits;
 pub mod loss;
 pub mod rng;

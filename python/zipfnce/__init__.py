@@ -17,6 +17,7 @@ from ._dropins import (
     uniform_candidate_sampler,
 )
 from ._full import FullSoftmaxGrad, full_softmax_loss, full_softmax_loss_and_grad
+from ._freq import FrequencyEstimator
 from ._infonce import InfoNCEGrad, info_nce_loss, info_nce_loss_and_grad
 from ._losses import (
     LossAndGrad,
@@ -26,7 +27,15 @@ from ._losses import (
     sampled_softmax_loss,
     sampled_softmax_loss_and_grad,
 )
-from ._samplers import CandidateSample, LogUniformSampler, UniformSampler, UnigramSampler, ZipfSampler
+from ._retrieval import MixedNegatives, mixed_negatives
+from ._samplers import (
+    CandidateSample,
+    LearnedUnigramSampler,
+    LogUniformSampler,
+    UniformSampler,
+    UnigramSampler,
+    ZipfSampler,
+)
 from ._validate import MAX_THREADS, as_int
 
 __version__ = "0.1.0"
@@ -37,6 +46,7 @@ __all__ = [
     "UniformSampler",
     "UnigramSampler",
     "ZipfSampler",
+    "LearnedUnigramSampler",
     "log_uniform_candidate_sampler",
     "uniform_candidate_sampler",
     "fixed_unigram_candidate_sampler",
@@ -54,6 +64,9 @@ __all__ = [
     "FullSoftmaxGrad",
     "full_softmax_loss",
     "full_softmax_loss_and_grad",
+    "MixedNegatives",
+    "mixed_negatives",
+    "FrequencyEstimator",
     "set_num_threads",
     "get_num_threads",
 ]

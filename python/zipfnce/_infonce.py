@@ -25,7 +25,7 @@ from ._validate import (
 )
 
 __all__ = ["InfoNCEGrad", "info_nce_loss", "info_nce_loss_and_grad"]
-# Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare.
+# Also used by the adapters, not public: InfoNCEOptions, options, InfoNCEArgs, prepare, check_hard.
 
 #: Default of ``max_logits_bytes``: the largest logits block kept between the forward and backward passes.
 DEFAULT_MAX_LOGITS_BYTES: int = int(_core.INFO_NCE_MAX_LOGITS_BYTES)
@@ -90,6 +90,7 @@ class InfoNCEOptions(NamedTuple):
     symmetric: bool
     focal_gamma: float
     max_logits_bytes: int
+    num_hard_negatives: Optional[int] = None
 
     def bind(
         self,
@@ -106,7 +107,9 @@ class InfoNCEOptions(NamedTuple):
         return _bind(self, q, k, n, key_log_q, negative_log_q, key_ids, negative_ids)
 
 
-def options(temperature: Any, symmetric: Any, focal_gamma: Any, max_logits_bytes: Any) -> InfoNCEOptions:
+def options(
+    temperature: Any, symmetric: Any, focal_gamma: Any, max_logits_bytes: Any, num_hard_negatives: Any = None
+) -> InfoNCEOptions:
     """The checked :class:`InfoNCEOptions` of a call."""
     t = as_float(temperature, "temperature")
     if not t > 0:
@@ -118,7 +121,10 @@ def options(temperature: Any, symmetric: Any, focal_gamma: Any, max_logits_bytes
         if max_logits_bytes is None
         else as_int(max_logits_bytes, "max_logits_bytes", lo=0)
     )
-    return InfoNCEOptions(t, sym, g, min(budget, 2**63 - 1))
+    h = None if num_hard_negatives is None else as_int(num_hard_negatives, "num_hard_negatives", lo=1)
+    if h is not None and sym:
+        raise ValueError("num_hard_negatives: cannot be combined with symmetric=True")
+    return InfoNCEOptions(t, sym, g, min(budget, 2**63 - 1), h)
 
 
 class InfoNCEArgs(NamedTuple):
@@ -162,6 +168,19 @@ class InfoNCEArgs(NamedTuple):
         o = self.options
         q, k, n = self.query, self.keys, self.negatives
         tag = half_storage(q.dtype)
+        if o.num_hard_negatives is not None:
+            if tag is not None:  # the hard-negative kernel is float32/float64: widen the batch-sized operands
+                f32 = np.float32
+                q, k = q.astype(f32), k.astype(f32)
+                n = None if n is None else n.astype(f32)
+            out = _core.info_nce_hard(
+                q, k, n, o.temperature, self.key_log_q, self.negative_log_q,
+                self.key_ids, self.negative_ids, o.focal_gamma, o.num_hard_negatives, grad_loss, want_grad,
+            )  # fmt: skip
+            if tag is not None and want_grad:  # gradients in the embeddings' dtype, rounded once
+                dt = self.query.dtype
+                out = (out[0], *(None if g is None else g.astype(dt) for g in out[1:]))
+            return out
         if tag is not None:  # half precision crosses as uint16 views with a storage tag
             q, k = q.view(np.uint16), k.view(np.uint16)
             n = None if n is None else n.view(np.uint16)
@@ -184,11 +203,12 @@ def prepare(
     symmetric: Any = False,
     focal_gamma: Any = 0.0,
     max_logits_bytes: Any = None,
+    num_hard_negatives: Any = None,
 ) -> InfoNCEArgs:
     """Every argument of an InfoNCE call checked once (the embeddings first): the :class:`InfoNCEArgs` to
     run."""
     q, k, n = _tables(query, keys, negatives, negative_log_q, negative_ids)
-    opts = options(temperature, symmetric, focal_gamma, max_logits_bytes)
+    opts = options(temperature, symmetric, focal_gamma, max_logits_bytes, num_hard_negatives)
     return _bind(opts, q, k, n, key_log_q, negative_log_q, key_ids, negative_ids)
 
 
@@ -228,7 +248,19 @@ def _bind(
         raise ValueError(
             "negative_ids: needs key_ids (a negative is masked where its id equals the row's key id)"
         )
+    check_hard(o, b, nn)
     return InfoNCEArgs(o, q, k, n, kq, nq, kid, nid)
+
+
+def check_hard(o: InfoNCEOptions, batch: int, num_negatives: int) -> None:
+    """``num_hard_negatives`` against the call's sizes: at most the ``B - 1 + N`` negatives of a row (the
+    adapters call it with the static shapes, before any work)."""
+    h = o.num_hard_negatives
+    if h is not None and h > batch - 1 + num_negatives:
+        raise ValueError(
+            f"num_hard_negatives: {h} is larger than the number of negatives of a row "
+            f"({batch - 1 + num_negatives}: batch {batch} - 1 + {num_negatives} extra negatives)"
+        )
 
 
 def info_nce_loss(
@@ -244,6 +276,7 @@ def info_nce_loss(
     symmetric: bool = False,
     focal_gamma: float = 0.0,
     max_logits_bytes: Optional[int] = None,
+    num_hard_negatives: Optional[int] = None,
 ) -> np.ndarray:
     """InfoNCE loss of each row: in-batch negatives, optional extra negatives, logQ correction, masks.
 
@@ -279,11 +312,22 @@ def info_nce_loss(
     ``max_logits_bytes`` (default 256 MiB) bounds the logits kept in memory between the passes; it changes
     speed and memory, never the loss (the gradients only by rounding). A kept block is reused by the next
     call rather than allocated afresh; a call with a smaller budget (``max_logits_bytes=0``, say) frees it.
+
+    ``num_hard_negatives=h`` mines hard negatives (the semantics of TFRS / keras-rs ``HardNegativeMining``):
+    row ``i`` keeps its positive and the ``h`` largest of its other unmasked logits (after the log-q
+    corrections and the masks; ties go to the lower column, as ``tf.math.top_k``), ``H_i``, and the softmax
+    runs over those columns only::
+
+        loss[i] = f(p[i, i]),   p[i, c] = exp(z[i, c]) / (exp(z[i, i]) + sum_{c' in H_i} exp(z[i, c']))
+
+    Gradients flow through the kept logits only. The kernel keeps a running top-``h`` selection per row (a
+    threshold and a buffer of ``4h`` candidates) while it walks the logit tiles, so memory is ``O(B * h)``
+    beyond the embeddings and the cost is one matrix product plus the selection. ``h`` must be between 1 and ``B - 1 + N`` (else ``ValueError``); not with ``symmetric``.
     Returns ``[B]``.
     """
     return prepare(
         query, keys, negatives, temperature, key_log_q, negative_log_q, key_ids, negative_ids, symmetric,
-        focal_gamma, max_logits_bytes,
+        focal_gamma, max_logits_bytes, num_hard_negatives,
     ).loss()  # fmt: skip
 
 
@@ -301,6 +345,7 @@ def info_nce_loss_and_grad(
     focal_gamma: float = 0.0,
     grad_loss: Any = None,
     max_logits_bytes: Optional[int] = None,
+    num_hard_negatives: Optional[int] = None,
 ) -> InfoNCEGrad:
     """:func:`info_nce_loss` and its gradients with respect to ``query``, ``keys`` and ``negatives``.
 
@@ -318,5 +363,5 @@ def info_nce_loss_and_grad(
     """
     return prepare(
         query, keys, negatives, temperature, key_log_q, negative_log_q, key_ids, negative_ids, symmetric,
-        focal_gamma, max_logits_bytes,
+        focal_gamma, max_logits_bytes, num_hard_negatives,
     ).loss_and_grad(grad_loss)  # fmt: skip

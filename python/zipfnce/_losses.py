@@ -162,6 +162,7 @@ class SampledOptions(NamedTuple):
     subtract_log_q: bool
     focal_gamma: float
     seed: Optional[int]
+    num_hard_negatives: Optional[int] = None
 
     def check_num_classes(self, rows: int, table: str = "weights") -> None:
         """The default sampler draws from ``[0, num_classes)``: ``table`` (the front end's name of the
@@ -198,6 +199,7 @@ def options(
     seed: Any,
     subtract_log_q: Any,
     focal_gamma: Any,
+    num_hard_negatives: Any = None,
 ) -> SampledOptions:
     """The checked :class:`SampledOptions` of a call (``TypeError``/``ValueError`` naming the argument)."""
     nt = as_int(num_true, "num_true", lo=1)
@@ -206,7 +208,12 @@ def options(
     hits = as_flag(remove_accidental_hits, "remove_accidental_hits")
     log_q = as_flag(subtract_log_q, "subtract_log_q")
     gamma = as_focal_gamma(focal_gamma)
-    return SampledOptions(bool(nce), ns, nc, nt, hits, log_q, gamma, as_seed(seed))
+    h = None if num_hard_negatives is None else as_int(num_hard_negatives, "num_hard_negatives", lo=1)
+    if h is not None and nce:
+        raise ValueError("num_hard_negatives: applies to the sampled softmax only (not NCE)")
+    if h is not None and h > ns:
+        raise ValueError(f"num_hard_negatives: {h} is larger than the number of sampled candidates ({ns})")
+    return SampledOptions(bool(nce), ns, nc, nt, hits, log_q, gamma, as_seed(seed), h)
 
 
 class SampledArgs(NamedTuple):
@@ -252,11 +259,13 @@ class SampledArgs(NamedTuple):
     def _run(self, want_grad: bool, grad_loss: Optional[np.ndarray]) -> Any:
         # The one call of the native sampled loss. Half precision crosses as uint16 views with a storage tag.
         o, w, b, lab, x, ids, te, se = self
+        # num_hard_negatives goes by keyword, only when set (the plain call keeps its arguments).
+        hard = {} if o.num_hard_negatives is None else {"num_hard_negatives": o.num_hard_negatives}
         tag = half_storage(w.dtype)
         if tag is None:
             return _core.sampled_loss(
                 o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
-                want_grad, grad_loss,
+                want_grad, grad_loss, **hard,
             )  # fmt: skip
         w = w.view(np.uint16)
         b = None if b is None else b.view(np.uint16)
@@ -264,7 +273,7 @@ class SampledArgs(NamedTuple):
             x = x.view(np.uint16)
         return _core.sampled_loss(
             o.nce, w, b, lab, x, ids, te, se, o.remove_accidental_hits, o.subtract_log_q, o.focal_gamma,
-            want_grad, grad_loss, storage=tag,
+            want_grad, grad_loss, storage=tag, **hard,
         )  # fmt: skip
 
 
@@ -282,13 +291,15 @@ def prepare(
     seed: Any,
     subtract_log_q: Any,
     focal_gamma: Any,
+    num_hard_negatives: Any = None,
 ) -> SampledArgs:
     """Every argument of a sampled softmax (``nce=False``) or NCE call checked once, in the order the errors
     are reported (``weights`` first), and the default candidates drawn: the :class:`SampledArgs` to run."""
     w = _weights(weights)
     opts = options(
-        nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma
-    )
+        nce, num_sampled, num_classes, num_true, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+        num_hard_negatives,
+    )  # fmt: skip
     return _bind(opts, w, biases, labels, inputs, sampled_values)
 
 
@@ -383,15 +394,22 @@ def sampled_softmax_loss(
     *,
     subtract_log_q: bool = True,
     focal_gamma: float = 0.0,
+    num_hard_negatives: Optional[int] = None,
 ) -> np.ndarray:
     """Sampled softmax loss per row, ``[B]``, as ``tf.nn.sampled_softmax_loss``.
 
     ``loss_b = sum_t (1/num_true) (lse_b - z_t)``, where ``lse_b`` is the log-sum-exp of the row's true and
     unmasked candidate logits (see the module docstring for the logits and the focal variant).
+
+    ``num_hard_negatives=h`` (keyword-only, default None) mines hard negatives: row ``b`` keeps its true
+    columns and the ``h`` largest of its unmasked candidate logits ``H_b`` (after the bias, the log-q
+    correction and the accidental-hit mask; ties to the lower candidate position), and ``lse_b`` runs over
+    those only: ``lse_b = log(sum_t exp(z_t) + sum_{s in H_b} exp(z_s))``. The other candidates get zero
+    gradient. ``1 <= h <= num_sampled`` (else ``ValueError``); not for NCE.
     """
     return prepare(
         False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma, num_hard_negatives,
     ).loss()  # fmt: skip
 
 
@@ -437,6 +455,7 @@ def sampled_softmax_loss_and_grad(
     subtract_log_q: bool = True,
     focal_gamma: float = 0.0,
     grad_loss: Any = None,
+    num_hard_negatives: Optional[int] = None,
 ) -> LossAndGrad:
     """:func:`sampled_softmax_loss` and the gradients of ``sum_b c_b loss_b`` in one fused pass.
 
@@ -447,7 +466,7 @@ def sampled_softmax_loss_and_grad(
     """
     return prepare(
         False, weights, biases, labels, inputs, num_sampled, num_classes, num_true,
-        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma,
+        sampled_values, remove_accidental_hits, seed, subtract_log_q, focal_gamma, num_hard_negatives,
     ).loss_and_grad(grad_loss)  # fmt: skip
 
 

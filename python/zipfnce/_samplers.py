@@ -24,6 +24,7 @@ from ._validate import (
 
 __all__ = [
     "CandidateSample",
+    "LearnedUnigramSampler",
     "LogUniformSampler",
     "UniformSampler",
     "UnigramSampler",
@@ -333,3 +334,52 @@ class UnigramSampler(_Sampler):
 
 for _cls in (LogUniformSampler, UniformSampler, ZipfSampler, UnigramSampler):
     _cls.__doc__ = (_cls.__doc__ or "") + _SEEDS_DOC
+
+
+class LearnedUnigramSampler(_Sampler):
+    """TensorFlow's learned unigram: classes drawn in proportion to counts learned from the true classes.
+
+    Every class starts with count 1. Each :meth:`sample` (or :meth:`sample_per_row`) call draws from the
+    counts as they are, computes the expected counts with them, and then adds the call's
+    ``true_classes``, each occurrence +1 (a call without true classes learns nothing)::
+
+        P(k) = count_k / sum_j count_j,    count_k = 1 + (times k was a true class of an earlier call)
+
+    So over a sequence of calls the counts, P and the expected counts evolve as those of
+    ``tf.random.learned_unigram_candidate_sampler`` (tested against it), with one difference: TensorFlow
+    keeps int32 counts and stops learning once their total reaches 2^31 - 1; here counts are 64-bit and
+    never stop. Expected counts follow :meth:`sample`'s rules (P rounded to float32 first, as
+    TensorFlow does).
+
+    No call rebuilds a table over all classes: the counts sit in a Fenwick tree of blocks of 32 classes,
+    so a draw and an update each cost O(log range_max) (BENCHMARKS.md). Memory is about 8 bytes per
+    class. :meth:`update` adds counts without drawing (to warm the sampler up, say).
+
+    State. The sampler mutates, so it serialises its calls: threads may share it, and concurrent calls
+    run one after the other, each whole (draw, then update), in some order. Copies and pickles carry the
+    counts (a copy learns on its own from then on); :meth:`spawn`'s children share the parent's counts
+    (one learned law, several streams: what any of them learns, all draw from). Worker processes get
+    copies, so what a DataLoader worker learns stays in that worker. A call with ``seed=`` draws
+    reproducibly but still learns its true classes.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, range_max: int, *, seed: Optional[int] = None) -> None:
+        self._own(_core.LearnedSampler(as_int(range_max, "range_max", lo=1, hi=MAX_RANGE), as_seed(seed)))
+
+    @property
+    def total_count(self) -> int:
+        """The sum of the counts: ``range_max`` plus every true class learned so far."""
+        return int(self._s.total_count)
+
+    def counts(self, ids: Any) -> np.ndarray:
+        """The current counts of ``ids`` (int64, the shape of ``ids``)."""
+        return self._s.counts(as_ids(ids, "ids"))
+
+    def update(self, true_classes: Any) -> None:
+        """Add 1 to the count of each occurrence of ``true_classes`` (ints of any shape), drawing nothing."""
+        self._s.update(as_ids(true_classes, "true_classes"))
+
+
+LearnedUnigramSampler.__doc__ = (LearnedUnigramSampler.__doc__ or "") + _SEEDS_DOC

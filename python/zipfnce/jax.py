@@ -361,6 +361,7 @@ def info_nce_loss(
     symmetric: bool = False,
     focal_gamma: float = 0.0,
     max_logits_bytes: Optional[int] = None,
+    num_hard_negatives: Optional[int] = None,
 ) -> Any:
     """``zipfnce.info_nce_loss`` on JAX arrays: ``[B]``, differentiable in ``query``, ``keys`` and
     ``negatives`` (the log-q corrections and ids are constants)."""
@@ -380,7 +381,7 @@ def info_nce_loss(
         n = n.astype(dt)
         if n.ndim != 2 or n.shape[1] != q.shape[1]:
             raise ValueError(f"negatives: must be [N, {q.shape[1]}], got shape {n.shape}")
-    opts = _infonce.options(temperature, symmetric, focal_gamma, max_logits_bytes)
+    opts = _infonce.options(temperature, symmetric, focal_gamma, max_logits_bytes, num_hard_negatives)
     ity = _int_dtype()
     kq = None if key_log_q is None else jnp.asarray(key_log_q, dtype=dt)
     nq = None if negative_log_q is None else jnp.asarray(negative_log_q, dtype=dt)
@@ -391,6 +392,7 @@ def info_nce_loss(
                        ("negative_ids", nid, 0 if n is None else n.shape[0])):  # fmt: skip
         if a is not None and a.shape != (m,):
             raise ValueError(f"{name}: must have shape ({m},), got {a.shape}")
+    _infonce.check_hard(opts, q.shape[0], 0 if n is None else n.shape[0])
     has = (n is not None, kq is not None, nq is not None, kid is not None, nid is not None)
     static = _InfoStatic(opts, *has)
     return _info_core(static, q, k, n, kq, nq, kid, nid)

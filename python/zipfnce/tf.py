@@ -346,10 +346,11 @@ def info_nce_loss(
     focal_gamma: float = 0.0,
     max_logits_bytes: Optional[int] = None,
     name: str = "info_nce_loss",
+    num_hard_negatives: Optional[int] = None,
 ) -> tf.Tensor:
     """``zipfnce.info_nce_loss`` on tensors, ``[B]``, differentiable in ``query``, ``keys`` and ``negatives``
     (the log-q corrections and ids are constants)."""
-    opts = _infonce.options(temperature, symmetric, focal_gamma, max_logits_bytes)
+    opts = _infonce.options(temperature, symmetric, focal_gamma, max_logits_bytes, num_hard_negatives)
     with tf.name_scope(name):
         q = _float_tensor(query, "query")
         dt = q.dtype
@@ -357,6 +358,8 @@ def info_nce_loss(
         k = _float_tensor(keys, "keys", dt)
         has_neg = negatives is not None
         n = _float_tensor(negatives, "negatives", dt) if has_neg else tf.zeros([0, 0], dt)
+        if q.shape[0] is not None and n.shape[0] is not None:  # static sizes: check num_hard_negatives now
+            _infonce.check_hard(opts, q.shape[0], n.shape[0] if has_neg else 0)
         opt = [
             (key_log_q, dt), (negative_log_q, dt), (key_ids, tf.int64), (negative_ids, tf.int64),
         ]  # fmt: skip

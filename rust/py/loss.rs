@@ -71,6 +71,8 @@ struct Call<'a, 'py> {
     flags: (bool, bool, f64),
     /// None: loss only; Some(grad_loss): loss and gradients.
     grad: Option<Option<&'a Bound<'py, PyAny>>>,
+    /// `num_hard_negatives` (sampled softmax only; `crate::loss::sampled::hard_loss`).
+    hard: Option<usize>,
 }
 
 /// `inputs` in the compute type: float `T` as given, or (for a half-precision table) the table's half type,
@@ -95,7 +97,8 @@ fn run<'py, T: Float + numpy::Element, W: Store<T>>(
     call: &Call<'_, 'py>,
     half: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let Call { kind, biases, labels, inputs, sampled, true_expected, sampled_expected, flags, grad } = *call;
+    let Call { kind, biases, labels, inputs, sampled, true_expected, sampled_expected, flags, grad, hard } =
+        *call;
     check_aligned(weights.is_aligned(), "weights")?;
     check_aligned(labels.is_aligned(), "labels")?;
     check_aligned(sampled.is_aligned(), "sampled_values")?;
@@ -164,10 +167,18 @@ fn run<'py, T: Float + numpy::Element, W: Store<T>>(
     };
     let b = labels.shape()[0];
     if grad.is_none() {
-        let loss = py.detach(|| sampled::loss(&args)).map_err(err)?;
+        let loss = match hard {
+            Some(h) => py.detach(|| sampled::hard_loss(&args, h)),
+            None => py.detach(|| sampled::loss(&args)),
+        }
+        .map_err(err)?;
         return (Array1::from_vec(loss).into_pyarray(py),).into_pyobject(py);
     }
-    let out = py.detach(|| sampled::loss_and_grad(&args, grad_loss.as_deref())).map_err(err)?;
+    let out = match hard {
+        Some(h) => py.detach(|| sampled::hard_loss_and_grad(&args, h, grad_loss.as_deref())),
+        None => py.detach(|| sampled::loss_and_grad(&args, grad_loss.as_deref())),
+    }
+    .map_err(err)?;
     let u = out.grad_weights.indices.len();
     let shape_err = |e: numpy::ndarray::ShapeError| PyTypeError::new_err(e.to_string());
     let loss = Array1::from_vec(out.loss).into_pyarray(py);
@@ -195,9 +206,11 @@ fn run<'py, T: Float + numpy::Element, W: Store<T>>(
 /// `(loss, grad_inputs, grad_weight_ids, grad_weight_rows, grad_bias_ids | None, grad_bias_values | None)`.
 /// `storage` "bfloat16" / "float16": `weights` and `biases` are `uint16` views of that type (read in place),
 /// `inputs` float32 or the same view, the other floats float32; gradients come back in their argument's type.
+/// `num_hard_negatives`: keep each row's true classes and its that many largest candidate logits.
 #[pyfunction]
 #[pyo3(signature = (nce, weights, biases, labels, inputs, sampled, true_expected, sampled_expected,
-    remove_accidental_hits, subtract_log_q, focal_gamma, want_grad, grad_loss=None, storage=None))]
+    remove_accidental_hits, subtract_log_q, focal_gamma, want_grad, grad_loss=None, storage=None,
+    num_hard_negatives=None))]
 #[allow(clippy::too_many_arguments)]
 fn sampled_loss<'py>(
     py: Python<'py>,
@@ -215,6 +228,7 @@ fn sampled_loss<'py>(
     want_grad: bool,
     grad_loss: Option<&Bound<'py, PyAny>>,
     storage: Option<&str>,
+    num_hard_negatives: Option<usize>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let storage = half::parse(storage)?;
     let call = Call {
@@ -227,6 +241,7 @@ fn sampled_loss<'py>(
         sampled_expected,
         flags: (remove_accidental_hits, subtract_log_q, focal_gamma),
         grad: want_grad.then_some(grad_loss),
+        hard: num_hard_negatives,
     };
     if let Some(h) = storage {
         let w = weights.cast::<PyArray2<u16>>().map_err(|_| {

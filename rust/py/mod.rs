@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 mod half;
 mod full;
+mod hard;
 mod infonce;
+mod retrieval;
 
 fn err(e: Error) -> PyErr {
     if e.is_type_error() {
@@ -456,5 +458,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     loss::register(m)?;
     infonce::register(m)?;
     full::register(m)?;
+    hard::register(m)?;
+    retrieval::register(m)?;
     Ok(())
 }

@@ -38,6 +38,7 @@ from torch import nn
 import zipfnce as _zn
 from zipfnce import _infonce, _losses
 from zipfnce._validate import as_int
+from zipfnce.torch._queue import NegativeQueue
 
 __all__ = [
     "sampled_softmax_loss",
@@ -48,6 +49,7 @@ __all__ = [
     "InfoNCELoss",
     "full_softmax_loss",
     "FullSoftmaxLoss",
+    "NegativeQueue",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -382,6 +384,7 @@ def info_nce_loss(
     focal_gamma: float = 0.0,
     max_logits_bytes: Optional[int] = None,
     reduction: str = "mean",
+    num_hard_negatives: Optional[int] = None,
 ) -> torch.Tensor:
     """InfoNCE (``zipfnce.info_nce_loss``) on torch tensors, differentiable in ``query``, ``keys`` and
     ``negatives``. ``key_log_q``, ``negative_log_q``, ``key_ids``, ``negative_ids`` are constants (tensors or
@@ -405,6 +408,7 @@ def info_nce_loss(
         symmetric,
         focal_gamma,
         max_logits_bytes,
+        num_hard_negatives,
     )
     need = torch.is_grad_enabled() and (
         query.requires_grad or keys.requires_grad or (negatives is not None and negatives.requires_grad)

@@ -48,6 +48,7 @@
 //! The files: `problem` (validation, the logit tiles), `passes` (the forward and backward passes over row
 //! and column blocks), `kernels` (focal factor, online log-sum-exp and G, SIMD-dispatched).
 
+mod hard;
 mod kernels;
 mod passes;
 mod problem;
@@ -57,6 +58,8 @@ use crate::float::Float;
 use crate::loss::tile::Mat;
 use crate::threads;
 use problem::Problem;
+
+pub use hard::info_nce_hard;
 
 /// Rows of a logit tile (and of a parallel task over rows).
 const TI: usize = 256;

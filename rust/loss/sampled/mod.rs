@@ -21,12 +21,14 @@
 //! Per-row candidates ([B, S]) are processed row by row: gather, gemv, softmax, gemv back.
 
 mod args;
+mod hard;
 mod math;
 mod per_row;
 mod shared;
 mod sparse;
 
 pub use args::{Args, Kind, LossAndGrad, SparseGrad};
+pub use hard::{hard_loss, hard_loss_and_grad};
 
 use crate::buf::zeroed;
 use crate::error::{Error, Result};
