@@ -17,7 +17,14 @@
 from __future__ import annotations
 
 # Importing the entries modules registers their functions.
-from . import entries_dropins, entries_full, entries_infonce, entries_losses, entries_samplers  # noqa: F401
+from . import (  # noqa: F401
+    entries_dropins,
+    entries_full,
+    entries_infonce,
+    entries_losses,
+    entries_retrieval,
+    entries_samplers,
+)
 from .checks import _same
 from .in_worker import HOPELESS_CASES, hopeless_sample
 from .recipes import Arr, Drawn, Mutate, Raw, SamplerRecipe, Triple, build, canonical
