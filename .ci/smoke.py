@@ -16,7 +16,6 @@ import sys
 import tempfile
 
 import numpy as np
-
 import zipfnce as zn
 
 B, D, V, S = 4, 8, 50, 6
@@ -103,7 +102,9 @@ SMOKE = {
     "UniformSampler": lambda: _sampler(zn.UniformSampler, V),
     "UnigramSampler": lambda: _sampler(zn.UnigramSampler, np.arange(1, V + 1, dtype=np.float64)),
     "ZipfSampler": lambda: _sampler(zn.ZipfSampler, V, 1.1),
-    "log_uniform_candidate_sampler": lambda: _triple(zn.log_uniform_candidate_sampler(TRUE, 1, S, True, V, seed=2)),
+    "log_uniform_candidate_sampler": lambda: _triple(
+        zn.log_uniform_candidate_sampler(TRUE, 1, S, True, V, seed=2)
+    ),
     "uniform_candidate_sampler": lambda: _triple(zn.uniform_candidate_sampler(TRUE, 1, S, False, V, seed=2)),
     "fixed_unigram_candidate_sampler": _unigram_file,
     "all_candidate_sampler": lambda: _triple(zn.all_candidate_sampler(TRUE, 1, V, True), V),

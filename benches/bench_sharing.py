@@ -34,7 +34,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 import numpy as np  # noqa: E402  (after the settings above)
-
 import zipfnce as zn  # noqa: E402
 
 B, D, V, S = 1024, 128, 1_000_000, 8192
@@ -95,7 +94,7 @@ def main() -> None:
     if "after torch" in before:
         idle["torch matmul"] = before["after torch"]
     burn = {name: [] for name in idle}
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         for name, f in idle.items():
             time.sleep(0.05)
             f()
@@ -103,7 +102,10 @@ def main() -> None:
             time.sleep(0.05)
             burn[name].append(time.process_time() - c0)
     alone = statistics.median(times["alone"])
-    env = {k: os.environ.get(k, "-") for k in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "ZIPFNCE_NUM_THREADS")}
+    env = {
+        k: os.environ.get(k, "-")
+        for k in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "ZIPFNCE_NUM_THREADS")
+    }
     print(f"threads {args.threads} (zipfnce {zn.get_num_threads()}), rounds {args.rounds}, {env}")
     print(f"{'step':<14} {'median ms':>10} {'vs alone':>9} {'product ms':>11}")
     for name, t in times.items():

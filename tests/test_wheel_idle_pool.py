@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 import zipfnce as zn
 
 SLEEP = 0.1
@@ -47,7 +46,9 @@ def test_loss_pool_sleeps_after_a_call(two_threads):
     x = rng.standard_normal((B, D), dtype=np.float32)
     labels = rng.integers(0, V, (B, 1))
     burnt = _burn_after(lambda: zn.sampled_softmax_loss_and_grad(w, b, labels, x, S, V, seed=1))
-    assert burnt < BOUND, f"{burnt * 1e3:.1f} ms of CPU burnt in {SLEEP * 1e3:.0f} ms of sleep after a loss call"
+    assert burnt < BOUND, (
+        f"{burnt * 1e3:.1f} ms of CPU burnt in {SLEEP * 1e3:.0f} ms of sleep after a loss call"
+    )
 
 
 def test_sampling_helpers_sleep_after_a_call(two_threads):
