@@ -94,7 +94,8 @@ class _Gather(torch.autograd.Function):
                     check_invariants=False,
                 )
             return out, None, None, None
-        dense = torch.zeros(ctx.shape, dtype=ctx.ct, device=g.device).index_add_(0, idx, g)
+        # index_put_ with accumulate (not index_add_, several times slower on CPU).
+        dense = torch.zeros(ctx.shape, dtype=ctx.ct, device=g.device).index_put_((idx,), g, accumulate=True)
         return dense.to(ctx.dtype), None, None, None
 
 
@@ -180,8 +181,11 @@ def sampled_rows_loss(
             zs = zs - torch.log(sampled_expected_count.to(ct))
         hit = None
         if remove_accidental_hits:
-            cand = ids.unsqueeze(1) if per_row else ids.view(1, 1, -1)
-            hit = (labels.unsqueeze(2) == cand).any(1)  # [B, S]
+            if nt == 1:
+                hit = labels == (ids if per_row else ids.view(1, -1))  # [B, S]
+            else:
+                cand = ids.unsqueeze(1) if per_row else ids.view(1, 1, -1)
+                hit = (labels.unsqueeze(2) == cand).any(1)
         g = float(focal_gamma)
         if not nce:
             if hit is not None:
