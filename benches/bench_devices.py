@@ -90,7 +90,9 @@ def zipfnce_step(w, b, x, labels_host, labels_dev, sampler, s, backend):
 
 def _native_half_ok() -> bool:
     try:
-        zn.sampled_softmax_loss(np.ones((4, 2), np.float16), None, [0], np.ones((1, 2), np.float16), 2, 4, seed=1)
+        zn.sampled_softmax_loss(
+            np.ones((4, 2), np.float16), None, [0], np.ones((1, 2), np.float16), 2, 4, seed=1
+        )
         return True
     except TypeError:
         return False
@@ -187,7 +189,9 @@ def main() -> int:
         le, ge = parity(dev, dtype, SMALL if dev.type == "cpu" else sz)
         tol = 2e-4 if dtype == torch.float32 else 1e-3
         ok = le <= tol and ge <= (2e-4 if dtype == torch.float32 else 2.0**-7)
-        print(f"  parity {dn}: loss rel err {le:.2e}, used-row weight grad rel err {ge:.2e} -> {'ok' if ok else 'FAIL'}")
+        print(
+            f"  parity {dn}: loss rel err {le:.2e}, used-row weight grad rel err {ge:.2e} -> {'ok' if ok else 'FAIL'}"
+        )
         if not ok:
             return 1
         methods = ["zipfnce torch", "T4Rec-style"]

@@ -793,7 +793,11 @@ class _SampledLossModule(nn.Module):
         )
 
     def sample(self, labels: Any) -> Any:
-        """The candidates for one step: ``self.sampler.sample(num_sampled, true_classes=labels)``."""
+        """The candidates for one step: ``self.sampler.sample(num_sampled, true_classes=labels)``, on the host
+        (a :class:`zipfnce.CandidateSample` of NumPy arrays; ``.to(device)`` moves it). ``labels`` may be a
+        tensor on any device: its few ids are read on the host."""
+        if isinstance(labels, torch.Tensor):
+            labels = _host_ids(labels, "labels")
         return self.sampler.sample(self.num_sampled, unique=True, true_classes=labels)
 
     def forward(self, inputs: torch.Tensor, labels: Any, sampled_values: Any = None) -> torch.Tensor:
@@ -833,6 +837,8 @@ class SampledSoftmaxLoss(_SampledLossModule):
     ``dtype`` (float32 default, float64, float16, bfloat16) and ``device`` place the parameters;
     ``backend`` as in :func:`sampled_softmax_loss` (``"auto"``: native for CPU float32/float64 parameters).
     Under ``torch.autocast`` half-precision ``inputs`` are promoted to the parameters' dtype.
+    ``forward(inputs, labels, sampled_values=c)`` uses candidates ``c`` drawn ahead of time (e.g.
+    ``module.sample(next_labels).to(device)`` while the device works on this step).
     """
 
     _nce = False
