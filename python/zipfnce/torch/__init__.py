@@ -200,9 +200,9 @@ def _host_ids(x: Any, name: str) -> np.ndarray:
 
 
 def _in_range(ids: torch.Tensor, rows: int, name: str, table: str) -> None:
-    """On CPU (no device synchronisation) an id outside the table is a ``ValueError``; on an accelerator the
-    ids are trusted (checking would stall the stream)."""
-    if ids.device.type == "cpu" and ids.numel():
+    """On CPU (no device synchronisation) an id outside the table is a ``ValueError``; on an accelerator, and
+    inside ``torch.compile`` (a data-dependent branch breaks the graph), the ids are trusted."""
+    if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= rows:
             bad = hi if hi >= rows else lo
