@@ -2,8 +2,9 @@
 
 ``import zipfnce.torch as znt``. Importing this module imports torch; ``import zipfnce`` alone never does.
 
-Tensors go to the NumPy API without copies (``tensor.detach().numpy()`` on CPU tensors) and the results come
-back through ``torch.from_numpy``. Gradients reach ``weight``, ``bias`` and ``inputs`` (``query``, ``keys``,
+The native path (``backend="native"``, and ``"auto"`` for CPU float32/float64; see "Backends and devices"
+below): tensors go to the NumPy API without copies (``tensor.detach().numpy()`` on CPU tensors) and the
+results come back through ``torch.from_numpy``. Gradients reach ``weight``, ``bias`` and ``inputs`` (``query``, ``keys``,
 ``negatives`` for InfoNCE) through a ``torch.autograd.Function``:
 
 - ``reduction="mean"`` or ``"sum"``: the forward pass computes the loss and every gradient in one fused
@@ -12,7 +13,7 @@ back through ``torch.from_numpy``. Gradients reach ``weight``, ``bias`` and ``in
 - ``reduction="none"``: the forward pass computes only the per-row loss; backward runs the native call again
   with the upstream gradient as its row weights (the gradient is not a fixed multiple of one saved result).
 
-The losses are differentiable once: the gradients come from the native code, not from torch operations, so
+On the native path the losses are differentiable once: the gradients come from the native code, not from torch operations, so
 there is no graph through them. A backward with ``create_graph=True`` (double backward: gradient penalties,
 Hessian-vector products) raises a ``RuntimeError`` at once rather than returning a gradient that cannot be
 differentiated. An empty batch (B = 0) is a ``ValueError``, as in the NumPy API.
