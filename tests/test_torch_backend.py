@@ -203,6 +203,25 @@ def test_half_precision_torch_path_accuracy(half, nce):
     assert abs(float(loss_h) - float(loss_f)) > 0  # the rounding is there (the test can fail)
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_info_nce_torch_path(half):
+    """InfoNCE in half precision: float32 loss, gradients in the input dtype, equal to float32 on the same
+    rounded values up to one final rounding of each gradient (|err| <= u max|g|)."""
+    u = U_BF16 if half == torch.bfloat16 else U_F16
+    (q, k, n), kw = _infonce_case(torch.float32, 11, True, True, True)
+    res = {}
+    for name, dt in (("half", half), ("f32", torch.float32)):
+        ts = [t.to(half).to(dt).requires_grad_(True) for t in (q, k, n)]
+        loss = znt.info_nce_loss(ts[0], ts[1], negatives=ts[2], symmetric=True, focal_gamma=0.5, backend="torch",
+                                 **kw)  # fmt: skip
+        loss.backward()
+        assert loss.dtype == torch.float32 and all(t.grad.dtype == dt for t in ts)
+        res[name] = (loss.detach(), [t.grad.float() for t in ts])
+    _close(res["half"][0], res["f32"][0], 1e-6, "loss")
+    for gh, gf in zip(res["half"][1], res["f32"][1]):
+        assert float((gh - gf).abs().max()) <= u * float(gf.abs().max()) + 1e-7
+
+
 def _native_takes_half():
     """Capability probe: does the installed native build read float16 arrays (issue 14, `half`)?"""
     try:
@@ -216,13 +235,25 @@ def _native_takes_half():
 @pytest.mark.skipif(not _native_takes_half(), reason="the installed native build refuses float16 arrays "
                     "(native half precision lands with issue 14's `half` branch)")  # fmt: skip
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-def test_native_half_reads_in_place_and_matches_torch_path(half):
+def test_native_half_reads_in_place_and_matches_torch_path(half, monkeypatch):
+    """backend="native" hands the half table to the kernels as a NumPy view of the tensor's own memory
+    (bfloat16 through ml_dtypes), and agrees with the torch path."""
     pytest.importorskip("ml_dtypes")
     (w, b, x), lab, sv = _data(torch.float32, 1, False, seed=3)
+    seen = []
+    orig = zn._core.sampled_loss
+
+    def spy(*args, **kwargs):
+        seen.extend(a.__array_interface__["data"][0] for a in args if isinstance(a, np.ndarray))
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(zn._core, "sampled_loss", spy)
     res = {}
     for backend in ("native", "torch"):
         wh, bh, xh = (t.to(half).requires_grad_(True) for t in (w, b, x))
         loss = znt.sampled_softmax_loss(wh, bh, lab, xh, S, V, sampled_values=sv, backend=backend)
+        if backend == "native":
+            assert wh.data_ptr() in seen  # the table was read in place, not copied
         loss.backward()
         assert loss.dtype == torch.float32 and wh.grad.dtype == half and xh.grad.dtype == half
         res[backend] = (loss.detach(), wh.grad.float(), bh.grad.float(), xh.grad.float())

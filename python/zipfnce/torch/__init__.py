@@ -147,8 +147,13 @@ def _np_view(t: torch.Tensor) -> np.ndarray:
     """A CPU float tensor as a NumPy array sharing its memory (bfloat16 as ``ml_dtypes.bfloat16``)."""
     t = t.detach()
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError(
+                "bfloat16 tensors on the native path need the ml_dtypes package (NumPy's bfloat16); "
+                "install it, or use backend='torch'"
+            ) from None
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
