@@ -3,7 +3,9 @@ written with torch operations on the tensors' own device and differentiated by a
 
 Nothing here checks arguments (``zipfnce.torch`` does that before calling) and nothing leaves the device:
 these functions take tensors that already live where the model lives, so they run on any device (cpu,
-cuda, mps, xpu) and under ``torch.compile``.
+cuda, mps, xpu) and under ``torch.compile``. Unlike the native kernels they do not look at the values: a
+non-finite input or an id outside the table (on an accelerator) is not reported as a ``ValueError``, since
+checking would synchronise the device every step; NaN propagates as in any torch expression.
 
 Precision. Half-precision tensors (float16, bfloat16) are read in place and the gathered rows are widened to
 float32 before any product, so the logits, the loss and every reduction are float32 (the native kernels'
