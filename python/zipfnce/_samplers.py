@@ -46,6 +46,31 @@ class CandidateSample(NamedTuple):
     sampled_expected_count: np.ndarray
     num_tries: Union[int, np.ndarray]
 
+    def to(self, device: Any) -> "CandidateSample":
+        """The sample as torch tensors on ``device`` (needs torch): ``ids`` int64, the expected counts float32,
+        ``num_tries`` as it is. One copy per field; for a CUDA device the host side is pinned and the copy is
+        ``non_blocking``, so a training loop can draw and move the next batch's candidates while the device
+        is still busy with this one. Fields that are already tensors on ``device`` are kept."""
+        import torch
+
+        dev = torch.device(device)
+        pin = dev.type == "cuda" and torch.cuda.is_available()
+
+        def move(a: Any, dtype: Any) -> Any:
+            if a is None:
+                return None
+            t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+            if t.device != dev:
+                t = t.pin_memory().to(dev, non_blocking=True) if pin and t.device.type == "cpu" else t.to(dev)
+            return t if t.dtype == dtype else t.to(dtype)
+
+        return CandidateSample(
+            move(self.ids, torch.int64),
+            move(self.true_expected_count, torch.float32),
+            move(self.sampled_expected_count, torch.float32),
+            self.num_tries,
+        )
+
 
 _SEEDS_DOC = """
     Seeds and streams. ``seed`` is None or an integer in [0, 2**64). A sampler owns a random stream:
