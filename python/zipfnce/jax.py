@@ -128,9 +128,11 @@ def _precision(dt: Any) -> Any:
 
 def _check_ids(a: Any, name: str, v: int) -> None:
     """Concrete ids must index the table (JAX would clamp them silently)."""
-    if _is_tracer(a) or a.size == 0:
+    if _is_tracer(a):
         return
     h = np.asarray(a)
+    if h.size == 0 or h.dtype.kind not in "iu":
+        return
     lo, hi = int(h.min()), int(h.max())
     if lo < 0 or hi >= v:
         raise ValueError(f"{name}: class id {lo if lo < 0 else hi} is outside the {v} rows of weights")
@@ -321,8 +323,9 @@ def _sampled(opts: _losses.SampledOptions, weights, biases, labels, inputs, samp
         opts.check_no_true_expected()
         te = jnp.ones(lab.shape, _compute_dtype(dt))
     if path == "jax":
-        _check_ids(lab, "labels", w.shape[0])
-        _check_ids(ids, "sampled_values", w.shape[0])
+        # On the values as given (inside jit, any JAX operation on them is already traced).
+        _check_ids(labels, "labels", w.shape[0])
+        _check_ids(sampled_values[0] if sampled_values is not None else ids, "sampled_values", w.shape[0])
         return _sampled_jax(opts, w, b, x, lab, ids, te, se)
     static = _Static(opts, has_te, int(w.shape[0]))
     # The rows used: the sorted unique ids of labels and candidates, padded (static size) with the largest,
