@@ -139,9 +139,31 @@ def _check_ids(a: Any, name: str, v: int) -> None:
 
 
 def _rows_of(table: Any, ids: Any, ct: Any) -> Any:
-    """``table[ids]`` in the compute type; an id outside the table reads NaN (only possible under ``jit``,
-    where concrete checks cannot run)."""
-    return table.at[ids].get(mode="fill", fill_value=jnp.nan).astype(ct)
+    """``table[ids]`` in the compute type ``ct``; an id outside the table reads NaN (only possible under
+    ``jit``, where concrete checks cannot run). Its gradient sums the cotangents of each distinct id in
+    ``ct`` and rounds once to the table's dtype (a half-precision table is not accumulated in half)."""
+    return _gather((np.dtype(ct), tuple(table.shape), np.dtype(table.dtype)), table, ids)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gather(static, table, ids):
+    return table.at[ids].get(mode="fill", fill_value=jnp.nan).astype(static[0])
+
+
+def _gather_fwd(static, table, ids):
+    return _gather(static, table, ids), ids
+
+
+def _gather_bwd(static, ids, g):
+    _, shape, dt = static
+    flat = ids.reshape(-1)
+    uniq, inv = jnp.unique(flat, return_inverse=True, size=flat.shape[0], fill_value=flat[0])
+    sums = jax.ops.segment_sum(g.reshape((flat.shape[0],) + shape[1:]), inv.reshape(-1), flat.shape[0])
+    # Padding slots of ``uniq`` repeat a real id with a zero sum; ids outside the table are dropped.
+    return jnp.zeros(shape, dt).at[uniq].add(sums.astype(dt), mode="drop"), None
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
 
 
 def _pow(q: Any, g: float) -> Any:
@@ -347,17 +369,22 @@ def _sampled_jax(opts: _losses.SampledOptions, w, b, x, lab, ids, te, se):
     ct, prec = _compute_dtype(w.dtype), _precision(w.dtype)
     nt, y, g = opts.num_true, 1.0 / opts.num_true, opts.focal_gamma
     xc = x.astype(ct)
+    # One gather of the true and candidate rows, so that a class used both ways sums its gradient once.
+    nl = lab.size
+    every = jnp.concatenate([lab.reshape(-1), ids.reshape(-1)])
+    rows = _rows_of(w, every, ct)
+    wt, ws = rows[:nl].reshape(lab.shape + (-1,)), rows[nl:].reshape(ids.shape + (-1,))
     # z_t = x . w_t + b_t - log q_t
-    zt = jnp.einsum("btd,bd->bt", _rows_of(w, lab, ct), xc, precision=prec)
+    zt = jnp.einsum("btd,bd->bt", wt, xc, precision=prec)
     # z_s = x . w_s + b_s - log q_s  ([S] shared by the batch, or [B, S] per row)
-    ws = _rows_of(w, ids, ct)
     if ids.ndim == 1:
         zs = jnp.matmul(xc, ws.T, precision=prec)
     else:
         zs = jnp.einsum("bsd,bd->bs", ws, xc, precision=prec)
     if b is not None:
-        zt = zt + _rows_of(b, lab, ct)
-        zs = zs + _rows_of(b, ids, ct)
+        bias = _rows_of(b, every, ct)
+        zt = zt + bias[:nl].reshape(lab.shape)
+        zs = zs + bias[nl:].reshape(ids.shape)
     if opts.subtract_log_q:
         zt = zt - jnp.log(te.astype(ct))
         zs = zs - jnp.log(se.astype(ct))
