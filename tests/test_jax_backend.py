@@ -41,6 +41,17 @@ def _close(got, want, rtol, atol, what):
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol, err_msg=what)
 
 
+def _loss_and_vjp(f, args, c):
+    """The loss and the gradients of ``sum(c * loss)``, in one jitted program (compiling one program is much
+    cheaper than the per-operation compilations of an eager call with new shapes)."""
+
+    def run(*a):
+        loss, vjp = jax.vjp(f, *a)
+        return loss, vjp(jnp.asarray(c, loss.dtype))
+
+    return jax.jit(run)(*args)
+
+
 def _sampled_pair(nce, dtype, num_true, per_row, hits, log_q, bias, gamma, c):
     """(jax-path loss and gradients, native loss and gradients) for one option set, both as float64."""
     w, b, x, lab, sv = _data(dtype, num_true, per_row)
@@ -54,8 +65,7 @@ def _sampled_pair(nce, dtype, num_true, per_row, hits, log_q, bias, gamma, c):
     def f(w_, b_, x_):
         return fn(w_, b_, lab, x_, S, V, num_true, svt, backend="jax", **kw)
 
-    loss, vjp = jax.vjp(f, w, b, x)
-    gw, gb, gx = vjp(jnp.asarray(c, loss.dtype))
+    loss, (gw, gb, gx) = _loss_and_vjp(f, (w, b, x), c)
     ref = ref_fn(w, b, lab, x, S, V, num_true, svt, grad_loss=c, **kw)
     got = [loss, gx, gw] + ([gb] if bias else [])
     want = [ref.loss, ref.grad_inputs, _dense(ref.grad_weights, w.shape)]
@@ -109,8 +119,7 @@ def _info_pair(dtype, symmetric, gamma, negatives, masks, c):
     def f(q_, k_, n_):
         return znj.info_nce_loss(q_, k_, negatives=n_, backend="jax", **opts)
 
-    loss, vjp = jax.vjp(f, q, k, nn)
-    gq, gk, gn = vjp(jnp.asarray(c, loss.dtype))
+    loss, (gq, gk, gn) = _loss_and_vjp(f, (q, k, nn), c)
     ref = zn.info_nce_loss_and_grad(q, k, negatives=nn, grad_loss=c, **opts)
     got, want = [loss, gq, gk], [ref.loss, ref.grad_query, ref.grad_keys]
     if negatives:
@@ -215,11 +224,10 @@ def test_half_precision_against_float32(name, bits, tiny, which):
         q, k, n, lq, _, kid, _ = _info_data(np.float32)
         qh, kh, nh = (jnp.asarray(a, hdt) for a in (q, k, n))
         c = c[:6]
-        loss, vjp = jax.vjp(
+        loss, grads = _loss_and_vjp(
             lambda a, b_, n_: znj.info_nce_loss(a, b_, negatives=n_, key_log_q=lq, key_ids=kid, focal_gamma=0.5),
-            qh, kh, nh,
+            (qh, kh, nh), c,
         )  # fmt: skip
-        grads = vjp(jnp.asarray(c))
         f32 = [np.asarray(a, np.float32) for a in (qh, kh, nh)]
         ref = zn.info_nce_loss_and_grad(
             f32[0], f32[1], negatives=f32[2], key_log_q=lq, key_ids=kid, focal_gamma=0.5, grad_loss=c
@@ -229,8 +237,9 @@ def test_half_precision_against_float32(name, bits, tiny, which):
         w, b, x, lab, sv = _data(np.float32, 2, False)
         wh, bh, xh = (jnp.asarray(a, hdt) for a in (w, b, x))
         fn = getattr(znj, which)
-        loss, vjp = jax.vjp(lambda a, b_, x_: fn(a, b_, lab, x_, S, V, 2, sv, focal_gamma=0.5), wh, bh, xh)
-        grads = vjp(jnp.asarray(c))
+        loss, grads = _loss_and_vjp(
+            lambda a, b_, x_: fn(a, b_, lab, x_, S, V, 2, sv, focal_gamma=0.5), (wh, bh, xh), c
+        )
         w32, b32, x32 = (np.asarray(a, np.float32) for a in (wh, bh, xh))
         ref = getattr(zn, which + "_and_grad")(w32, b32, lab, x32, S, V, 2, sv, focal_gamma=0.5, grad_loss=c)
         want = [_dense(ref.grad_weights, w.shape), _dense(ref.grad_biases, b.shape), ref.grad_inputs]
