@@ -25,6 +25,7 @@ from ab_versions import interleaved_medians  # noqa: E402
 SIZES = [
     ("small", 64, 256, 64, 10_000),
     ("medium", 256, 1024, 128, 100_000),
+    ("medium-large", 512, 2048, 128, 100_000),
     ("large", 1024, 4096, 128, 100_000),
 ]
 

@@ -63,7 +63,7 @@ _FLOATS = (jnp.float32, jnp.float64, jnp.float16, jnp.bfloat16)
 _BACKENDS = ("auto", "callback", "jax")
 #: ``backend="auto"`` on the CPU takes the callback path for float32/float64 calls whose work (multiply-adds
 #: of the logits, ``B * (S + num_true) * d`` or ``B * (B + N) * d``) reaches this; measured in BENCHMARKS.md.
-AUTO_CALLBACK_MIN_WORK = 1 << 22
+AUTO_CALLBACK_MIN_WORK = 1 << 25
 
 
 def _float_dtype(x: Any, name: str) -> Any:
