@@ -333,7 +333,7 @@ def _sampled_tf(opts: _losses.SampledOptions, w, b, x, lab, ids, te, se) -> tf.T
 def _check_shapes(opts: _losses.SampledOptions, w, b, x, lab, ids, te, se) -> None:
     """The shape checks of the native path's ``bind``, for the TF path (on the static shapes, where known)."""
     ns, nt = opts.num_sampled, opts.num_true
-    v, d = w.shape
+    v, d = w.shape if w.shape.rank == 2 else (None, None)
     bsz = x.shape[0] if x.shape.rank is not None else None
     if x.shape.rank != 2 or (d is not None and x.shape[1] not in (None, d)):
         raise ValueError(f"inputs: must be [batch, {d}], got shape {x.shape}")
