@@ -12,6 +12,16 @@ znj = pytest.importorskip("zipfnce.jax")
 
 V, D, B, S = 40, 8, 7, 12
 
+
+def _x64():
+    """float64 inside a context (``jax.enable_x64`` in current JAX, ``jax.experimental`` before)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+
+    return enable_x64()
+
+
 # (remove_accidental_hits, subtract_log_q, biases): every option meets every other at least once across the
 # parametrised axes without the full product.
 _COMBOS = [(True, True, True), (False, True, False), (True, False, False), (False, False, True)]
@@ -79,7 +89,7 @@ def _sampled_pair(nce, dtype, num_true, per_row, hits, log_q, bias, gamma, c):
 @pytest.mark.parametrize("num_true, gamma", [(1, 0.0), (3, 0.7)])
 def test_sampled_matches_native_float64(nce, per_row, num_true, gamma):
     c = np.linspace(0.5, 2.0, B)
-    with jax.enable_x64(True):
+    with _x64():
         for hits, log_q, bias in _COMBOS:
             got, want = _sampled_pair(nce, np.float64, num_true, per_row, hits, log_q, bias, gamma, c)
             assert got[0].dtype == jnp.float64
@@ -134,7 +144,7 @@ def _info_pair(dtype, symmetric, gamma, negatives, masks, c):
 )
 def test_info_nce_matches_native(symmetric, gamma, negatives, masks):
     c = np.linspace(0.5, 2.0, 6)
-    with jax.enable_x64(True):
+    with _x64():
         got, want = _info_pair(np.float64, symmetric, gamma, negatives, masks, c)
         for g, e, name in zip(got, want, ["loss", "grad_query", "grad_keys", "grad_negatives"]):
             _close(g, e, 1e-9, 1e-12, f"float64 {name}")
@@ -149,7 +159,7 @@ def test_info_nce_fully_masked_row_is_zero_not_nan():
     rng = np.random.default_rng(1)
     q, k = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
     kid = np.array([4, 4])
-    with jax.enable_x64(True):
+    with _x64():
         for g in (0.0, 0.5):
             f = lambda q_, g=g: znj.info_nce_loss(q_, k, key_ids=kid, focal_gamma=g, backend="jax")  # noqa: E731
             loss, vjp = jax.vjp(f, q)
@@ -198,6 +208,14 @@ def test_jit_matches_eager_and_default_sampler():
     jitted = jax.jit(jax.grad(obj, argnums=(0, 1, 2)))(w, b, x)
     for a, e in zip(jitted, eager):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-7)
+    # Plain JAX autodiff: forward mode too (a Hessian-vector product of the inputs).
+    fx = lambda x_: jnp.sum(
+        znj.nce_loss(w, b, lab, x_, S, V, sampled_values=sv, focal_gamma=0.5, backend="jax")
+    )  # noqa: E731
+    hvp = jax.jvp(jax.grad(fx), (x,), (jnp.ones_like(x),))[1]
+    eps = 1e-2  # against a central difference of the gradient
+    fd = (jax.grad(fx)(x + eps * jnp.ones_like(x)) - jax.grad(fx)(x - eps * jnp.ones_like(x))) / (2 * eps)
+    np.testing.assert_allclose(np.asarray(hvp), np.asarray(fd), rtol=2e-2, atol=2e-3)
     # The default sampler: the same candidates as the native call with the same seed, eager and under jit
     # (where the labels are traced and drawn through one host callback).
     ref = zn.nce_loss(w, b, lab, x, S, V, seed=9)

@@ -140,8 +140,11 @@ def _check_ids(a: Any, name: str, v: int) -> None:
 
 def _rows_of(table: Any, ids: Any, ct: Any) -> Any:
     """``table[ids]`` in the compute type ``ct``; an id outside the table reads NaN (only possible under
-    ``jit``, where concrete checks cannot run). Its gradient sums the cotangents of each distinct id in
-    ``ct`` and rounds once to the table's dtype (a half-precision table is not accumulated in half)."""
+    ``jit``, where concrete checks cannot run). For a float32/float64 table this is JAX's own gather (any
+    mode of differentiation); for a half-precision one the gradient sums the cotangents of each distinct id
+    in ``ct`` and rounds once to the table's dtype, rather than accumulating in half (reverse mode only)."""
+    if table.dtype == ct:
+        return table.at[ids].get(mode="fill", fill_value=jnp.nan)
     return _gather((np.dtype(ct), tuple(table.shape), np.dtype(table.dtype)), table, ids)
 
 
