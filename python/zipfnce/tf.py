@@ -18,8 +18,9 @@ Two paths compute every loss (keyword ``backend``):
 - ``"native"``: the Rust kernels through ``tf.numpy_function`` as above (float32/float64 tensors on the CPU;
   eager GPU tensors are refused rather than copied to the host);
 - ``"tf"``: the same loss, with the same definitions, written with TensorFlow operations and differentiated
-  by the tape, so it runs where the tensors live (a GPU, say) and can be serialised with the graph; the
-  candidates are still drawn on the host by the native sampler when ``sampled_values`` is None. The weight
+  by the tape, so it runs where the tensors live (a GPU, say); the candidates are still drawn on the host by
+  the native sampler (a ``tf.numpy_function`` in a graph) when ``sampled_values`` is None, and with
+  ``sampled_values`` given the graph has no Python call at all (it can be serialised). The weight
   and bias gradients are ``tf.IndexedSlices`` over the distinct rows used, summed in float32 or float64.
   float16 and bfloat16 tensors are accepted: the logits, the loss and the gradient sums are computed in
   float32 (the rows used are converted after the gather), the loss is float32 and the gradients have the
