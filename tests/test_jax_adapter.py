@@ -1,4 +1,5 @@
-"""zipfnce.jax: values and gradients (jax.grad, jax.jit) against the NumPy API."""
+"""zipfnce.jax: values and gradients (jax.grad, jax.jit) against the NumPy API (tests that concern the host
+callback itself pin backend="callback"; tests/test_jax_backend.py covers the JAX path)."""
 
 import numpy as np
 import pytest
@@ -103,7 +104,7 @@ def test_info_nce_matches_numpy(jit, weighting, symmetric):
                 symmetric=symmetric, focal_gamma=0.5)  # fmt: skip
 
     def objective(q_, k_, n_):
-        return jnp.sum(znj.info_nce_loss(q_, k_, negatives=n_, **opts) * c)
+        return jnp.sum(znj.info_nce_loss(q_, k_, negatives=n_, backend="callback", **opts) * c)
 
     g = jax.grad(objective, argnums=(0, 1, 2))
     if jit:
@@ -157,6 +158,6 @@ def test_only_the_rows_used_reach_the_host(monkeypatch):
     orig = zn.sampled_softmax_loss
     # Seen at the native call, which the adapter reaches through its prepared arguments.
     spy_sampled_loss(monkeypatch, lambda name, weights: seen.append(np.asarray(weights).shape))
-    got = znj.sampled_softmax_loss(w, b, lab, x, S, V, sampled_values=sv)
+    got = znj.sampled_softmax_loss(w, b, lab, x, S, V, sampled_values=sv, backend="callback")
     assert seen and seen[0][0] <= B + S < V
     np.testing.assert_allclose(np.asarray(got), orig(w, b, lab, x, S, V, sampled_values=sv), rtol=1e-6)
