@@ -152,22 +152,32 @@ class _Agreement:
         """All-reduce; raise on every rank if any rank failed or disagrees; return the reduced values in the
         order added (``same``: the common value; ``flag``, ``largest``: the maximum)."""
         failed = self.error is not None
-        parts: List[torch.Tensor] = [
-            torch.tensor([rank + 1 if failed else 0], dtype=torch.int64, device=device)
-        ]
+        # Host integers go over in one copy; values computed on the device (fingerprints, checks) stay there.
+        host: List[int] = [rank + 1 if failed else 0]
+        dev_vals: List[torch.Tensor] = []
+        dev_pos: List[int] = []
         for kind, v in zip(self.kinds, self.values):
             if failed:
                 v = 0  # (the values may be half-filled: send only the error, every other entry neutral)
             if isinstance(v, torch.Tensor):
-                t = v.reshape(1).to(device=device, dtype=torch.int64)
+                dev_pos.append(len(host))
+                dev_vals.append(v.reshape(()).to(torch.int64))
+                host.extend([0, 0] if kind == "same" else [0])
             else:
-                t = torch.tensor([int(v)], dtype=torch.int64, device=device)
-            parts.append(torch.cat([t, -t]) if kind == "same" else t)
-        vec = torch.cat(parts)
-        if vec.numel() > _AGREE_SLOTS:  # pragma: no cover - a programming error, not a user's
+                host.extend([int(v), -int(v)] if kind == "same" else [int(v)])
+        if len(host) > _AGREE_SLOTS:  # pragma: no cover - a programming error, not a user's
             raise AssertionError("zipfnce.torch.distributed: too many entries to agree on")
         # A fixed length: a rank that failed halfway, or took another branch, still sends as much as the others.
-        vec = torch.cat([vec, vec.new_zeros(_AGREE_SLOTS - vec.numel())])
+        vec = torch.tensor(host + [0] * (_AGREE_SLOTS - len(host)), dtype=torch.int64).to(device)
+        if dev_vals:
+            t = torch.stack(dev_vals).to(device)
+            pos = torch.tensor(dev_pos, dtype=torch.int64, device=device)
+            vec.index_copy_(0, pos, t)
+            kinds = [k for k, v in zip(self.kinds, self.values) if isinstance(v, torch.Tensor)]
+            neg = [p + 1 for p, k in zip(dev_pos, kinds) if k == "same"]
+            if neg:
+                sel = torch.tensor([k == "same" for k in kinds], device=device)
+                vec.index_copy_(0, torch.tensor(neg, dtype=torch.int64, device=device), -t[sel])
         dist.all_reduce(vec, op=dist.ReduceOp.MAX, group=group)
         out = vec.tolist()
         if self.error is not None:
@@ -454,13 +464,12 @@ def info_nce_loss(
 
     def layout(parts: Sequence[str]) -> torch.Tensor:
         # Positions in the gathered [world * m] block of each rank's keys ("k"), negatives ("n"), queries ("q").
-        idx: List[int] = []
+        pieces = []
         for p in parts:
             for r in range(world):
                 start = r * m + {"k": 0, "n": bs[r], "q": bs[r] + ns[r]}[p]
-                count = ns[r] if p == "n" else bs[r]
-                idx.extend(range(start, start + count))
-        return torch.tensor(idx, dtype=torch.int64, device=dev)
+                pieces.append(torch.arange(start, start + (ns[r] if p == "n" else bs[r]), device=dev))
+        return torch.cat(pieces)
 
     # One gather with gradients: [keys; negatives; queries (symmetric)] per rank, padded to m rows.
     local = [keys] + ([negatives] if negatives is not None else []) + ([query] if sym else [])
@@ -744,24 +753,37 @@ def _vp_loss(
     # True columns: z_t = x . w_t + b_t - log(te), scored where owned, 0 elsewhere.
     own_t = (lab >= lo) & (lab < hi)
     it = torch.where(own_t, lab - lo, torch.zeros_like(lab))
-    zt = torch.einsum("bd,btd->bt", xr, _rows(it, w, sparse)).to(acc)
+    zt = (xr[:, None, :] * _rows(it, w, sparse)).sum(-1).to(acc)
     if bsh is not None:
         zt = zt + _rows(it, bsh, sparse).to(acc)
     if opts.subtract_log_q and te is not None:
         zt = zt - torch.log(te.to(acc))
 
-    # Candidate columns this rank owns.
-    if cand.ndim == 1:
+    gamma = opts.focal_gamma
+    ninf = torch.tensor(float("-inf"), dtype=acc, device=zt.device)
+    zt_m = torch.where(own_t, zt, ninf)
+    if cand.ndim == 1 and not (nce and gamma != 0.0):
+        # Shared candidates: the owned columns as one fused block (one matmul, the normaliser in place).
         sel = torch.nonzero((cand >= lo) & (cand < hi)).squeeze(1)
         ids = cand.index_select(0, sel)
-        zs = (xr @ _rows(ids - lo, w, sparse).T).to(acc)  # [B, S_r]
+        wc = _rows(ids - lo, w, sparse)  # [S_r, d]
+        shift = torch.zeros(ids.shape[0], dtype=acc, device=ids.device)
         if bsh is not None:
-            zs = zs + _rows(ids - lo, bsh, sparse).to(acc)[None, :]
+            shift = shift + _rows(ids - lo, bsh, sparse).to(acc)
         if opts.subtract_log_q:
-            zs = zs - torch.log(se.index_select(0, sel).to(acc))[None, :]
-        keep = torch.ones(zs.shape, dtype=torch.bool, device=zs.device)
-        ids2 = ids[None, :].expand(bsz, -1)
+            shift = shift - torch.log(se.index_select(0, sel).to(acc))
+        if opts.remove_accidental_hits:
+            cols = torch.nonzero(torch.isin(ids, lab)).squeeze(1)  # candidates that are some row's true class
+            hmask = (ids.index_select(0, cols)[None, :, None] == lab[:, None, :]).any(-1)  # [B, k]
+        else:
+            cols = hmask = None
+        mt = zt_m.detach().amax(1)
+        part_s, mx = _SharedCandidates.apply(xr, wc, shift, mt, cols, hmask, nce, group)
     else:
+        # Per-row candidates (or focal NCE): the owned entries of [B, S], through autograd.
+        if cand.ndim == 1:
+            cand = cand[None, :].expand(bsz, -1)
+            se = se[None, :].expand(bsz, -1)
         own_s = (cand >= lo) & (cand < hi)
         ic = torch.where(own_s, cand - lo, torch.zeros_like(cand))
         zs = torch.einsum("bd,bsd->bs", xr, _rows(ic, w, sparse)).to(acc)  # [B, S]
@@ -770,39 +792,85 @@ def _vp_loss(
         if opts.subtract_log_q:
             zs = zs - torch.log(torch.where(own_s, se, torch.ones_like(se)).to(acc))
         keep = own_s
-        ids2 = cand
-    if opts.remove_accidental_hits:
-        hit = (ids2[:, :, None] == lab[:, None, :]).any(-1)
-        keep = keep & ~hit
+        if opts.remove_accidental_hits:
+            keep = keep & ~(cand[:, :, None] == lab[:, None, :]).any(-1)
+        if nce:
+            part_s = torch.where(keep, _nce_terms(zs, 0.0, gamma), torch.zeros_like(zs)).sum(1)
+        else:
+            zs_m = torch.where(keep, zs, ninf)
+            mx = torch.maximum(zt_m.detach().amax(1), zs_m.detach().amax(1))
+            dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
+            part_s = torch.exp(zs_m - mx[:, None]).sum(1)
 
-    gamma = opts.focal_gamma
     if nce:
         # Sigmoid cross-entropy per column, summed over the owned columns, then over the ranks.
-        def col(z: torch.Tensor, yv: float) -> torch.Tensor:
-            if gamma == 0.0:
-                return torch.clamp(z, min=0) - z * yv + torch.log1p(torch.exp(-z.abs()))
-            s = torch.sigmoid(z)
-            return -(yv * (1 - s) ** gamma * F.logsigmoid(z) + (1 - yv) * s**gamma * F.logsigmoid(-z))
-
-        part = torch.where(own_t, col(zt, y), torch.zeros_like(zt)).sum(1)
-        part = part + torch.where(keep, col(zs, 0.0), torch.zeros_like(zs)).sum(1)
+        part = torch.where(own_t, _nce_terms(zt, y, gamma), torch.zeros_like(zt)).sum(1) + part_s
         loss = _SumAcrossRanks.apply(part, group)
     else:
-        ninf = torch.tensor(float("-inf"), dtype=acc, device=zt.device)
-        zt_m = torch.where(own_t, zt, ninf)
-        zs_m = torch.where(keep, zs, ninf)
-        mx = torch.maximum(
-            zt_m.detach().amax(1), zs_m.detach().amax(1) if zs_m.shape[1] else zt_m.detach().amax(1)
-        )
-        dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
         # lse = mx + log(sum exp(z - mx)) is exact for any mx, so mx carries no gradient.
-        e = torch.exp(zt_m - mx[:, None]).sum(1) + torch.exp(zs_m - mx[:, None]).sum(1)
+        e = torch.exp(zt_m - mx[:, None]).sum(1) + part_s
         zt0 = torch.where(own_t, zt, torch.zeros_like(zt))
         tot = _SumAcrossRanks.apply(torch.cat([e[:, None], zt0], 1), group)
         lse = mx + torch.log(tot[:, 0])
         logp = tot[:, 1:] - lse[:, None]
         loss = (y * _masked_focal(logp, gamma)).sum(1)
     return _reduce(loss, red)
+
+
+def _nce_terms(z: torch.Tensor, y: float, gamma: float) -> torch.Tensor:
+    """NCE's per-column term: sigmoid cross-entropy with label ``y``, focal for ``gamma > 0``."""
+    if gamma == 0.0:
+        return torch.clamp(z, min=0) - z * y + torch.log1p(torch.exp(-z.abs()))
+    s = torch.sigmoid(z)
+    return -(y * (1 - s) ** gamma * F.logsigmoid(z) + (1 - y) * s**gamma * F.logsigmoid(-z))
+
+
+class _SharedCandidates(torch.autograd.Function):
+    """A rank's owned shared candidates ``c`` of every row, fused: ``z = x W_c^T + shift`` (``shift`` = bias
+    minus log expected count; accidental hits at ``(row, cols[k])`` where ``hmask`` is set become ``-inf``).
+
+    Softmax: the row maximum ``m`` (of ``z`` and the true columns' local maximum ``mt``) is all-reduced
+    (MAX), and the block's share of the normaliser ``e_b = sum_j exp(z_bj - m_b)`` is returned with ``m``.
+    NCE (label 0, no focal): ``e_b = sum_j softplus(z_bj)``. Backward: ``G = de_b * exp(z_bj - m_b)``
+    (softmax) or ``de_b * sigmoid(z_bj)`` (NCE); ``dx = G W_c``, ``dW_c = G^T x``, ``dshift = sum_b G``.
+    Only the ``[B, S_r]`` block is kept between the passes (the exps, or ``z`` for NCE)."""
+
+    @staticmethod
+    def forward(ctx, x, wc, shift, mt, cols, hmask, nce, group):  # type: ignore[override]
+        acc = shift.dtype
+        if x.dtype == acc:
+            z = torch.addmm(shift[None, :], x, wc.T)
+        else:
+            z = (x @ wc.T).to(acc).add_(shift[None, :])
+        if cols is not None and cols.numel():
+            zc = z.index_select(1, cols).masked_fill_(hmask, float("-inf"))
+            z.index_copy_(1, cols, zc)
+        if nce:
+            e = (torch.clamp(z, min=0) + torch.log1p(torch.exp(-z.abs()))).sum(1)
+            m = mt  # (unused)
+        else:
+            m = torch.maximum(mt, z.amax(1)) if z.shape[1] else mt.clone()
+            dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+            z.sub_(m[:, None]).exp_()
+            e = z.sum(1)
+        ctx.nce = nce
+        ctx.save_for_backward(x, wc, z)
+        ctx.mark_non_differentiable(m)
+        return e, m
+
+    @staticmethod
+    def backward(ctx, ge, _gm):  # type: ignore[override]
+        x, wc, z = ctx.saved_tensors
+        g = (torch.sigmoid(z) if ctx.nce else z) * ge[:, None]
+        gx = gw = gs = None
+        gd = g.to(x.dtype)
+        if ctx.needs_input_grad[0]:
+            gx = gd @ wc
+        if ctx.needs_input_grad[1]:
+            gw = gd.T @ x
+        if ctx.needs_input_grad[2]:
+            gs = g.sum(0)
+        return gx, gw, gs, None, None, None, None, None
 
 
 _VP_DOC = """
