@@ -32,6 +32,7 @@ SECTIONS = [
     ("InfoNCE", "zn", ["_infonce.py"]),
     ("Threads", "zn", ["__init__.py"]),
     ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch/__init__.py"]),
+    ("PyTorch across ranks: `import zipfnce.torch.distributed as znd`", "znd", ["torch/distributed.py"]),
     ("JAX: `import zipfnce.jax as znj`", "znj", ["jax.py"]),
     ("TensorFlow: `import zipfnce.tf as zntf`", "zntf", ["tf.py"]),
 ]

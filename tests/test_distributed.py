@@ -24,3 +24,36 @@ def test_check(results, name):
     assert name in results, f"{name}: no result from the ranks"
     bad = [f"rank {r}: {msg}" for r, (ok, msg) in enumerate(results[name]) if not ok]
     assert not bad, f"{name} ({WORLD} ranks):\n" + "\n".join(bad)
+
+
+def test_readme_example_runs_under_torchrun(tmp_path):
+    """README's "Many devices" example, as written, in 2 ranks started by torchrun (--standalone: a free port)."""
+    import os
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "zipfnce.torch.distributed" in b]
+    assert len(code) == 1, "README.md should have one example of zipfnce.torch.distributed"
+    script = tmp_path / "many_devices.py"
+    script.write_text(code[0], encoding="utf-8")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("rank ")]
+    assert sorted(ln.split(":")[0] for ln in lines) == ["rank 0", "rank 1"], out[-3000:]
+    # The vocabulary-parallel loss is the same on both ranks; each owns half the classes.
+    assert len({ln.split("sampled softmax ")[1].split(",")[0] for ln in lines}) == 1, lines
+    assert any("classes [0, 100000)" in ln for ln in lines) and any("[100000, 200000)" in ln for ln in lines)

@@ -1,4 +1,4 @@
-"""Losses across the ranks of a ``torch.distributed`` process group: ``import zipfnce.torch.distributed as znd``.
+"""Losses across the ranks of a ``torch.distributed`` group: ``import zipfnce.torch.distributed as znd``.
 
 Two ways a model outgrows one device, and the loss each needs:
 
@@ -32,9 +32,10 @@ kernel and no finiteness check: a NaN or infinity in the inputs gives a NaN or i
 loss.
 
 Every function is a collective: all ranks of ``group`` call it with consistent arguments, in the same order.
-Each call first agrees on the arguments with one small collective (tens of bytes per rank, and one host
-synchronisation): an argument that is wrong on any rank raises on **every** rank (on the others as a
-``ValueError`` naming the argument and the rank), so a bad call never leaves ranks hanging in a collective.
+Each call first agrees on the arguments with one small collective (128 bytes per rank for InfoNCE, 512 for
+the vocabulary-parallel losses, and one host synchronisation): an argument that is wrong on any rank raises
+on **every** rank (on the others as a ``ValueError`` naming the argument and the rank), so a bad call never
+leaves ranks hanging in a collective.
 """
 
 from __future__ import annotations
@@ -374,9 +375,11 @@ def info_nce_loss(
     Unequal local batches are supported (the blocks are padded to the largest for the gather); the ranks
     must agree on whether ``negatives`` and each optional argument are given, on ``temperature``,
     ``symmetric``, ``focal_gamma``, ``reduction``, the dtype, ``d`` and which tensors require gradients;
-    otherwise every rank raises ``ValueError``. Cost: one all-gather of 16 int64 per rank to agree, one
-    all-gather of the embeddings ``[B_r + N_r (+ B_r if symmetric), d]`` and one per id or logQ kind; in
-    backward one all-reduce of the gathered embedding gradient.
+    otherwise every rank raises ``ValueError``. Cost: one all-gather of 16 int64 per rank to agree (and a
+    host synchronisation), one all-gather of the embeddings ``[B_r + N_r (+ B_r if symmetric), d]``, one of
+    the ids and one of the logQ values when given; in backward one all-reduce of the gathered embedding
+    gradient ``[P * max_r(B_r + N_r (+ B_r)), d]`` (an all-reduce rather than a reduce-scatter, which gloo
+    lacks: twice the bytes of the ideal on a ring).
     """
     g, rank, world = _group_info(group)
     err: Optional[BaseException] = None
@@ -873,27 +876,6 @@ class _SharedCandidates(torch.autograd.Function):
         return gx, gw, gs, None, None, None, None, None
 
 
-_VP_DOC = """
-
-    ``weight_shard`` ``[hi - lo, d]`` and ``bias_shard`` ``[hi - lo]`` (or None) are this rank's rows
-    ``[lo, hi) = shard_range(num_classes, group)``; ``labels`` int ``[B]`` or ``[B, num_true]`` and ``inputs``
-    ``[B, d]`` are the same on every rank (tensor-parallel convention; ``labels`` are checked by a fingerprint,
-    ``inputs`` are not: each rank uses its own). ``sampled_values``: None draws ``num_sampled`` unique
-    log-uniform candidates over ``num_classes`` exactly as the single-process call with the same ``seed``
-    (every rank draws them itself from the same seed, so no ids travel); with ``seed=None`` rank 0 picks a
-    fresh seed and the agreement step hands it to the others. Given candidates (TensorFlow's triple or a
-    ``CandidateSample``; shared ``[S]`` or per-row ``[B, S]``) must be the same on every rank (checked by a
-    fingerprint). Returns the same loss on every rank (``reduction`` as in ``zipfnce.torch``).
-
-    Gradients: this rank's ``weight_shard``/``bias_shard`` get the gradient of its rows (dense, O(shard);
-    the modules offer ``sparse=True``), ``inputs`` the full input gradient (all-reduced in backward). Call
-    backward on every rank with the same upstream gradient (``loss.backward()`` does).
-
-    Communication per call, ``B`` rows, ``P`` ranks, float ``f`` bytes: an agreement all-reduce of about 30
-    int64; {comm}; in backward, when ``inputs`` requires grad, an all-reduce of ``B * d`` floats.
-"""
-
-
 def vocab_parallel_sampled_softmax_loss(
     weight_shard: torch.Tensor,
     bias_shard: Optional[torch.Tensor],
@@ -921,6 +903,25 @@ def vocab_parallel_sampled_softmax_loss(
 
         lse_b = m_b + log E_b,   loss_b = -sum_t (1/num_true) (1 - p_t)**focal_gamma log p_t,
         log p_t = z_t - lse_b
+
+    ``weight_shard`` ``[hi - lo, d]`` and ``bias_shard`` ``[hi - lo]`` (or None) are this rank's rows
+    ``[lo, hi) = shard_range(num_classes, group)``; ``labels`` int ``[B]`` or ``[B, num_true]`` and ``inputs``
+    ``[B, d]`` are the same on every rank (tensor-parallel convention; ``labels`` are checked by a fingerprint,
+    ``inputs`` are not: each rank uses its own). ``sampled_values``: None draws ``num_sampled`` unique
+    log-uniform candidates over ``num_classes`` exactly as the single-process call with the same ``seed``
+    (every rank draws them itself from the same seed, so no ids travel); with ``seed=None`` rank 0 picks a
+    fresh seed and the agreement step hands it to the others. Given candidates (TensorFlow's triple or a
+    ``CandidateSample``; shared ``[S]`` or per-row ``[B, S]``) must be the same on every rank (checked by a
+    fingerprint). Returns the same loss on every rank (``reduction`` as in ``zipfnce.torch``).
+
+    Gradients: this rank's ``weight_shard``/``bias_shard`` get the gradient of its rows (dense, O(shard);
+    the modules offer ``sparse=True``), ``inputs`` the full input gradient (all-reduced in backward). Call
+    backward on every rank with the same upstream gradient (``loss.backward()`` does).
+
+    Communication per call, ``B`` rows, ``P`` ranks, float ``f`` bytes: an agreement all-reduce of 64
+    int64 (and one host synchronisation); an all-reduce MAX of ``B`` floats and an all-reduce SUM of
+    ``B * (1 + num_true)`` floats; in backward, when ``inputs`` requires grad, an all-reduce of ``B * d``
+    floats.
     """
     return _vocab_parallel(
         False, weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
@@ -953,21 +954,29 @@ def vocab_parallel_nce_loss(
     columns and one all-reduce SUM of ``[B]`` adds the ranks' shares::
 
         loss_b = sum_r sum_{owned j} [max(z_j, 0) - z_j y_j + log(1 + exp(-|z_j|))]
+
+    ``weight_shard`` ``[hi - lo, d]`` and ``bias_shard`` ``[hi - lo]`` (or None) are this rank's rows
+    ``[lo, hi) = shard_range(num_classes, group)``; ``labels`` int ``[B]`` or ``[B, num_true]`` and ``inputs``
+    ``[B, d]`` are the same on every rank (tensor-parallel convention; ``labels`` are checked by a fingerprint,
+    ``inputs`` are not: each rank uses its own). ``sampled_values``: None draws ``num_sampled`` unique
+    log-uniform candidates over ``num_classes`` exactly as the single-process call with the same ``seed``
+    (every rank draws them itself from the same seed, so no ids travel); with ``seed=None`` rank 0 picks a
+    fresh seed and the agreement step hands it to the others. Given candidates (TensorFlow's triple or a
+    ``CandidateSample``; shared ``[S]`` or per-row ``[B, S]``) must be the same on every rank (checked by a
+    fingerprint). Returns the same loss on every rank (``reduction`` as in ``zipfnce.torch``).
+
+    Gradients: this rank's ``weight_shard``/``bias_shard`` get the gradient of its rows (dense, O(shard);
+    the modules offer ``sparse=True``), ``inputs`` the full input gradient (all-reduced in backward). Call
+    backward on every rank with the same upstream gradient (``loss.backward()`` does).
+
+    Communication per call, ``B`` rows, ``P`` ranks, float ``f`` bytes: an agreement all-reduce of 64
+    int64 (and one host synchronisation); one all-reduce SUM of ``B`` floats; in backward, when ``inputs``
+    requires grad, an all-reduce of ``B * d`` floats.
     """
     return _vocab_parallel(
         True, weight_shard, bias_shard, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
         remove_accidental_hits, seed, subtract_log_q, focal_gamma, reduction, group,
     )  # fmt: skip
-
-
-vocab_parallel_sampled_softmax_loss.__doc__ = (
-    vocab_parallel_sampled_softmax_loss.__doc__ or ""
-) + _VP_DOC.format(
-    comm="an all-reduce MAX of ``B`` floats and an all-reduce SUM of ``B * (1 + num_true)`` floats"
-)
-vocab_parallel_nce_loss.__doc__ = (vocab_parallel_nce_loss.__doc__ or "") + _VP_DOC.format(
-    comm="one all-reduce SUM of ``B`` floats"
-)
 
 
 class _VocabParallelModule(nn.Module):
@@ -1032,7 +1041,8 @@ class _VocabParallelModule(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, shard=[{self.lo}, {self.hi}), embedding_dim={self.embedding_dim}, "
+            f"num_classes={self.num_classes}, shard=[{self.lo}, {self.hi}), "
+            f"embedding_dim={self.embedding_dim}, "
             f"num_sampled={self.num_sampled}, num_true={self.num_true}, seed={self.seed}, "
             f"reduction={self.reduction!r}, sparse={self.sparse}"
         )
@@ -1066,10 +1076,12 @@ class _VocabParallelModule(nn.Module):
 
 
 class VocabParallelSampledSoftmaxLoss(_VocabParallelModule):
-    """Sampled softmax whose output embedding is split by rows over the ranks of ``group``: this rank's
-    ``weight`` is ``[hi - lo, embedding_dim]`` and ``bias`` ``[hi - lo]`` for ``(lo, hi) = shard_range(
-    num_classes, group)``. Building one is a collective (with ``seed=None`` rank 0's fresh seed is
-    broadcast).
+    """``VocabParallelSampledSoftmaxLoss(num_classes, embedding_dim, num_sampled, *, seed=None, group=None,
+    sparse=False, num_true=1, remove_accidental_hits=None, subtract_log_q=True, focal_gamma=0.0,
+    reduction="mean", bias=True, dtype=None, device=None)``: sampled softmax whose output embedding is split
+    by rows over the ranks of ``group``: this rank's ``weight`` is ``[hi - lo, embedding_dim]`` and ``bias``
+    ``[hi - lo]`` for ``(lo, hi) = shard_range(num_classes, group)``. Building one is a collective (with
+    ``seed=None`` rank 0's fresh seed is broadcast).
 
     ``forward(inputs, labels)`` (the same ``inputs`` and ``labels`` on every rank) draws ``num_sampled``
     unique log-uniform candidates from a ``zipfnce.LogUniformSampler(num_classes, seed=seed)`` stream that
@@ -1085,7 +1097,8 @@ class VocabParallelSampledSoftmaxLoss(_VocabParallelModule):
 
 
 class VocabParallelNCELoss(_VocabParallelModule):
-    """NCE with the output embedding split by rows over ``group``; as
-    :class:`VocabParallelSampledSoftmaxLoss` (``remove_accidental_hits`` defaults to False)."""
+    """``VocabParallelNCELoss(num_classes, embedding_dim, num_sampled, *, ...)``: NCE with the output
+    embedding split by rows over ``group``; as :class:`VocabParallelSampledSoftmaxLoss`
+    (``remove_accidental_hits`` defaults to False)."""
 
     _nce = True
