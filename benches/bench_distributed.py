@@ -17,11 +17,12 @@
      to every rank: ``S d f`` forward and the same reduced in backward.
 
 2. Step time on this machine (2 vCPUs shared by all ranks, so the scaling is simulated, not real):
-   forward + backward of one training step of the same global problem in a 1-rank group (2 threads) and
-   in a 2-rank gloo group on 127.0.0.1 (1 thread per rank), alternating 1-rank and 2-rank runs. The
-   1-rank run also times the single-process ``zipfnce.torch`` loss (the native kernel) as the peer.
+   forward + backward of one training step of the same global problem in a 1-rank group (2 threads, and
+   1 thread) and in a 2-rank gloo group on 127.0.0.1 (1 thread per rank), the configurations in turn in
+   each round. The 1-rank runs also time the single-process ``zipfnce.torch`` loss (the native kernel) as
+   the peer.
 
-    python benches/bench_distributed.py [--rounds 3] [--steps 7]
+    python benches/bench_distributed.py [--rounds 3] [--steps 5]
 """
 
 from __future__ import annotations
@@ -105,8 +106,7 @@ class _Counter:
             setattr(dist, op, wrap)
 
 
-def rank_main(rank: int, world: int, port: int, out: str, steps: int) -> None:
-    threads = 2 // world
+def rank_main(rank: int, world: int, port: int, out: str, steps: int, threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import numpy as np
     import torch
@@ -223,7 +223,7 @@ def rank_main(rank: int, world: int, port: int, out: str, steps: int) -> None:
             json.dump(res, f)
 
 
-def run_world(world: int, steps: int) -> Dict[str, Any]:
+def run_world(world: int, steps: int, threads: int) -> Dict[str, Any]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -244,6 +244,8 @@ def run_world(world: int, steps: int) -> Dict[str, Any]:
                     out,
                     "--steps",
                     str(steps),
+                    "--threads",
+                    str(threads),
                 ],
                 env=dict(os.environ, GLOO_SOCKET_IFNAME="lo"),
             )  # fmt: skip
@@ -264,20 +266,23 @@ def main() -> None:
     ap.add_argument("--world", type=int)
     ap.add_argument("--port", type=int)
     ap.add_argument("--out")
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     if a.rank is not None:
-        rank_main(a.rank, a.world, a.port, a.out, a.steps)
+        rank_main(a.rank, a.world, a.port, a.out, a.steps, a.threads)
         return
 
     print("## Communication volume per step (from the algorithm)\n")
     print(volume_table())
     print()
-    runs: Dict[int, List[Dict[str, Any]]] = {1: [], 2: []}
+    # (ranks, threads per rank): the two cores as one 2-thread process, as one 1-thread process, as 2 ranks.
+    configs = [(1, 2), (1, 1), (2, 1)]
+    runs: Dict[Any, List[Dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(a.rounds):
-        for w in (1, 2):  # alternating, so a busy spell of the machine hits both
-            runs[w].append(run_world(w, a.steps))
+        for c in configs:  # alternating, so a busy spell of the machine hits every configuration
+            runs[c].append(run_world(c[0], a.steps, c[1]))
     # The byte counts of the 2-rank run against the formulas at its sizes.
-    c2 = runs[2][0]
+    c2 = runs[(2, 1)][0]
     B, S, V, d = VP["B"], VP["S"], VP["V"], VP["d"]
     f = comm_bytes(B, S, V, 2, d)
     print("## Bytes counted at the collectives in the 2-rank run, against the formulas\n")
@@ -293,17 +298,15 @@ def main() -> None:
         f"gradient [2 B, d] in backward)"
     )
     print("\n## Step time, forward + backward (median of rounds of medians, seconds)\n")
-    print("| step | 1 rank (2 threads) | 2 ranks (1 thread each) | 2 ranks / 1 rank |")
-    print("|---|---|---|---|")
-    names = [k for k in runs[1][0] if not k.startswith("bytes")]
+    print("| step | 1 rank, 2 threads | 1 rank, 1 thread | 2 ranks, 1 thread each | 2 ranks / best 1 rank |")
+    print("|---|---|---|---|---|")
+    names = [k for k in runs[(1, 1)][0] if not k.startswith("bytes")]
     for n in names:
-        t1 = statistics.median(r[n] for r in runs[1])
-        if n in runs[2][0]:
-            t2 = statistics.median(r[n] for r in runs[2])
-            print(f"| {n} | {t1 * 1e3:.1f} ms | {t2 * 1e3:.1f} ms | {t2 / t1:.2f} |")
-        else:
-            print(f"| {n} | {t1 * 1e3:.1f} ms | | |")
-    print(f"\nrounds {a.rounds}, steps {a.steps}; each round: a 1-rank run then a 2-rank run")
+        t = {c: statistics.median(r[n] for r in runs[c]) for c in configs if n in runs[c][0]}
+        cells = [f"{t[c] * 1e3:.1f} ms" if c in t else "" for c in configs]
+        ratio = f"{t[(2, 1)] / min(t[(1, 2)], t[(1, 1)]):.2f}" if (2, 1) in t else ""
+        print(f"| {n} | {' | '.join(cells)} | {ratio} |")
+    print(f"\nrounds {a.rounds}, steps {a.steps}; each round runs the configurations in turn")
 
 
 if __name__ == "__main__":

@@ -245,6 +245,7 @@ def _vp_case(
     per_row = kw.pop("per_row", False)
     hits = kw.pop("hits", True)
     given = kw.pop("given", True)
+    use_bias = kw.pop("bias", True)
     w, b, x, lab, sv = _vp_data(num_true, per_row, hits, dtype)
     if not given:
         sv = None
@@ -254,10 +255,14 @@ def _vp_case(
     lab_in = lab[:, 0] if num_true == 1 else lab
 
     rw, rb, rx = leaf(w), leaf(b), leaf(x)
-    rl = ref_fn(rw, rb, torch.from_numpy(lab_in), rx, S, V, num_true, sv, reduction=red, **kw)
     lo, hi = znd.shard_range(V)
     tw, tb, tx = leaf(w[lo:hi]), leaf(b[lo:hi]), leaf(x)
-    out = fn(tw, tb, torch.from_numpy(lab_in), tx, S, V, num_true, sv, reduction=red, **kw)
+    rl = ref_fn(
+        rw, rb if use_bias else None, torch.from_numpy(lab_in), rx, S, V, num_true, sv, reduction=red, **kw
+    )
+    out = fn(
+        tw, tb if use_bias else None, torch.from_numpy(lab_in), tx, S, V, num_true, sv, reduction=red, **kw
+    )
     if red == "none":
         rl.backward(torch.from_numpy(c))
         out.backward(torch.from_numpy(c))
@@ -268,7 +273,10 @@ def _vp_case(
     cmp = Cmp()
     cmp.close("loss", out, rl, **tol)
     cmp.close("grad weight shard", tw.grad, rw.grad[lo:hi], **tol)
-    cmp.close("grad bias shard", tb.grad, rb.grad[lo:hi], **tol)
+    if use_bias:
+        cmp.close("grad bias shard", tb.grad, rb.grad[lo:hi], **tol)
+    else:
+        cmp.true("a bias gradient without a bias", tb.grad is None and rb.grad is None)
     cmp.close("grad inputs", tx.grad, rx.grad, **tol)
     cmp.true("the loss differs between ranks", all_same(out.detach(), world))
     return cmp.result()
@@ -338,6 +346,16 @@ def vp_nce_per_row_hits_num_true_2_focal(rank: int, world: int) -> Result:
     return _vp_case(
         rank, world, True, "mean", num_true=2, per_row=True, remove_accidental_hits=True, focal_gamma=0.25
     )
+
+
+@check
+def vp_nce_shared_hits_focal(rank: int, world: int) -> Result:
+    return _vp_case(rank, world, True, num_true=2, remove_accidental_hits=True, focal_gamma=1.5)
+
+
+@check
+def vp_softmax_per_row_focal_no_bias(rank: int, world: int) -> Result:
+    return _vp_case(rank, world, False, "mean", per_row=True, focal_gamma=0.5, bias=False)
 
 
 @check

@@ -765,8 +765,8 @@ def _vp_loss(
     gamma = opts.focal_gamma
     ninf = torch.tensor(float("-inf"), dtype=acc, device=zt.device)
     zt_m = torch.where(own_t, zt, ninf)
-    if cand.ndim == 1 and not (nce and gamma != 0.0):
-        # Shared candidates: the owned columns as one fused block (one matmul, the normaliser in place).
+    if cand.ndim == 1:
+        # Shared candidates: the owned columns as one [B, S_r] block.
         sel = torch.nonzero((cand >= lo) & (cand < hi)).squeeze(1)
         ids = cand.index_select(0, sel)
         wc = _rows(ids - lo, w, sparse)  # [S_r, d]
@@ -780,27 +780,37 @@ def _vp_loss(
             hmask = (ids.index_select(0, cols)[None, :, None] == lab[:, None, :]).any(-1)  # [B, k]
         else:
             cols = hmask = None
-        mt = zt_m.detach().amax(1)
-        part_s, mx = _SharedCandidates.apply(xr, wc, shift, mt, cols, hmask, nce, group)
-    else:
-        # Per-row candidates (or focal NCE): the owned entries of [B, S], through autograd.
-        if cand.ndim == 1:
-            cand = cand[None, :].expand(bsz, -1)
-            se = se[None, :].expand(bsz, -1)
-        own_s = (cand >= lo) & (cand < hi)
-        ic = torch.where(own_s, cand - lo, torch.zeros_like(cand))
-        zs = torch.einsum("bd,bsd->bs", xr, _rows(ic, w, sparse)).to(acc)  # [B, S]
-        if bsh is not None:
-            zs = zs + _rows(ic, bsh, sparse).to(acc)
-        if opts.subtract_log_q:
-            zs = zs - torch.log(torch.where(own_s, se, torch.ones_like(se)).to(acc))
-        keep = own_s
-        if opts.remove_accidental_hits:
-            keep = keep & ~(cand[:, :, None] == lab[:, None, :]).any(-1)
-        if nce:
-            part_s = torch.where(keep, _nce_terms(zs, 0.0, gamma), torch.zeros_like(zs)).sum(1)
+        if not (nce and gamma != 0.0):
+            # Fused: one matmul, the normaliser in place, a hand-written backward.
+            mt = zt_m.detach().amax(1)
+            part_s, mx = _SharedCandidates.apply(xr, wc, shift, mt, cols, hmask, nce, group)
         else:
-            zs_m = torch.where(keep, zs, ninf)
+            # Focal NCE: the same block through autograd.
+            zs = (xr @ wc.T).to(acc) + shift[None, :]
+            keep = torch.ones(zs.shape, dtype=torch.bool, device=zs.device)
+            if cols is not None and cols.numel():
+                keep[:, cols] = ~hmask
+            part_s = torch.where(keep, _nce_terms(zs, 0.0, gamma), torch.zeros_like(zs)).sum(1)
+    else:
+        # Per-row candidates: only the owned entries of [B, S] are scored (n of them, about B * S / P), then
+        # placed in a [B, S] block (-inf elsewhere).
+        own_s = (cand >= lo) & (cand < hi)
+        if opts.remove_accidental_hits:
+            own_s = own_s & ~(cand[:, :, None] == lab[:, None, :]).any(-1)
+        rows, cols2 = torch.nonzero(own_s, as_tuple=True)
+        ic = cand[rows, cols2] - lo
+        z1 = (xr.index_select(0, rows) * _rows(ic, w, sparse)).sum(-1).to(acc)  # [n]
+        if bsh is not None:
+            z1 = z1 + _rows(ic, bsh, sparse).to(acc)
+        if opts.subtract_log_q:
+            z1 = z1 - torch.log(se[rows, cols2].to(acc))
+        if nce:
+            t1 = _nce_terms(z1, 0.0, gamma)
+            part_s = torch.zeros(bsz, dtype=acc, device=z1.device).index_add(0, rows, t1)
+        else:
+            zs_m = torch.full(cand.shape, float("-inf"), dtype=acc, device=z1.device).index_put(
+                (rows, cols2), z1
+            )
             mx = torch.maximum(zt_m.detach().amax(1), zs_m.detach().amax(1))
             dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=group)
             part_s = torch.exp(zs_m - mx[:, None]).sum(1)
@@ -1088,9 +1098,10 @@ class VocabParallelSampledSoftmaxLoss(_VocabParallelModule):
     every rank advances in step, and returns :func:`vocab_parallel_sampled_softmax_loss`. It equals
     ``zipfnce.torch.SampledSoftmaxLoss(sampler=zipfnce.LogUniformSampler(num_classes, seed=seed))`` with the
     concatenated shards as its weight. ``sparse=True`` gives the shard sparse gradients holding only the
-    rows used. Other keyword arguments as ``zipfnce.torch.SampledSoftmaxLoss`` (``num_true``,
-    ``remove_accidental_hits``, ``subtract_log_q``, ``focal_gamma``, ``reduction``, ``bias``, ``dtype``),
-    plus ``device``.
+    rows used. The ranks' streams stay in step as long as every rank's ``forward`` draws (a call that fails on
+    some ranks only, before drawing, leaves them apart: build the module again). Other keyword arguments as
+    ``zipfnce.torch.SampledSoftmaxLoss`` (``num_true``, ``remove_accidental_hits``, ``subtract_log_q``,
+    ``focal_gamma``, ``reduction``, ``bias``, ``dtype``), plus ``device``.
     """
 
     _nce = False
