@@ -442,9 +442,19 @@ def info_nce_loss(
     bad = [row[0] for row in m_all if row[0] != 0]
     if bad:
         raise ValueError(_OTHER_RANK.format(bad[0] - 1))
+    flag_names = [
+        "negatives (given or None)", "key_log_q (given or None)", "negative_log_q (given or None)",
+        "key_ids (given or None)", "negative_ids (given or None)", "symmetric", "query (requires_grad)",
+        "keys (requires_grad)", "negatives (requires_grad)",
+    ]  # fmt: skip
+    differ = 0
+    for row in m_all:
+        differ |= row[4] ^ m_all[0][4]
+    for bit, name in enumerate(flag_names):
+        if differ >> bit & 1:
+            raise ValueError(f"{name}: differs between the ranks of the group; every rank must agree")
     for col, name in (
         (3, "query"),
-        (4, "negatives, key_log_q, negative_log_q, key_ids, negative_ids, symmetric or requires_grad"),
         (5, "query (dtype)"),
         (6, "temperature"),
         (7, "focal_gamma"),
@@ -452,10 +462,8 @@ def info_nce_loss(
     ):
         vals = {row[col] for row in m_all}
         if len(vals) > 1:
-            what = "the number of columns" if col == 3 else "which are given / their value"
-            raise ValueError(
-                f"{name}: differs between the ranks of the group ({what}); every rank must agree"
-            )
+            what = " (the number of columns)" if col == 3 else ""
+            raise ValueError(f"{name}: differs between the ranks of the group{what}; every rank must agree")
 
     bs = [row[1] for row in m_all]
     ns = [row[2] for row in m_all]
