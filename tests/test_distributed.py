@@ -57,3 +57,17 @@ def test_readme_example_runs_under_torchrun(tmp_path):
     # The vocabulary-parallel loss is the same on both ranks; each owns half the classes.
     assert len({ln.split("sampled softmax ")[1].split(",")[0] for ln in lines}) == 1, lines
     assert any("classes [0, 100000)" in ln for ln in lines) and any("[100000, 200000)" in ln for ln in lines)
+
+
+def test_without_a_process_group_says_so():
+    import zipfnce.torch.distributed as znd
+
+    if dist.is_initialized():  # pragma: no cover - this process never joins a group
+        pytest.skip("a process group is initialised in this process")
+    x = torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        znd.info_nce_loss(x, x, temperature=0.1)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        znd.shard_range(10)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        znd.vocab_parallel_nce_loss(x, None, [0, 1], x, 2, 10)
