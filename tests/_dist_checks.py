@@ -337,6 +337,32 @@ def vp_softmax_float32(rank: int, world: int) -> Result:
 
 
 @check
+def vp_candidates_all_on_rank_0(rank: int, world: int) -> Result:
+    """Every candidate (ids 0..S-1) is rank 0's: the other ranks score none (an empty block), both losses."""
+    w, b, x, lab, _ = _vp_data(1, False, False)
+    lab[0, 0] = 3  # and one accidental hit
+    sv = (np.arange(S), np.full((B, 1), 0.5), np.linspace(0.1, 0.9, S))
+    lo, hi = znd.shard_range(V)
+    cmp = Cmp()
+    for nce, ref_fn, fn in (
+        (False, znt.sampled_softmax_loss, znd.vocab_parallel_sampled_softmax_loss),
+        (True, znt.nce_loss, znd.vocab_parallel_nce_loss),
+    ):
+        rw, rb, rx = leaf(w), leaf(b), leaf(x)
+        tw, tb, tx = leaf(w[lo:hi]), leaf(b[lo:hi]), leaf(x)
+        want = ref_fn(rw, rb, lab[:, 0], rx, S, V, sampled_values=sv, remove_accidental_hits=True)
+        got = fn(tw, tb, lab[:, 0], tx, S, V, sampled_values=sv, remove_accidental_hits=True)
+        want.backward()
+        got.backward()
+        what = "nce" if nce else "softmax"
+        cmp.close(f"{what} loss", got, want)
+        cmp.close(f"{what} grad weight", tw.grad, rw.grad[lo:hi])
+        cmp.close(f"{what} grad bias", tb.grad, rb.grad[lo:hi])
+        cmp.close(f"{what} grad inputs", tx.grad, rx.grad)
+    return cmp.result()
+
+
+@check
 def vp_nce_defaults(rank: int, world: int) -> Result:
     return _vp_case(rank, world, True)
 
