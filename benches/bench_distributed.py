@@ -93,12 +93,12 @@ class _Counter:
     def __init__(self, dist: Any) -> None:
         self.on = False
         self.bytes: Dict[str, int] = {}
-        for op in ("all_reduce", "all_gather", "broadcast"):
+        for op in ("all_reduce", "all_gather", "broadcast", "reduce_scatter_tensor"):
             orig = getattr(dist, op)
 
             def wrap(*a: Any, _orig: Any = orig, _op: str = op, **k: Any) -> Any:
                 if self.on:
-                    t = a[1] if _op == "all_gather" else a[0]
+                    t = a[1] if _op in ("all_gather", "reduce_scatter_tensor") else a[0]
                     n = t.numel() * t.element_size() * (len(a[0]) if _op == "all_gather" else 1)
                     self.bytes[_op] = self.bytes.get(_op, 0) + n
                 return _orig(*a, **k)
@@ -294,8 +294,8 @@ def main() -> None:
     bi = INFO["B"]
     print(
         f"- InfoNCE (B = {bi} global, d = {INFO['d']}, symmetric, ids): counted {c2['bytes InfoNCE']} "
-        f"(all_gather: 16 int64 metadata, keys + queries [2 B/P, d] per rank, ids; all_reduce: the gathered "
-        f"gradient [2 B, d] in backward)"
+        f"(all_gather: 16 int64 metadata, keys + queries [2 B/P, d] per rank, ids; reduce_scatter_tensor: the "
+        f"gathered gradient [2 B, d] in backward)"
     )
     print("\n## Step time, forward + backward (median of rounds of medians, seconds)\n")
     print("| step | 1 rank, 2 threads | 1 rank, 1 thread | 2 ranks, 1 thread each | 2 ranks / best 1 rank |")

@@ -189,6 +189,18 @@ def info_nce_float32(rank: int, world: int) -> Result:
 
 
 @check
+def info_nce_all_reduce_fallback(rank: int, world: int) -> Result:
+    """The gather's backward where the backend has no reduce-scatter: an all-reduce and a slice."""
+    znd._NO_REDUCE_SCATTER.add("gloo")
+    try:
+        return _info_case(
+            rank, world, [2 + r for r in range(world)], [2] * world, temperature=0.3, symmetric=True
+        )
+    finally:
+        znd._NO_REDUCE_SCATTER.discard("gloo")
+
+
+@check
 def info_nce_bad_input_raises_on_every_rank(rank: int, world: int) -> Result:
     cmp = Cmp()
     rng = np.random.default_rng(3)

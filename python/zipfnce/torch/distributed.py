@@ -9,7 +9,7 @@ Two ways a model outgrows one device, and the loss each needs:
   global batch is masked, and the per-row losses are those of ``zipfnce.torch.info_nce_loss`` on the
   concatenated batch. Backward follows the DDP convention: the gradient that reaches a rank's
   ``query``/``keys``/``negatives`` is that of the **sum of all ranks' losses** (the backward of the gather
-  sums the gathered gradient over the ranks and keeps the rank's own rows, a reduce-scatter). DDP then
+  is a reduce-scatter: the gathered gradient summed over the ranks, the rank's own rows kept). DDP then
   averages over ranks, which with ``reduction="mean"`` and equal batches is the gradient of the global mean.
 
 - **Vocabulary-parallel sampled softmax and NCE** (:func:`vocab_parallel_sampled_softmax_loss`,
@@ -265,8 +265,8 @@ def _dtype_code(dt: torch.dtype) -> int:
 
 class _GatherRows(torch.autograd.Function):
     """All-gather of equally shaped ``[m, ...]`` blocks into ``[P * m, ...]``; backward sums the gathered
-    gradient over the ranks and returns this rank's block (the sum-of-all-ranks'-losses convention). The
-    sum is an all-reduce followed by a slice, which every backend has (gloo has no reduce-scatter)."""
+    gradient over the ranks and returns this rank's block (the sum-of-all-ranks'-losses convention): a
+    reduce-scatter, or where the backend has none, an all-reduce and a slice (twice the wire bytes)."""
 
     @staticmethod
     def forward(ctx, x, rank, world, group):  # type: ignore[override]
@@ -278,9 +278,33 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        g = g.clone(memory_format=torch.contiguous_format)
+        g = g.contiguous()
+        out = g.new_empty((ctx.m,) + tuple(g.shape[1:]))
+        if _reduce_scatter(out, g, ctx.group):
+            return out, None, None, None
+        g = g.clone()
         dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
         return g[ctx.rank * ctx.m : (ctx.rank + 1) * ctx.m], None, None, None
+
+
+_NO_REDUCE_SCATTER: set = set()  # backends found without reduce_scatter_tensor
+
+
+def _reduce_scatter(out: torch.Tensor, g: torch.Tensor, group: Any) -> bool:
+    """``out = sum over ranks of g``'s block of this rank, by reduce-scatter; False where the backend lacks
+    it (then nothing was sent: the check happens before any communication, alike on every rank)."""
+    try:
+        backend = str(dist.get_backend(group))
+    except Exception:  # pragma: no cover
+        backend = "?"
+    if backend in _NO_REDUCE_SCATTER:
+        return False
+    try:
+        dist.reduce_scatter_tensor(out, g, op=dist.ReduceOp.SUM, group=group)
+    except (RuntimeError, NotImplementedError, AttributeError):  # pragma: no cover - older gloo builds
+        _NO_REDUCE_SCATTER.add(backend)
+        return False
+    return True
 
 
 class _SumAcrossRanks(torch.autograd.Function):
@@ -369,17 +393,17 @@ def info_nce_loss(
     aside); ``reduction`` reduces this rank's ``B_r`` rows (``"none"``: ``[B_r]``).
 
     Gradients: those of the **sum over ranks** of every rank's returned loss reach this rank's ``query``,
-    ``keys`` and ``negatives`` (the gather's backward all-reduces the gathered gradient and keeps the rank's
-    own rows). Every rank must call backward, as with DDP.
+    ``keys`` and ``negatives`` (the gather's backward is a reduce-scatter: the gathered gradient summed over
+    the ranks, this rank's rows kept). Every rank must call backward, as with DDP.
 
     Unequal local batches are supported (the blocks are padded to the largest for the gather); the ranks
     must agree on whether ``negatives`` and each optional argument are given, on ``temperature``,
     ``symmetric``, ``focal_gamma``, ``reduction``, the dtype, ``d`` and which tensors require gradients;
     otherwise every rank raises ``ValueError``. Cost: one all-gather of 16 int64 per rank to agree (and a
     host synchronisation), one all-gather of the embeddings ``[B_r + N_r (+ B_r if symmetric), d]``, one of
-    the ids and one of the logQ values when given; in backward one all-reduce of the gathered embedding
-    gradient ``[P * max_r(B_r + N_r (+ B_r)), d]`` (an all-reduce rather than a reduce-scatter, which gloo
-    lacks: twice the bytes of the ideal on a ring).
+    the ids and one of the logQ values when given; in backward one reduce-scatter of the gathered embedding
+    gradient ``[P * max_r(B_r + N_r (+ B_r)), d]`` (an all-reduce and a slice where the backend has no
+    reduce-scatter: twice the wire bytes).
     """
     g, rank, world = _group_info(group)
     err: Optional[BaseException] = None
