@@ -34,7 +34,11 @@ SECTIONS = [
     ("Mixed negatives (retrieval)", "zn", ["_retrieval.py"]),
     ("Streaming frequency estimates (logQ of in-batch negatives)", "zn", ["_freq.py"]),
     ("Threads", "zn", ["__init__.py"]),
-    ("PyTorch: `import zipfnce.torch as znt`", "znt", ["torch/__init__.py", "torch/_full.py", "torch/_queue.py"]),
+    (
+        "PyTorch: `import zipfnce.torch as znt`",
+        "znt",
+        ["torch/__init__.py", "torch/_full.py", "torch/_queue.py"],
+    ),
     ("PyTorch across ranks: `import zipfnce.torch.distributed as znd`", "znd", ["torch/distributed.py"]),
     ("JAX: `import zipfnce.jax as znj`", "znj", ["jax.py"]),
     ("TensorFlow: `import zipfnce.tf as zntf`", "zntf", ["tf.py"]),

@@ -16,8 +16,8 @@ from ._dropins import (
     log_uniform_candidate_sampler,
     uniform_candidate_sampler,
 )
-from ._full import FullSoftmaxGrad, full_softmax_loss, full_softmax_loss_and_grad
 from ._freq import FrequencyEstimator
+from ._full import FullSoftmaxGrad, full_softmax_loss, full_softmax_loss_and_grad
 from ._infonce import InfoNCEGrad, info_nce_loss, info_nce_loss_and_grad
 from ._losses import (
     LossAndGrad,

@@ -634,7 +634,9 @@ def info_nce_loss(
     path = _backend(backend, dt, (q, k, n), q.shape[0] * (q.shape[0] + nn) * q.shape[1])
     if opts.num_hard_negatives is not None and path == "jax":
         if backend == "jax":
-            raise ValueError("num_hard_negatives: runs in the native kernel only; use backend='callback' or 'auto'")
+            raise ValueError(
+                "num_hard_negatives: runs in the native kernel only; use backend='callback' or 'auto'"
+            )
         path = "callback"  # hard-negative mining lives in the native kernel
     ity = _int_dtype()
     ct = dt if path == "callback" else _compute_dtype(dt)

@@ -636,7 +636,9 @@ def info_nce_loss(
         if q.shape[0] is not None and n.shape[0] is not None:  # static sizes: check num_hard_negatives now
             _infonce.check_hard(opts, q.shape[0], n.shape[0] if has_neg else 0)
         if opts.num_hard_negatives is not None and backend == "tf":
-            raise ValueError("num_hard_negatives: runs in the native kernel only; use backend='native' or 'auto'")
+            raise ValueError(
+                "num_hard_negatives: runs in the native kernel only; use backend='native' or 'auto'"
+            )
         if opts.num_hard_negatives is None and _backend(backend, dt, [q, k]) == "tf":
             return _info_tf(
                 opts, q, k, n if has_neg else None, key_log_q, negative_log_q, key_ids, negative_ids

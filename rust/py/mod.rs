@@ -18,8 +18,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::sync::Arc;
 
-mod half;
 mod full;
+mod half;
 mod hard;
 mod infonce;
 mod retrieval;

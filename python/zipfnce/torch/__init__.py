@@ -54,9 +54,8 @@ from torch import nn
 
 import zipfnce as _zn
 from zipfnce import _infonce, _losses
-from zipfnce._validate import as_int
-from zipfnce.torch._queue import NegativeQueue
 from zipfnce._validate import as_ids, as_int
+from zipfnce.torch._queue import NegativeQueue
 
 from . import _ops
 
@@ -738,7 +737,17 @@ def _info_nce_torch(
         )
     _infonce.check_hard(o, b, n)
     loss = _ops.info_nce_rows_loss(
-        query, keys, negatives, o.temperature, kq, nq, kid, nid, o.symmetric, o.focal_gamma, o.num_hard_negatives
+        query,
+        keys,
+        negatives,
+        o.temperature,
+        kq,
+        nq,
+        kid,
+        nid,
+        o.symmetric,
+        o.focal_gamma,
+        o.num_hard_negatives,
     )
     return _ops.reduce(loss, red)
 
