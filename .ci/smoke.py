@@ -95,6 +95,37 @@ def _threads():
     return n
 
 
+def _full_grad():
+    g = zn.full_softmax_loss_and_grad(W, BIAS, LABELS[:, 0], X)
+    assert isinstance(g, zn.FullSoftmaxGrad)
+    _finite(g.loss, (B,))
+    _finite(g.grad_weights, (V, D))
+    _finite(g.grad_biases, (V,))
+    return g
+
+
+def _frequency():
+    f = zn.FrequencyEstimator(1 << 10, seed=0)
+    for _ in range(5):
+        f.update(TRUE[:, 0])
+    p = _finite(f.probability(TRUE[:, 0]), (B,))
+    assert np.all((p > 0) & (p <= 1)), p
+    return _finite(f.log_q(TRUE[:, 0]), (B,))
+
+
+def _mixed():
+    m = zn.mixed_negatives(zn.LogUniformSampler(V, seed=1), S, TRUE[:, 0], np.full(V, 0.1), seed=2)
+    assert isinstance(m, zn.MixedNegatives)
+    neg = W[np.asarray(m.negative_ids)]
+    return _finite(zn.info_nce_loss(X, W[TRUE[:, 0]], negatives=neg, **m.kwargs()), (B,))
+
+
+def _learned():
+    s = zn.LearnedUnigramSampler(V, seed=1)
+    s.sample(S, true_classes=TRUE)
+    return _sampler(zn.LearnedUnigramSampler, V)
+
+
 # name in zipfnce.__all__ -> a call that exercises it (and checks what it returns).
 SMOKE = {
     "CandidateSample": lambda: _sampler(zn.UniformSampler, V),
@@ -118,6 +149,13 @@ SMOKE = {
     "InfoNCEGrad": _info_nce_grad,
     "info_nce_loss": lambda: _finite(zn.info_nce_loss(X, X[::-1].copy(), symmetric=True), (B,)),
     "info_nce_loss_and_grad": _info_nce_grad,
+    "FullSoftmaxGrad": _full_grad,
+    "full_softmax_loss": lambda: _finite(zn.full_softmax_loss(W, BIAS, LABELS[:, 0], X), (B,)),
+    "full_softmax_loss_and_grad": _full_grad,
+    "FrequencyEstimator": _frequency,
+    "MixedNegatives": _mixed,
+    "mixed_negatives": _mixed,
+    "LearnedUnigramSampler": _learned,
     "set_num_threads": _threads,
     "get_num_threads": _threads,
 }
