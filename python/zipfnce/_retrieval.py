@@ -36,7 +36,7 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 
-from ._validate import as_flag, as_ids, as_int
+from ._validate import as_array, as_flag, as_ids, as_int
 
 __all__ = ["MixedNegatives", "mixed_negatives"]
 
@@ -78,7 +78,7 @@ def _batch_probability(source: Any, ids: np.ndarray) -> np.ndarray:
     elif callable(source):
         p = source(ids)
     else:
-        table = np.asarray(source)
+        table = as_array(source, "batch_probability")  # (a ragged list was numpy's unnamed ValueError)
         if table.ndim != 1 or table.dtype.kind not in "fiu":
             raise TypeError(
                 "batch_probability: expected an object with .probability(ids), a callable, or a 1-D array [V] of "
@@ -87,7 +87,11 @@ def _batch_probability(source: Any, ids: np.ndarray) -> np.ndarray:
         if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
             raise ValueError(f"batch_probability: an id is outside the table's [0, {table.shape[0]})")
         p = table[ids]
-    p = np.asarray(p, dtype=np.float64)
+    raw = as_array(p, "batch_probability")
+    # Strings, complex numbers, objects: numpy's unnamed errors, or imaginary parts silently dropped.
+    if raw.dtype.kind not in "fiu":
+        raise TypeError(f"batch_probability: expected real probabilities, got values of dtype {raw.dtype}")
+    p = raw.astype(np.float64)
     if p.shape != ids.shape:
         raise ValueError(f"batch_probability: returned shape {p.shape} for ids of shape {ids.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
@@ -131,9 +135,9 @@ def mixed_negatives(
     which with ``mixture`` estimates the full softmax over the corpus. ``unique`` and ``seed`` go to
     ``sampler.sample``. Returns :class:`MixedNegatives`.
     """
-    if correction not in _CORRECTIONS:
+    if not isinstance(correction, str) or correction not in _CORRECTIONS:  # (an array's `in` was ambiguous)
         raise ValueError(f"correction: must be one of {_CORRECTIONS}, got {correction!r}")
-    if not (hasattr(sampler, "sample") and hasattr(sampler, "range_max")):
+    if isinstance(sampler, type) or not (hasattr(sampler, "sample") and hasattr(sampler, "range_max")):
         raise TypeError(f"sampler: expected a zipfnce sampler, got {type(sampler).__name__}")
     n = as_int(num_sampled, "num_sampled", lo=1)
     kid = as_ids(key_ids, "key_ids")

@@ -22,6 +22,7 @@ from . import (  # noqa: F401
     entries_full,
     entries_infonce,
     entries_losses,
+    entries_mixed,
     entries_retrieval,
     entries_samplers,
 )
