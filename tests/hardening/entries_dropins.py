@@ -55,15 +55,25 @@ def _dropin_valid(draw):
         ns = draw(st.integers(1, 2))
         sh = draw(st.integers(0, ns - 1))
         res = draw(st.integers(0, 2))
-        s = SamplerRecipe(
-            "unigram",
-            (
-                ("unigrams", Arr(tuple(w), "float64", (len(w),))),
-                ("num_shards", ns),
-                ("shard", sh),
-                ("num_reserved_ids", res),
-            ),
-        )
+
+        def sampler(sh):
+            return SamplerRecipe(
+                "unigram",
+                (
+                    ("unigrams", Arr(tuple(w), "float64", (len(w),))),
+                    ("num_shards", ns),
+                    ("shard", sh),
+                    ("num_reserved_ids", res),
+                ),
+            )
+
+        s = sampler(sh)
+        if _valid_range(s) == 0:
+            # Shard `sh` holds no class (one unigram, at most one reserved id, shard 1 of 2): no range_max is
+            # valid (0 is refused as range_max, any other as an empty sampler, "unigrams"), so this is no
+            # valid call. Shard 0 always holds id 0.
+            sh = 0
+            s = sampler(sh)
         r = _valid_range(s)
         args.update(
             unigrams=Arr(tuple(w), "float64", (len(w),), draw(layouts())),

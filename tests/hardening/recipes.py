@@ -78,9 +78,16 @@ class Arr:
 
     def canonical(self) -> "Arr":
         """The same elements and dtype, C-contiguous, aligned, native byte order. (A nested list cannot
-        hold a shape like (0, 3): it stays a list, whose shape is numpy's reading of it.)"""
-        if {"list", "tuple"} & set(self.layout) and 0 in self.shape and len(self.shape) > 1:
+        hold a shape like (0, 3): it stays a list, whose shape is numpy's reading of it.) The dtype is the one
+        the call sees: a nested list of floats is read as float64 whatever ``dtype`` rounded its values to, so
+        its canonical array is float64 with those rounded values (a float16/float32 array instead could be a
+        different call: the float type of a loss's table, 1e300 overflowing to inf)."""
+        lists = {"list", "tuple"} & set(self.layout)
+        if lists and 0 in self.shape and len(self.shape) > 1:
             return self
+        if lists and np.dtype(self.dtype).kind == "f" and np.dtype(self.dtype) != np.float64:
+            seen = np.array(list(self.values), dtype=self.dtype).astype(np.float64)
+            return Arr(tuple(seen.tolist()), "float64", self.shape)
         return replace(self, layout=())
 
 
