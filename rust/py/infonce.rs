@@ -6,6 +6,7 @@
 //! table); the loss is float32 and the gradients are narrowed back to the storage type.
 
 use super::half::{self, Half, Store};
+use super::views::{as1, as2, view1, view2};
 use super::{array2, check_aligned, err};
 use crate::float::Float;
 use crate::loss::infonce::{self, Options};
@@ -15,46 +16,11 @@ use numpy::{Element, IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use std::borrow::Cow;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(info_nce, m)?)?;
     m.add("INFO_NCE_MAX_LOGITS_BYTES", infonce::DEFAULT_MAX_LOGITS_BYTES)?;
     Ok(())
-}
-
-fn as2<'py, T: Element>(a: &Bound<'py, PyAny>, arg: &'static str) -> PyResult<PyReadonlyArray2<'py, T>> {
-    a.extract::<PyReadonlyArray2<'py, T>>().map_err(|_| {
-        PyTypeError::new_err(format!("{arg}: expected a 2-D {} array", std::any::type_name::<T>()))
-    })
-}
-
-fn as1<'py, T: Element>(
-    a: Option<&Bound<'py, PyAny>>,
-    arg: &'static str,
-) -> PyResult<Option<PyReadonlyArray1<'py, T>>> {
-    a.map(|a| {
-        a.extract::<PyReadonlyArray1<'py, T>>().map_err(|_| {
-            PyTypeError::new_err(format!("{arg}: expected a 1-D {} array", std::any::type_name::<T>()))
-        })
-    })
-    .transpose()
-}
-
-/// The elements in C order, borrowed in place when the array is C-contiguous (`as_slice` also accepts
-/// Fortran order, whose memory is column-major).
-fn view2<'a, T: Element + Copy>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    match a.as_slice() {
-        Ok(s) if a.is_c_contiguous() => Cow::Borrowed(s),
-        _ => Cow::Owned(a.as_array().iter().copied().collect()),
-    }
-}
-
-fn view1<'a, T: Element + Copy>(a: &'a Option<PyReadonlyArray1<'_, T>>) -> Option<Cow<'a, [T]>> {
-    a.as_ref().map(|a| match a.as_slice() {
-        Ok(s) if a.is_c_contiguous() => Cow::Borrowed(s),
-        _ => Cow::Owned(a.as_array().iter().copied().collect()),
-    })
 }
 
 /// The arguments after dtype dispatch (floats still untyped).

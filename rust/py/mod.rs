@@ -23,6 +23,7 @@ mod half;
 mod hard;
 mod infonce;
 mod retrieval;
+mod views;
 
 fn err(e: Error) -> PyErr {
     if e.is_type_error() {
