@@ -95,6 +95,12 @@ def _threads():
     return n
 
 
+def _simd():
+    level = zn.simd_level()
+    assert level in ("avx512", "avx2", "baseline"), level
+    return level
+
+
 def _full_grad():
     g = zn.full_softmax_loss_and_grad(W, BIAS, LABELS[:, 0], X)
     assert isinstance(g, zn.FullSoftmaxGrad)
@@ -158,6 +164,7 @@ SMOKE = {
     "LearnedUnigramSampler": _learned,
     "set_num_threads": _threads,
     "get_num_threads": _threads,
+    "simd_level": _simd,
 }
 
 

@@ -125,6 +125,7 @@ def test_every_public_function_is_registered():
         "compute_accidental_hits": "compute_accidental_hits",
         "set_num_threads": "set_num_threads",
         "get_num_threads": "set_num_threads",
+        "simd_level": None,  # no arguments
         "info_nce_loss_and_grad": "info_nce_loss",
         "InfoNCEGrad": None,
         "full_softmax_loss_and_grad": "full_softmax_loss",

@@ -69,6 +69,7 @@ __all__ = [
     "FrequencyEstimator",
     "set_num_threads",
     "get_num_threads",
+    "simd_level",
 ]
 
 
@@ -80,3 +81,14 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads the library's parallel work uses."""
     return int(_core.get_num_threads())
+
+
+def simd_level() -> str:
+    """The SIMD level of the native kernels in this process: ``"avx512"`` (AVX-512 F/DQ/VL with AVX2 and
+    FMA), ``"avx2"`` (AVX2 and FMA) or ``"baseline"`` (the portable kernels: SSE2 on x86-64, NEON on
+    aarch64, as the compiler vectorises them).
+
+    It is the widest level the CPU has, narrowed by the environment variable ``ZIPFNCE_SIMD``
+    (``avx2`` or ``baseline``), read once when the first kernel runs. Every level gives bit-identical
+    results; only the speed differs."""
+    return str(_core.simd_level())

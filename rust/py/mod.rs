@@ -436,6 +436,16 @@ fn get_num_threads() -> usize {
     threads::num_threads()
 }
 
+/// The SIMD level the kernels run at in this process: "avx512", "avx2" or "baseline" (see `simd::level`).
+#[pyfunction]
+fn simd_level() -> &'static str {
+    match crate::simd::level() {
+        crate::simd::Level::Avx512 => "avx512",
+        crate::simd::Level::Avx2 => "avx2",
+        crate::simd::Level::Baseline => "baseline",
+    }
+}
+
 /// The bytes of memory a call may still allocate (see `buf::ensure_memory`), or None when unknown.
 #[pyfunction]
 fn available_memory() -> Option<u64> {
@@ -450,6 +460,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute_accidental_hits, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(available_memory, m)?)?;
     // The limits the Python layer checks before a call reaches the core, stated once, here.
     m.add("MAX_RANGE", sampler::MAX_RANGE)?;
