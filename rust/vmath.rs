@@ -101,10 +101,14 @@ pub(crate) const EXP2_16: [f64; 16] = [
     1.8340080864093424,
     1.9152065613971474,
 ];
-/// 16 / ln 2, and ln2 / 16 split in a head and a tail (head + tail = ln2 / 16 to 1e-35).
+/// 16 / ln 2, and ln2 / 16 split in a head of 32 significant bits and a tail (head + tail = ln2 / 16 to
+/// 1e-27). The short head makes m * LN2_16_HI exact for every |m| < 2^21, so x - m * LN2_16_HI needs no fused
+/// multiply-add to be exact (it is also a subtraction of nearby numbers, exact by Sterbenz's lemma): the
+/// kernels run the same separately rounded multiplies and adds on every CPU, the SSE2 baseline included,
+/// which has no FMA unit (and a software `fma` costs tens of nanoseconds).
 pub(crate) const INV_LN2_16: f64 = 23.083120654223414;
-pub(crate) const LN2_16_HI: f64 = 0.04332169878499658;
-pub(crate) const LN2_16_LO: f64 = 1.838577007591136e-18;
+pub(crate) const LN2_16_HI: f64 = 0.04332169877307024;
+pub(crate) const LN2_16_LO: f64 = 1.1926343307941173e-11;
 /// The Taylor coefficients of (e^r - 1)/r to the degree 6 (1, 1/2!, ..., 1/7!): on |r| <= ln2/32 the
 /// first omitted term is below 1e-14 relative, far below the float32 rounding of what `one_minus_exp`
 /// feeds.
@@ -118,21 +122,22 @@ const EXPM1_C: [f64; 7] = [1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 7
 #[inline(always)]
 pub(crate) fn one_minus_exp(x: f64) -> f32 {
     let x = x.max(-708.0);
-    let t = x.mul_add(INV_LN2_16, ROUND_SHIFT);
+    let t = x * INV_LN2_16 + ROUND_SHIFT;
     let m = t - ROUND_SHIFT;
     let mi = t.to_bits().wrapping_sub(ROUND_SHIFT.to_bits()) as i64;
-    let r = m.mul_add(-LN2_16_LO, m.mul_add(-LN2_16_HI, x));
+    // |m| <= 708 * 16 / ln2 < 2^14: m * LN2_16_HI is exact (see the constant).
+    let r = (x - m * LN2_16_HI) - m * LN2_16_LO;
     let r2 = r * r;
-    let c0 = r.mul_add(EXPM1_C[1], EXPM1_C[0]);
-    let c1 = r.mul_add(EXPM1_C[3], EXPM1_C[2]);
-    let c2 = r.mul_add(EXPM1_C[5], EXPM1_C[4]);
-    let inner = r2.mul_add(c1, c0);
-    let outer = r2.mul_add(EXPM1_C[6], c2);
-    let em1 = r * (r2 * r2).mul_add(outer, inner);
+    let c0 = r * EXPM1_C[1] + EXPM1_C[0];
+    let c1 = r * EXPM1_C[3] + EXPM1_C[2];
+    let c2 = r * EXPM1_C[5] + EXPM1_C[4];
+    let inner = r2 * c1 + c0;
+    let outer = r2 * EXPM1_C[6] + c2;
+    let em1 = r * ((r2 * r2) * outer + inner);
     // s = 2^(j/16) with n added to its exponent (mi >> 4 = n, rounding down, as mi & 15 = j >= 0).
     let s =
         f64::from_bits((EXP2_16[(mi & 15) as usize].to_bits() as i64).wrapping_add((mi >> 4) << 52) as u64);
-    (-s).mul_add(em1, 1.0 - s) as f32
+    ((1.0 - s) - s * em1) as f32
 }
 
 crate::simd::dispatch! {
@@ -168,23 +173,28 @@ fn one_minus_exp_avx512(x: &[f64], out: &mut [f32]) {
         // SAFETY: `v` holds exactly eight doubles, the 64 bytes read.
         let v = unsafe { _mm512_loadu_pd(v.as_ptr()) };
         let v = _mm512_max_pd(v, c(-708.0));
-        let t = _mm512_fmadd_pd(v, c(INV_LN2_16), shift);
+        // a * b + c, rounded twice, as the portable code computes it (no FMA).
+        let mad = |a, b, c| _mm512_add_pd(_mm512_mul_pd(a, b), c);
+        let t = mad(v, c(INV_LN2_16), shift);
         let m = _mm512_sub_pd(t, shift);
         let mi = _mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(shift));
-        let r = _mm512_fmadd_pd(m, c(-LN2_16_LO), _mm512_fmadd_pd(m, c(-LN2_16_HI), v));
+        let r = _mm512_sub_pd(
+            _mm512_sub_pd(v, _mm512_mul_pd(m, c(LN2_16_HI))),
+            _mm512_mul_pd(m, c(LN2_16_LO)),
+        );
         let r2 = _mm512_mul_pd(r, r);
-        let c0 = _mm512_fmadd_pd(r, c(EXPM1_C[1]), c(EXPM1_C[0]));
-        let c1 = _mm512_fmadd_pd(r, c(EXPM1_C[3]), c(EXPM1_C[2]));
-        let c2 = _mm512_fmadd_pd(r, c(EXPM1_C[5]), c(EXPM1_C[4]));
-        let inner = _mm512_fmadd_pd(r2, c1, c0);
-        let outer = _mm512_fmadd_pd(r2, c(EXPM1_C[6]), c2);
-        let em1 = _mm512_mul_pd(r, _mm512_fmadd_pd(_mm512_mul_pd(r2, r2), outer, inner));
+        let c0 = mad(r, c(EXPM1_C[1]), c(EXPM1_C[0]));
+        let c1 = mad(r, c(EXPM1_C[3]), c(EXPM1_C[2]));
+        let c2 = mad(r, c(EXPM1_C[5]), c(EXPM1_C[4]));
+        let inner = mad(r2, c1, c0);
+        let outer = mad(r2, c(EXPM1_C[6]), c2);
+        let em1 = _mm512_mul_pd(r, mad(_mm512_mul_pd(r2, r2), outer, inner));
         let tj = _mm512_permutex2var_pd(t0, mi, t1);
         let s = _mm512_castsi512_pd(_mm512_add_epi64(
             _mm512_castpd_si512(tj),
             _mm512_slli_epi64::<52>(_mm512_srai_epi64::<4>(mi)),
         ));
-        let res = _mm512_fnmadd_pd(s, em1, _mm512_sub_pd(c(1.0), s));
+        let res = _mm512_sub_pd(_mm512_sub_pd(c(1.0), s), _mm512_mul_pd(s, em1));
         // SAFETY: `o` holds exactly eight floats, the 32 bytes written.
         unsafe { _mm256_storeu_ps(o.as_mut_ptr(), _mm512_cvtpd_ps(res)) };
     }

@@ -178,12 +178,12 @@ PINS_JSON = r"""
   "num_tries": 85
  },
  "log_uniform 2^62": {
-  "ids_sha256": "149116d8b98d7769b0f972957998ee75e4abbc12e58273d9d4ddebea45d2bb76",
+  "ids_sha256": "059e6de17fa64e95cca51a41572a5001828d8d6c3e6aece0ad242b73cb85e29f",
   "ids_head": [
    908050928472,
    267052628295,
    60224,
-   175831132650351571,
+   175831132650351635,
    82209573,
    498290549
   ],
@@ -352,7 +352,7 @@ PINS_JSON = r"""
   "num_tries": 12832
  },
  "log_uniform unique 2^40": {
-  "ids_sha256": "2f67f893308738a07e8c6985a4bf1edc64456a86a17711fc21ed806353b84f83",
+  "ids_sha256": "e654e5fdd549c50df2d923c2b0b39abcd9daa6fd422e77afe4b1cc8052cc8cda",
   "ids_head": [
    612,
    6155,

@@ -42,17 +42,18 @@ simd! {
             // c = 1 + q/2 + q²/3 + ..., by Estrin's scheme (short dependency chains).
             let q2 = q * q;
             let q4 = q2 * q2;
-            let lo = q2.mul_add(q.mul_add(0.25, 1.0 / 3.0), q.mul_add(0.5, 1.0));
-            let hi = q2.mul_add(1.0 / 7.0, q.mul_add(1.0 / 6.0, 0.2));
+            // Separate multiplies and adds (no FMA), so that CPUs without one compute the same bits fast.
+            let lo = q2 * (q * 0.25 + 1.0 / 3.0) + (q * 0.5 + 1.0);
+            let hi = q2 * (1.0 / 7.0) + (q * (1.0 / 6.0) + 0.2);
             let c = if how == Counts::Series {
-                q4.mul_add(hi, lo)
+                q4 * hi + lo
             } else {
                 // Terms q⁶/7 .. q¹²/13 as q⁴ (q²/7 + q³/8 + ...) added to the degree-5 part.
-                let a = q2.mul_add(q.mul_add(1.0 / 10.0, 1.0 / 9.0), q.mul_add(1.0 / 8.0, 1.0 / 7.0));
-                let b = q2.mul_add(1.0 / 13.0, q.mul_add(1.0 / 12.0, 1.0 / 11.0));
-                let up = q4.mul_add(b, a);
-                let mid = q.mul_add(1.0 / 6.0, 0.2);
-                q4.mul_add(q2.mul_add(up, mid), lo)
+                let a = q2 * (q * (1.0 / 10.0) + 1.0 / 9.0) + (q * (1.0 / 8.0) + 1.0 / 7.0);
+                let b = q2 * (1.0 / 13.0) + (q * (1.0 / 12.0) + 1.0 / 11.0);
+                let up = q4 * b + a;
+                let mid = q * (1.0 / 6.0) + 0.2;
+                q4 * (q2 * up + mid) + lo
             };
             let mut l = -(q * c);
             if how == Counts::Mixed {

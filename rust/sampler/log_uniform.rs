@@ -56,8 +56,9 @@ impl LogUniform {
 
 // The draws and probabilities below are computed by a portable kernel and, on CPUs with AVX-512, by the same
 // operations written with intrinsics (`avx512`), whose 16-entry tables live in registers instead of being
-// gathered from memory. Both round identically (fused multiply-adds are correctly rounded in software where
-// the CPU has none), so every machine gives the same bits.
+// gathered from memory. Neither uses fused multiply-adds (the SSE2 baseline has none, and a software `fma`
+// costs tens of nanoseconds): the same separately rounded operations in the same order, so every machine
+// gives the same bits.
 
 /// The Taylor coefficients of e^r to the degree 7, highest first: |r| <= ln2/32, so the first omitted term
 /// is below 2e-18.
@@ -72,10 +73,11 @@ fn exp_ul(w: u64, span: Span) -> f64 {
     let t = x * INV_LN2_16 + ROUND_SHIFT;
     let m = t - ROUND_SHIFT;
     let mi = t.to_bits().wrapping_sub(ROUND_SHIFT.to_bits());
-    let r = m.mul_add(-LN2_16_LO, m.mul_add(-LN2_16_HI, x));
+    // m * LN2_16_HI is exact (see the constant), so r needs no fused multiply-add.
+    let r = (x - m * LN2_16_HI) - m * LN2_16_LO;
     let mut p = EXP_TAYLOR[0];
     for &c in &EXP_TAYLOR[1..] {
-        p = p.mul_add(r, c);
+        p = p * r + c;
     }
     let v = EXP2_16[(mi & 15) as usize] * p;
     // x >= 0, so mi >= 0 and mi >> 4 = n.
@@ -112,7 +114,7 @@ fn ln_ratio(k: u64) -> f64 {
     let t = s * s;
     let mut c = ATANH_SERIES[0];
     for &a in &ATANH_SERIES[1..] {
-        c = c.mul_add(t, a);
+        c = c * t + a;
     }
     let series = (s * 2.0) * c;
     let table = HEAD16[k.min(15) as usize];
@@ -149,12 +151,14 @@ simd! {
 /// at either end of the span may step one id outside it).
 #[inline(always)]
 fn small_id(v: f64, span: Span) -> u64 {
-    // e^x < 2^30 + 1 (up to rounding), so the clamp keeps v finite and in [1, 2e9].
-    let v = v.clamp(1.0, 2_000_000_000.0);
-    // SAFETY: v is finite and within [1, 2e9], inside i32's range, so the unchecked conversion (a single
-    // truncating instruction, unlike the saturating `as`) is defined.
+    // Clamped in floating point before the truncation, which is monotone: first + 1 and last + 1 are whole
+    // numbers (at most 2^30, exact in a double), so trunc(clamped v) - 1 is trunc(v) - 1 clamped to
+    // [first, last], with no 64-bit integer compare (SSE2 has none, and it would stop the loop vectorising).
+    let v = v.max(span.first as f64 + 1.0).min(span.last as f64 + 1.0);
+    // SAFETY: v is within [1, 2^30], inside i32's range, so the unchecked conversion (a single truncating
+    // instruction, unlike the saturating `as`) is defined.
     let t = unsafe { v.to_int_unchecked::<i32>() };
-    (t as i64 - 1).max(span.first as i64).min(span.last as i64) as u64
+    (t - 1) as u32 as u64
 }
 
 simd! {
@@ -250,11 +254,11 @@ mod avx512 {
         let t = _mm512_add_pd(_mm512_mul_pd(x, _mm512_set1_pd(INV_LN2_16)), shift);
         let m = _mm512_sub_pd(t, shift);
         let mi = _mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(shift));
-        let r = _mm512_fmadd_pd(m, _mm512_set1_pd(-LN2_16_HI), x);
-        let r = _mm512_fmadd_pd(m, _mm512_set1_pd(-LN2_16_LO), r);
+        let r = _mm512_sub_pd(x, _mm512_mul_pd(m, _mm512_set1_pd(LN2_16_HI)));
+        let r = _mm512_sub_pd(r, _mm512_mul_pd(m, _mm512_set1_pd(LN2_16_LO)));
         let mut p = _mm512_set1_pd(EXP_TAYLOR[0]);
         for &c in &EXP_TAYLOR[1..] {
-            p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(c));
+            p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(c));
         }
         let v = _mm512_mul_pd(_mm512_permutex2var_pd(exp2.0, mi, exp2.1), p);
         _mm512_castsi512_pd(_mm512_add_epi64(
@@ -429,7 +433,7 @@ mod avx512 {
             let t = _mm512_mul_pd(s, s);
             let mut c = _mm512_set1_pd(ATANH_SERIES[0]);
             for &a in &ATANH_SERIES[1..] {
-                c = _mm512_fmadd_pd(c, t, _mm512_set1_pd(a));
+                c = _mm512_add_pd(_mm512_mul_pd(c, t), _mm512_set1_pd(a));
             }
             let series = _mm512_mul_pd(_mm512_mul_pd(s, _mm512_set1_pd(2.0)), c);
             let table = _mm512_permutex2var_pd(head.0, _mm512_min_epu64(k, _mm512_set1_epi64(15)), head.1);
