@@ -178,10 +178,8 @@ fn one_minus_exp_avx512(x: &[f64], out: &mut [f32]) {
         let t = mad(v, c(INV_LN2_16), shift);
         let m = _mm512_sub_pd(t, shift);
         let mi = _mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(shift));
-        let r = _mm512_sub_pd(
-            _mm512_sub_pd(v, _mm512_mul_pd(m, c(LN2_16_HI))),
-            _mm512_mul_pd(m, c(LN2_16_LO)),
-        );
+        let r =
+            _mm512_sub_pd(_mm512_sub_pd(v, _mm512_mul_pd(m, c(LN2_16_HI))), _mm512_mul_pd(m, c(LN2_16_LO)));
         let r2 = _mm512_mul_pd(r, r);
         let c0 = mad(r, c(EXPM1_C[1]), c(EXPM1_C[0]));
         let c1 = mad(r, c(EXPM1_C[3]), c(EXPM1_C[2]));
