@@ -110,6 +110,29 @@ pub fn prefetch<T>(p: *const T, bytes: usize) {
     let _ = (p, bytes);
 }
 
+/// `out[i] = f(inp[i])` over the shorter of the two, in blocks of `N` elements held in fixed-size arrays.
+/// Inside a [`dispatch!`] body this is how element-wise kernels with a long dependency chain per element (a
+/// polynomial, a division) are written: the compiler turns each block into N / (lanes per register)
+/// independent vector chains that overlap, where a plain loop gives one chain at a time (the SSE2 baseline's
+/// two lanes per register need four chains to keep its units busy). Each element's operations, and so its
+/// bits, are those of `f` alone.
+#[inline(always)]
+pub fn map_blocks<const N: usize, I: Copy, O: Copy + Default>(inp: &[I], out: &mut [O], f: impl Fn(I) -> O) {
+    let n = inp.len().min(out.len());
+    let (inp, out) = (&inp[..n], &mut out[..n]);
+    let whole = n / N * N;
+    for (o, i) in out[..whole].chunks_exact_mut(N).zip(inp[..whole].chunks_exact(N)) {
+        let mut v = [O::default(); N];
+        for l in 0..N {
+            v[l] = f(i[l]);
+        }
+        o.copy_from_slice(&v);
+    }
+    for (o, &i) in out[whole..].iter_mut().zip(&inp[whole..]) {
+        *o = f(i);
+    }
+}
+
 /// Define a function whose body is compiled for every [`Level`] and run at the widest one [`level`] allows.
 /// Bodies must be plain safe code over their arguments. Two forms:
 ///

@@ -142,9 +142,7 @@ pub(crate) fn one_minus_exp(x: f64) -> f32 {
 
 crate::simd::dispatch! {
     fn one_minus_exp_kernel(x: &[f64], out: &mut [f32]) {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = one_minus_exp(v);
-        }
+        crate::simd::map_blocks::<8, _, _>(x, out, one_minus_exp)
     }
 }
 

@@ -37,7 +37,7 @@ simd! {
     /// first omitted term below 2^-55 relative in both); larger q (only with `Counts::Mixed`) use the
     /// logarithm of 1 - q, which is exact in float64 there (q is a float32 value).
     fn count_exponents(p: &[f64], x: &mut [f64], scale: f64, num_tries: f64, how: Counts) {
-        for (o, &q) in x.iter_mut().zip(p) {
+        crate::simd::map_blocks::<8, _, _>(p, x, |q| {
             let q = ((q * scale) as f32) as f64;
             // c = 1 + q/2 + q²/3 + ..., by Estrin's scheme (short dependency chains).
             let q2 = q * q;
@@ -61,8 +61,8 @@ simd! {
                 let exact = if q >= 1.0 { f64::NEG_INFINITY } else { vmath::ln(1.0 - q) };
                 l = if q >= LONG_SERIES_MAX { exact } else { l };
             }
-            *o = num_tries * l;
-        }
+            num_tries * l
+        })
     }
 }
 

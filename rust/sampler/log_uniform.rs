@@ -128,9 +128,7 @@ fn ln_ratio(k: u64) -> f64 {
 simd! {
     /// P(k) = ln(1 + 1/(k+1)) / ln(range_max + 1).
     fn prob_kernel(ids: &[u64], out: &mut [f64], inv_log_range: f64) {
-        for (o, &k) in out.iter_mut().zip(ids) {
-            *o = ln_ratio(k) * inv_log_range;
-        }
+        crate::simd::map_blocks::<8, _, _>(ids, out, |k| ln_ratio(k) * inv_log_range)
     }
 }
 
@@ -168,9 +166,7 @@ fn small_id(v: f64, span: Span) -> u64 {
 simd! {
     /// Draws for ranges below 2^30.
     fn draw_small_kernel(words: &[u64], out: &mut [u64], span: Span) {
-        for (o, &w) in out.iter_mut().zip(words) {
-            *o = small_id(exp_ul(w, span), span);
-        }
+        crate::simd::map_blocks::<8, _, _>(words, out, |w| small_id(exp_ul(w, span), span))
     }
 }
 
