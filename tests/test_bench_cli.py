@@ -60,6 +60,10 @@ def test_bench_quick_run_writes_a_report(tmp_path):
         assert cells[2] and cells[6], row
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "zipfnce threads:" in report
+    # Which kernels ran: the SIMD level, in the report and on the screen (issue 18).
+    level = re.search(r"zipfnce's SIMD level: (avx512|avx2|baseline) \(", report)
+    assert level, report[:600]
+    assert f"zipfnce's SIMD level: {level.group(1)}" in r.stdout
     assert "--filter 'small call'" in report  # the command line that repeats the run
     for row in rows:
         assert row in report

@@ -22,6 +22,14 @@ BOUNDS = (BOUND, GATHER)
 ONE_X_LABEL = "1× = as fast as the peer"
 
 
+def _simd_line() -> str:
+    """Which kernels ran, e.g. "avx2 (ZIPFNCE_SIMD=avx2)"; the environment variable is named when set."""
+    import zipfnce as zn
+
+    env = os.environ.get("ZIPFNCE_SIMD", "").strip()
+    return zn.simd_level() + (f" (ZIPFNCE_SIMD={env})" if env else " (the widest this CPU has)")
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -268,6 +276,7 @@ def bench_main(args) -> int:
     lines = table(results)
     summary = target_summary(results)
     skipped = skipped_peers()
+    print(f"machine: {_cpu_model()}; zipfnce's SIMD level: {_simd_line()}")
     print("\n".join(lines))
     if summary:
         print(f"\n{summary} (✗ = slower than the target on this machine, not an error; see report.md)")
@@ -280,6 +289,7 @@ def bench_main(args) -> int:
         f.write("# zipfnce benchmark\n\n")
         f.write(f"- command: `{_command(args)}`\n")
         f.write(f"- machine: {_cpu_model()}, {os.cpu_count()} cores, {platform.platform()}\n")
+        f.write(f"- zipfnce's SIMD level: {_simd_line()}\n")
         f.write(f"- python {platform.python_version()}; {', '.join(_versions())}\n")
         f.write(f"- zipfnce threads: {zn.get_num_threads()}; time: {time.strftime('%Y-%m-%d %H:%M')}\n")
         f.write("- speed-up = peer time / zipfnce time, medians of interleaved repeats in one process\n")
