@@ -49,8 +49,7 @@ impl FrequencyEstimator {
 
     /// One step with the ids of a batch (int64, any shape; repeats count once).
     fn update(&self, py: Python<'_>, ids: PyReadonlyArrayDyn<'_, i64>) -> PyResult<()> {
-        check_aligned(ids.is_aligned(), "ids")?;
-        let v = to_vec(&ids);
+        let (v, _) = read_ids(&ids, "ids")?;
         py.detach(|| self.lock().update(&v)).map_err(err)
     }
 
@@ -60,12 +59,9 @@ impl FrequencyEstimator {
         py: Python<'py>,
         ids: PyReadonlyArrayDyn<'py, i64>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        check_aligned(ids.is_aligned(), "ids")?;
-        let shape = ids.shape().to_vec();
-        let v = to_vec(&ids);
+        let (v, shape) = read_ids(&ids, "ids")?;
         let p = py.detach(|| self.lock().probability(&v)).map_err(err)?;
-        let a = ArrayD::from_shape_vec(IxDyn(&shape), p).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(a.into_pyarray(py))
+        shaped(py, p, &shape)
     }
 
     #[getter]
@@ -167,6 +163,12 @@ fn _restore_frequency_estimator(
     Ok(f)
 }
 
+/// The ids of an int64 array of any shape (argument `name`), copied out, and its shape for the result.
+fn read_ids(ids: &PyReadonlyArrayDyn<'_, i64>, name: &str) -> PyResult<(Vec<i64>, Vec<usize>)> {
+    check_aligned(ids.is_aligned(), name)?;
+    Ok((to_vec(ids), ids.shape().to_vec()))
+}
+
 fn shaped<'py, T: numpy::Element>(
     py: Python<'py>,
     v: Vec<T>,
@@ -235,8 +237,7 @@ impl LearnedSampler {
 
     /// Add one to the count of each id (int64, any shape), without drawing.
     fn update(&self, py: Python<'_>, ids: PyReadonlyArrayDyn<'_, i64>) -> PyResult<()> {
-        check_aligned(ids.is_aligned(), "true_classes")?;
-        let v = to_vec(&ids);
+        let (v, _) = read_ids(&ids, "true_classes")?;
         py.detach(|| self.lock().update(&v)).map_err(err)
     }
 
@@ -246,9 +247,7 @@ impl LearnedSampler {
         py: Python<'py>,
         ids: PyReadonlyArrayDyn<'py, i64>,
     ) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
-        check_aligned(ids.is_aligned(), "ids")?;
-        let shape = ids.shape().to_vec();
-        let v = to_vec(&ids);
+        let (v, shape) = read_ids(&ids, "ids")?;
         let c = py
             .detach(|| {
                 let l = self.lock();
@@ -264,9 +263,7 @@ impl LearnedSampler {
         py: Python<'py>,
         ids: PyReadonlyArrayDyn<'py, i64>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
-        check_aligned(ids.is_aligned(), "ids")?;
-        let shape = ids.shape().to_vec();
-        let v = to_vec(&ids);
+        let (v, shape) = read_ids(&ids, "ids")?;
         let p = py.detach(|| sampler::probability(&*self.lock(), &v)).map_err(err)?;
         shaped(py, p, &shape)
     }
@@ -278,9 +275,7 @@ impl LearnedSampler {
         num_sampled: i64,
         num_tries: i64,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        check_aligned(ids.is_aligned(), "ids")?;
-        let shape = ids.shape().to_vec();
-        let v = to_vec(&ids);
+        let (v, shape) = read_ids(&ids, "ids")?;
         let e = py
             .detach(|| sampler::expected_counts_for(&*self.lock(), &v, num_sampled, num_tries))
             .map_err(err)?;
