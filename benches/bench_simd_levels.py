@@ -128,7 +128,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default="", help="comma-separated (default: every level this CPU has)")
     ap.add_argument("--rounds", type=int, default=25)
-    ap.add_argument("--filter", default="", help="only cases whose name contains this (or whose key contains it)")
+    ap.add_argument(
+        "--filter", default="", help="only cases whose name contains this (or whose key contains it)"
+    )
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--json", default="", help="also write the figures to this file")
     args = ap.parse_args()
