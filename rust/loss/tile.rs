@@ -329,12 +329,36 @@ crate::simd::dispatch! {
 }
 
 crate::simd::dispatch! {
-    /// `x[i] = e^(x[i] − m[i])` and `s[i] += x[i]` (e^(−inf) = 0): exponentiate one more row in place and
-    /// add it to column-wise sums.
-    pub fn vexp_sum<T>(s: &mut [T], x: &mut [T], m: &[T]) {
-        for ((a, v), &mx) in s.iter_mut().zip(x.iter_mut()).zip(m) {
-            *v = (*v - mx).exp_fast();
-            *a += *v;
+    /// Exponentials and row sums of a candidate-major tile (as in [`add_offsets_vmax`]: `m.len()` rows of
+    /// `cols` columns, column j at `z[j·stride..]`, `stride >= m.len()`): `z[j][i] = e^(z[j][i] − m[i])`
+    /// (e^(−inf) = 0) and `s[i] += z[j][i]`, over the columns in order. Four columns go through the rows
+    /// together, so each row's sum is loaded and stored once per four columns.
+    pub fn vexp_sum<T>(s: &mut [T], z: &mut [T], stride: usize, cols: usize, m: &[T]) {
+        let rows = m.len().min(s.len());
+        let (s, m) = (&mut s[..rows], &m[..rows]);
+        let mut j = 0;
+        while j + 4 <= cols {
+            let t = &mut z[j * stride..];
+            let (c0, t) = t.split_at_mut(stride);
+            let (c1, t) = t.split_at_mut(stride);
+            let (c2, t) = t.split_at_mut(stride);
+            let c3 = &mut t[..rows];
+            let (c0, c1, c2) = (&mut c0[..rows], &mut c1[..rows], &mut c2[..rows]);
+            for (((((a, &mx), v0), v1), v2), v3) in s.iter_mut().zip(m).zip(c0).zip(c1).zip(c2).zip(c3) {
+                *v0 = (*v0 - mx).exp_fast();
+                *v1 = (*v1 - mx).exp_fast();
+                *v2 = (*v2 - mx).exp_fast();
+                *v3 = (*v3 - mx).exp_fast();
+                *a = (((*a + *v0) + *v1) + *v2) + *v3;
+            }
+            j += 4;
+        }
+        for j in j..cols {
+            let col = &mut z[j * stride..j * stride + rows];
+            for ((a, v), &mx) in s.iter_mut().zip(col).zip(m) {
+                *v = (*v - mx).exp_fast();
+                *a += *v;
+            }
         }
     }
 }
@@ -595,6 +619,29 @@ mod tests {
         }
         assert_eq!(m, mw);
         // Bit for bit (the −inf entries stay −inf), and the gaps between columns untouched.
+        assert!(z.iter().zip(&zw).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    #[test]
+    fn exponentials_and_row_sums_of_a_tile_match_a_column_by_column_loop() {
+        // 6 columns (one group of four, then two alone) of 13 rows, 17 apart, with −inf entries.
+        let (rows, cols, stride) = (13usize, 6usize, 17usize);
+        let z0: Vec<f64> = (0..cols * stride)
+            .map(|i| if i % 7 == 2 { f64::NEG_INFINITY } else { (i as f64 * 0.53).sin() * 3.0 })
+            .collect();
+        let m: Vec<f64> = (0..rows).map(|i| (i as f64 * 0.2).cos()).collect();
+        let s0: Vec<f64> = (0..rows).map(|i| i as f64 * 0.01).collect();
+        let (mut z, mut s) = (z0.clone(), s0.clone());
+        vexp_sum(&mut s, &mut z, stride, cols, &m);
+        let (mut zw, mut sw) = (z0.clone(), s0.clone());
+        for j in 0..cols {
+            for i in 0..rows {
+                let v = &mut zw[j * stride + i];
+                *v = (*v - m[i]).exp_fast();
+                sw[i] += *v;
+            }
+        }
+        assert!(s.iter().zip(&sw).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?} vs {sw:?}");
         assert!(z.iter().zip(&zw).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 

@@ -277,9 +277,7 @@ fn forward_block<T: Float>(
                 } else {
                     ms
                 };
-                for col in blk.z.chunks_mut(n) {
-                    tile::vexp_sum(accs, &mut col[i0..i1], ms_exp);
-                }
+                tile::vexp_sum(accs, &mut blk.z[i0..], n, w, ms_exp);
             }
             // Plain NCE keeps σ(z) for the backward pass; focal NCE keeps z.
             Kind::Nce => {
