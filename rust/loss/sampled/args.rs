@@ -260,7 +260,7 @@ fn work_bytes<T, W>(a: &Args<'_, T, W>, b: usize, s: usize, d: usize, grad: bool
         // The gathered rows of every block, and the kept logits with the blocks' pieces of dL/dx: the
         // rows of one chunk (`shared`: as many rows as fit the budget, at least one, at most the batch).
         // Counting the whole budget instead made every call, however small, read the system's memory
-        // limits from /proc (`ensure_memory`), about 0.2 ms.
+        // limits from /proc (`ensure_memory`), about 0.1 ms.
         let nblocks = s.div_ceil((super::BLOCK_BYTES as u128 / sz).max(1));
         let per_row = (s + nblocks * d) * sz;
         s * d * sz + (b * per_row).min((budgets.logit_bytes as u128).max(per_row))
