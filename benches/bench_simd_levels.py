@@ -63,6 +63,18 @@ def _cases():
             "bound",
             lambda: C.sampled_loss_case("softmax", 1024, 128, 10**6, 4096),
         ),
+        "step8192": (
+            "sampled softmax + grads B=1024 d=128 V=1e6 S=8192",
+            C.BOUND,
+            "bound",
+            lambda: C.sampled_loss_case("softmax", 1024, 128, 10**6, 8192),
+        ),
+        "nce1024": (
+            "NCE + grads B=1024 d=128 V=1e6 S=1024",
+            C.BOUND,
+            "bound",
+            lambda: C.sampled_loss_case("nce", 1024, 128, 10**6, 1024),
+        ),
     }
 
 
@@ -82,7 +94,7 @@ def child(level: str, rounds: int, filt: str) -> dict:
     buf = np.ones(4 << 20)  # 32 MiB of float64
     out = {}
     for key, (name, peer, kind, make) in _cases().items():
-        if filt and filt not in name and filt != key:
+        if filt and filt not in name and filt not in key:
             continue
         impls = make()
         if peer not in impls:
@@ -116,7 +128,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default="", help="comma-separated (default: every level this CPU has)")
     ap.add_argument("--rounds", type=int, default=25)
-    ap.add_argument("--filter", default="", help="only cases whose name contains this (or whose key is it)")
+    ap.add_argument(
+        "--filter", default="", help="only cases whose name contains this (or whose key contains it)"
+    )
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--json", default="", help="also write the figures to this file")
     args = ap.parse_args()

@@ -257,8 +257,13 @@ fn work_bytes<T, W>(a: &Args<'_, T, W>, b: usize, s: usize, d: usize, grad: bool
         // Each worker thread's gathered rows and logits.
         threads::num_threads() as u128 * (s * d + s + d) * sz
     } else {
-        // The gathered rows of every block, and the kept logits (at most the budget).
-        s * d * sz + budgets.logit_bytes as u128
+        // The gathered rows of every block, and the kept logits with the blocks' pieces of dL/dx: the
+        // rows of one chunk (`shared`: as many rows as fit the budget, at least one, at most the batch).
+        // Counting the whole budget instead made every call, however small, read the system's memory
+        // limits from /proc (`ensure_memory`), about 0.1 ms.
+        let nblocks = s.div_ceil((super::BLOCK_BYTES as u128 / sz).max(1));
+        let per_row = (s + nblocks * d) * sz;
+        s * d * sz + (b * per_row).min((budgets.logit_bytes as u128).max(per_row))
     };
     if grad {
         // dL/dx; the shared path's weight-row gradients per block; the per-row path's dL/dz;
@@ -274,6 +279,40 @@ mod tests {
     use super::super::tests::{args, problem};
     use super::super::{loss, loss_and_grad};
     use super::*;
+
+    #[test]
+    fn work_bytes_counts_the_logits_a_call_keeps_not_the_whole_budget() {
+        // Shared candidates, B = S = 1024, d = 128, float32: a few MiB of work, far below the size at which
+        // `ensure_memory` reads the system's limits (it used to count the whole 256 MiB logit budget).
+        let (b, s, d) = (1024usize, 1024usize, 128usize);
+        let w = vec![0f32; 4 * d];
+        let (labels, x, sampled) = (vec![0i64; b], vec![0f32; b * d], vec![0i64; s]);
+        let (te, se) = (vec![1f32; b], vec![1f32; s]);
+        let a = Args {
+            kind: Kind::SampledSoftmax,
+            weights: Mat::contiguous(&w, 4, d),
+            biases: None,
+            labels: &labels,
+            num_true: 1,
+            inputs: &x,
+            sampled: &sampled,
+            per_row: false,
+            true_expected: &te,
+            sampled_expected: &se,
+            remove_accidental_hits: true,
+            subtract_log_q: true,
+            focal_gamma: 0.0,
+        };
+        let small = work_bytes(&a, b, s, d, true, &Budgets::DEFAULT);
+        assert!(small < 16 << 20, "{small}");
+        // A batch whose logits exceed the budget is cut into chunks: at most the budget (plus one row) is
+        // counted for them, and at least the gathered candidate rows.
+        let (bb, ss) = (1usize << 20, 1usize << 16);
+        let big = work_bytes(&a, bb, ss, d, false, &Budgets::DEFAULT);
+        let budget = Budgets::DEFAULT.logit_bytes as u128;
+        let rows = (ss * d * 4) as u128;
+        assert!(big > rows + budget / 2 && big < rows + budget + (16 << 20), "{big}");
+    }
 
     #[test]
     fn bad_input_is_an_error_naming_the_argument() {

@@ -265,9 +265,8 @@ fn forward_block<T: Float>(
         let (ms, accs) = (&mut m[i0..i1], &mut acc[i0..i1]);
         match k.kind {
             Kind::SampledSoftmax => {
-                for (col, (&bb, &q)) in blk.z.chunks_mut(n).zip(offsets) {
-                    tile::add_offsets_vmax(&mut col[i0..i1], bb, q, ms);
-                }
+                // Columns i0..i1 of the block, `n` apart.
+                tile::add_offsets_vmax(&mut blk.z[i0..], n, &blk.off_b, &blk.off_q, ms);
                 // A row whose candidates in this block are all accidental hits has maximum −∞, and
                 // e^(z − m) would be e^(−∞ + ∞) = NaN: such rows subtract 0 instead (their entries become
                 // e^−∞ = 0, and their piece, sum 0, drops out of the merge). `m` itself stays −∞.
@@ -278,9 +277,7 @@ fn forward_block<T: Float>(
                 } else {
                     ms
                 };
-                for col in blk.z.chunks_mut(n) {
-                    tile::vexp_sum(accs, &mut col[i0..i1], ms_exp);
-                }
+                tile::vexp_sum(accs, &mut blk.z[i0..], n, w, ms_exp);
             }
             // Plain NCE keeps σ(z) for the backward pass; focal NCE keeps z.
             Kind::Nce => {
