@@ -195,6 +195,47 @@ fn draw_values(words: &[u64], out: &mut [f64], span: Span) {
     draw_kernel(words, out, span)
 }
 
+/// `draw_scan` without the AVX-512 kernel: the draws of `draw_above` made piece by piece by `draw_small`
+/// (each draw is a function of its own word, and the stream gives the same words however they are
+/// asked for, so the ids are those of drawing the whole chunk), each piece's map bytes asked for as soon as
+/// it is drawn, and the scan running AHEAD pieces behind. Drawing all `len` ids first and then scanning
+/// them leaves no time between a map byte's prefetch and its use, and the scan of a call that follows
+/// other work waits on memory at nearly every new id (the map, a byte per class, is then out of every
+/// cache); run ahead so, the misses overlap the draws' arithmetic. Returns (new ids, draws used), like
+/// `ByteScan::scan`.
+fn draw_scan_pieces(stream: &mut Stream, len: usize, span: Span, scan: &mut ByteScan<'_>) -> (usize, usize) {
+    const PIECE: usize = 64;
+    const AHEAD: usize = 4;
+    const SLOTS: usize = AHEAD + 1;
+    debug_assert!(scan.fits(span.last + 1));
+    let mut words = [0u64; PIECE];
+    let mut ring = [[0u64; PIECE]; SLOTS];
+    let pieces = len.div_ceil(PIECE);
+    let piece_len = |p: usize| (len - p * PIECE).min(PIECE);
+    let hint = scan.prefetcher();
+    let mut taker = scan.taker();
+    let mut drawn = 0;
+    for p in 0..pieces {
+        while drawn < pieces.min(p + SLOTS) {
+            let (n, slot) = (piece_len(drawn), &mut ring[drawn % SLOTS]);
+            stream.fill_u64(&mut words[..n]);
+            draw_small(&words[..n], &mut slot[..n], span);
+            for &id in &slot[..n] {
+                hint.fetch(id);
+            }
+            drawn += 1;
+        }
+        for (i, &id) in ring[p % SLOTS][..piece_len(p)].iter().enumerate() {
+            // SAFETY: draws are clamped to [first, last] (`small_id`), and last is below the map's length
+            // (`fits`, the caller's check); the loop ends as soon as `take` says the scan is over.
+            if unsafe { taker.take(id) } {
+                return (taker.new_ids(), p * PIECE + i + 1);
+            }
+        }
+    }
+    (taker.new_ids(), len)
+}
+
 /// The kernels above with AVX-512 intrinsics: eight lanes at a time, the same operations in the same order,
 /// the 16-entry tables picked by a two-register permute; the last few elements go to the portable code.
 #[cfg(target_arch = "x86_64")]
@@ -493,7 +534,9 @@ impl Distribution for LogUniform {
             // map, and `free` has room for `want` ids (`fits`); len is a multiple of 8.
             return Some(unsafe { avx512::draw_scan(lanes, len, self.span(from), scan) });
         }
-        let _ = (stream, len, from, scan);
+        if self.range_max < SMALL_RANGE && from < self.range_max && scan.fits(self.range_max) {
+            return Some(draw_scan_pieces(stream, len, self.span(from), scan));
+        }
         None
     }
 
