@@ -249,9 +249,9 @@ pub struct OutPool<T> {
 /// Outputs of fewer bytes than this are not kept by an [`OutPool`].
 pub const POOL_MIN_BYTES: usize = 64 << 10;
 /// The most buffers an [`OutPool`] keeps.
-pub const POOL_KEEP: usize = 8;
-/// The most bytes an [`OutPool`] keeps.
-pub const POOL_KEEP_BYTES: usize = 64 << 20;
+pub const POOL_KEEP: usize = 4;
+/// The most bytes an [`OutPool`] keeps (each element type has its pool).
+pub const POOL_KEEP_BYTES: usize = 32 << 20;
 
 impl<T> OutPool<T> {
     /// An empty pool.
@@ -532,6 +532,44 @@ mod tests {
         one.give(Some(vec![0.0; 10]), 1000);
         one.give(None, 40); // a smaller limit drops the block
         assert!(one.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn out_pool_policy() {
+        let pool = OutPool::<f32>::new();
+        let n = POOL_MIN_BYTES / 4; // the smallest output kept
+        assert!(pool.take(n).is_none());
+        // Too small to keep, then kept.
+        pool.give(vec![1.0; n - 1]);
+        assert!(pool.lock().unwrap().is_empty());
+        let v = vec![2.0f32; n];
+        let p = v.as_ptr();
+        pool.give(v);
+        // Handed out emptied, for requests of n/2..=n elements only.
+        assert!(pool.take(n + 1).is_none() && pool.take(n / 2 - 1).is_none());
+        let v = pool.take(n / 2).unwrap();
+        assert!(v.is_empty() && v.capacity() >= n && v.as_ptr() == p);
+        assert!(pool.take(n / 2).is_none());
+        // The smallest that fits is taken; at most POOL_KEEP buffers, the oldest dropped first.
+        for k in 1..=POOL_KEEP + 2 {
+            pool.give(Vec::with_capacity(n * (POOL_KEEP + 3 - k)));
+        }
+        let caps: Vec<usize> = pool.lock().unwrap().iter().map(|v| v.capacity()).collect();
+        assert_eq!(caps.len(), POOL_KEEP);
+        assert_eq!(caps[POOL_KEEP - 1], n);
+        assert_eq!(pool.take(n).unwrap().capacity(), n);
+        assert_eq!(pool.take(2 * n).unwrap().capacity(), 2 * n);
+        // And at most POOL_KEEP_BYTES in all.
+        let big = POOL_KEEP_BYTES / 4 / 2 + 1;
+        pool.give(Vec::with_capacity(big));
+        pool.give(Vec::with_capacity(big));
+        let held: usize = pool.lock().unwrap().iter().map(|v| v.capacity() * 4).sum();
+        assert!(held <= POOL_KEEP_BYTES);
+        assert_eq!(pool.lock().unwrap().last().unwrap().capacity(), big);
+        // `out_filled` gives n elements, `out_vec` room for n.
+        assert_eq!(out_filled::<f32>("x", 10).unwrap(), vec![0.0; 10]);
+        assert!(out_vec::<i64>("x", 10).unwrap().capacity() >= 10);
+        assert!(out_vec::<i64>("x", usize::MAX / 4).is_err());
     }
 
     #[test]
