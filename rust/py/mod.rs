@@ -74,7 +74,7 @@ fn array2<T: numpy::Element>(
 
 /// The owner of a sampler output's memory: when the array dies, it hands the buffer back to the core's
 /// pool (`buf::OutPool`), so that the next call of that size writes into pages already mapped.
-#[pyclass(frozen)]
+#[pyclass(frozen, name = "OutputBuffer", module = "zipfnce._core")]
 struct Kept {
     _held: KeptBuf,
 }
