@@ -12,6 +12,16 @@ runner of ``python -m zipfnce bench`` does (a 20 ms pause before each turn, medi
     python benches/ab_versions.py --old /tmp/zipfnce_before --sampler zipf --exponent 1.1
 
 TensorFlow takes part for the log-uniform sampler (it has no Zipf sampler).
+
+With ``--after-idle`` each call is timed alone after 20 ms of other work (single-threaded NumPy passes over
+32 MiB, as ``benches/bench_simd_levels.py`` does), the builds (and TensorFlow) in alternating order: how a
+training loop calls the sampler. ``--non-unique`` draws with replacement, ``--no-true-classes`` leaves the
+true classes out (with ``--non-unique``, the "1e6 draws" case):
+
+    python benches/ab_versions.py --old /tmp/zipfnce_before --after-idle --rounds 25
+    python benches/ab_versions.py --old /tmp/zipfnce_before --after-idle --non-unique --num-sampled 65536
+    python benches/ab_versions.py --old /tmp/zipfnce_before --after-idle --non-unique --no-true-classes \
+        --num-sampled 1000000
 """
 
 import argparse
@@ -52,6 +62,25 @@ def interleaved_medians(calls, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def after_idle_medians(calls, rounds):
+    """The median time of one call of each of `calls` after 20 ms of other work, in alternating order."""
+    import numpy as np
+
+    buf = np.ones(4 << 20)
+    for f in calls.values():
+        f()
+    times = {name: [] for name in calls}
+    for r in range(rounds):
+        for name in list(calls) if r % 2 else list(calls)[::-1]:
+            end = time.perf_counter() + 0.02
+            while time.perf_counter() < end:
+                buf *= 1.0000001
+            t = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", required=True, help="directory of an earlier build's zipfnce package")
@@ -62,6 +91,9 @@ def main():
     ap.add_argument("--batch", type=int, default=1024, help="rows of true_classes (one class each)")
     ap.add_argument("--per-row", action="store_true", help="sample_per_row over the batch (no TensorFlow)")
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--after-idle", action="store_true", help="time single calls after 20 ms of other work")
+    ap.add_argument("--non-unique", action="store_true", help="draw with replacement")
+    ap.add_argument("--no-true-classes", action="store_true", help="no true classes in the call")
     args = ap.parse_args()
     s, v = args.num_sampled, int(args.range_max)
 
@@ -77,21 +109,23 @@ def main():
     if args.per_row:
         calls = {"old": lambda: so.sample_per_row(tc, s), "new": lambda: sn.sample_per_row(tc, s)}
     else:
+        uq, tcs = not args.non_unique, None if args.no_true_classes else tc
         calls = {
-            "old": lambda: so.sample(s, unique=True, true_classes=tc),
-            "new": lambda: sn.sample(s, unique=True, true_classes=tc),
+            "old": lambda: so.sample(s, unique=uq, true_classes=tcs),
+            "new": lambda: sn.sample(s, unique=uq, true_classes=tcs),
         }
     try:
-        if args.sampler == "log-uniform" and not args.per_row:
+        if args.sampler == "log-uniform" and not args.per_row and not args.no_true_classes:
             import tensorflow as tf
 
             tct = tf.constant(tc)
-            calls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, s, True, v)
+            calls["tensorflow"] = lambda: tf.random.log_uniform_candidate_sampler(tct, 1, s, uq, v)
     except ImportError:
         pass
-    med = interleaved_medians(calls, args.rounds)
+    med = (after_idle_medians if args.after_idle else interleaved_medians)(calls, args.rounds)
     line = (
-        f"{args.sampler}{' per-row B=%d' % args.batch if args.per_row else ''} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us "
+        f"{args.sampler}{' per-row B=%d' % args.batch if args.per_row else ''}"
+        f"{' non-unique' if args.non_unique else ''}{' after idle' if args.after_idle else ''} S={s} V={v}: old {med['old'] * 1e6:.1f} us, new {med['new'] * 1e6:.1f} us "
         f"(new/old {med['new'] / med['old']:.3f})"
     )
     if "tensorflow" in med:

@@ -231,6 +231,130 @@ pub fn zeroed<T: Zeroable>(arg: &'static str, n: usize) -> Result<Vec<T>> {
     Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
+/// Output buffers handed back by the Python binding when the array that held them dies, for the next call
+/// of the same size to reuse.
+///
+/// A fresh output of a few MiB costs a page fault per 4 KiB page when first written (the allocator gets
+/// such blocks from the system afresh each time, or trims them back to it once other work, a NumPy
+/// temporary say, frees memory next to them): for 10^6 draws, 12 MiB of ids and counts, 3,000 faults,
+/// several milliseconds on a virtual machine, as long as the draws themselves. A kept buffer is already
+/// mapped. Outputs below [`POOL_MIN_BYTES`] are not kept (the allocator reuses such blocks itself), and
+/// the pool holds at most [`POOL_KEEP`] buffers and [`POOL_KEEP_BYTES`] in all, the oldest dropped
+/// first. Never waits for its lock (a call that finds it held allocates afresh), so a process forked while
+/// another thread held it cannot deadlock in the child.
+pub struct OutPool<T> {
+    bufs: std::sync::Mutex<Vec<Vec<T>>>,
+}
+
+/// Outputs of fewer bytes than this are not kept by an [`OutPool`].
+pub const POOL_MIN_BYTES: usize = 64 << 10;
+/// The most buffers an [`OutPool`] keeps.
+pub const POOL_KEEP: usize = 4;
+/// The most bytes an [`OutPool`] keeps (each element type has its pool).
+pub const POOL_KEEP_BYTES: usize = 32 << 20;
+
+impl<T> OutPool<T> {
+    /// An empty pool.
+    pub const fn new() -> Self {
+        OutPool { bufs: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Vec<Vec<T>>>> {
+        match self.bufs.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// A kept buffer of capacity `n..=2n` (the smallest), emptied; None when there is none.
+    fn take(&self, n: usize) -> Option<Vec<T>> {
+        if n.saturating_mul(std::mem::size_of::<T>()) < POOL_MIN_BYTES / 2 {
+            return None;
+        }
+        let mut bufs = self.lock()?;
+        let fits = |v: &Vec<T>| v.capacity() >= n && v.capacity() / 2 <= n;
+        let i = (0..bufs.len()).filter(|&i| fits(&bufs[i])).min_by_key(|&i| bufs[i].capacity())?;
+        let mut v = bufs.remove(i);
+        v.clear();
+        Some(v)
+    }
+
+    /// Keep `v` for a later call (if it is large enough; the oldest buffers go when the pool is full).
+    pub fn give(&self, v: Vec<T>) {
+        let bytes = |x: &Vec<T>| x.capacity().saturating_mul(std::mem::size_of::<T>());
+        if bytes(&v) < POOL_MIN_BYTES || bytes(&v) > POOL_KEEP_BYTES {
+            return;
+        }
+        let Some(mut bufs) = self.lock() else {
+            return;
+        };
+        bufs.push(v);
+        let mut total: usize = bufs.iter().map(bytes).sum();
+        while bufs.len() > POOL_KEEP || total > POOL_KEEP_BYTES {
+            total -= bytes(&bufs[0]);
+            drop(bufs.remove(0));
+        }
+    }
+}
+
+impl<T> Default for OutPool<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Element types whose outputs are pooled (see [`OutPool`]).
+pub trait Pooled: Zeroable + Send + 'static {
+    /// The pool of this type's outputs.
+    fn out_pool() -> &'static OutPool<Self>;
+}
+
+static POOL_I64: OutPool<i64> = OutPool::new();
+static POOL_F32: OutPool<f32> = OutPool::new();
+
+impl Pooled for i64 {
+    fn out_pool() -> &'static OutPool<i64> {
+        &POOL_I64
+    }
+}
+
+impl Pooled for f32 {
+    fn out_pool() -> &'static OutPool<f32> {
+        &POOL_F32
+    }
+}
+
+/// An empty vector with room for `n` elements, for an output: a kept buffer (see [`OutPool`]) when there is
+/// one of about that size, else a new allocation; an error naming `arg` when memory runs out.
+pub fn out_vec<T: Pooled>(arg: &'static str, n: usize) -> Result<Vec<T>> {
+    if let Some(v) = T::out_pool().take(n) {
+        return Ok(v);
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
+    Ok(v)
+}
+
+/// `n` elements for an output that the caller overwrites whole: a kept buffer (stale values) when there
+/// is one, else zeros (see [`zeroed`]).
+pub fn out_filled<T: Pooled>(arg: &'static str, n: usize) -> Result<Vec<T>> {
+    match T::out_pool().take(n) {
+        Some(mut v) => {
+            // SAFETY: capacity >= n (`take`), and every byte pattern is a valid T (`Zeroable`): the stale
+            // elements are values, which the caller overwrites.
+            unsafe { v.set_len(n) };
+            Ok(v)
+        }
+        None => zeroed(arg, n),
+    }
+}
+
+/// Hand an output whose array has died back to its pool (see [`OutPool`]).
+pub fn recycle<T: Pooled>(v: Vec<T>) {
+    T::out_pool().give(v)
+}
+
 /// Requests below this many bytes are not checked: reading the system's limits costs a few system calls.
 const CHECK_ABOVE: u128 = 1 << 28;
 
@@ -411,6 +535,44 @@ mod tests {
     }
 
     #[test]
+    fn out_pool_policy() {
+        let pool = OutPool::<f32>::new();
+        let n = POOL_MIN_BYTES / 4; // the smallest output kept
+        assert!(pool.take(n).is_none());
+        // Too small to keep, then kept.
+        pool.give(vec![1.0; n - 1]);
+        assert!(pool.lock().unwrap().is_empty());
+        let v = vec![2.0f32; n];
+        let p = v.as_ptr();
+        pool.give(v);
+        // Handed out emptied, for requests of n/2..=n elements only.
+        assert!(pool.take(n + 1).is_none() && pool.take(n / 2 - 1).is_none());
+        let v = pool.take(n / 2).unwrap();
+        assert!(v.is_empty() && v.capacity() >= n && v.as_ptr() == p);
+        assert!(pool.take(n / 2).is_none());
+        // The smallest that fits is taken; at most POOL_KEEP buffers, the oldest dropped first.
+        for k in 1..=POOL_KEEP + 2 {
+            pool.give(Vec::with_capacity(n * (POOL_KEEP + 3 - k)));
+        }
+        let caps: Vec<usize> = pool.lock().unwrap().iter().map(|v| v.capacity()).collect();
+        assert_eq!(caps.len(), POOL_KEEP);
+        assert_eq!(caps[POOL_KEEP - 1], n);
+        assert_eq!(pool.take(n).unwrap().capacity(), n);
+        assert_eq!(pool.take(2 * n).unwrap().capacity(), 2 * n);
+        // And at most POOL_KEEP_BYTES in all.
+        let big = POOL_KEEP_BYTES / 4 / 2 + 1;
+        pool.give(Vec::with_capacity(big));
+        pool.give(Vec::with_capacity(big));
+        let held: usize = pool.lock().unwrap().iter().map(|v| v.capacity() * 4).sum();
+        assert!(held <= POOL_KEEP_BYTES);
+        assert_eq!(pool.lock().unwrap().last().unwrap().capacity(), big);
+        // `out_filled` gives n elements, `out_vec` room for n.
+        assert_eq!(out_filled::<f32>("x", 10).unwrap(), vec![0.0; 10]);
+        assert!(out_vec::<i64>("x", 10).unwrap().capacity() >= 10);
+        assert!(out_vec::<i64>("x", usize::MAX / 4).is_err());
+    }
+
+    #[test]
     fn zeroed_vectors() {
         let v: Vec<f32> = zeroed("x", 1000).unwrap();
         assert_eq!(v.len(), 1000);
@@ -437,11 +599,22 @@ unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T: Zeroable + Send> ChunkedVec<T> {
-    /// `n` zeroed elements; `arg` names the argument whose size it is, for the error when memory is short.
+    /// `n` elements to be written; `arg` names the argument whose size it is, for the error when memory is
+    /// short.
     pub fn new(arg: &'static str, n: usize) -> Result<Self> {
         let mut vec = Vec::new();
         vec.try_reserve_exact(n)
             .map_err(|_| Error::too_large(arg, format!("cannot allocate {n} elements")))?;
+        Ok(ChunkedVec { vec, n })
+    }
+
+    /// `n` elements to be written, in the allocation of `vec` (whose contents are dropped), or in a new one
+    /// when its capacity is short.
+    pub fn reuse(arg: &'static str, mut vec: Vec<T>, n: usize) -> Result<Self> {
+        vec.clear();
+        if vec.capacity() < n {
+            return Self::new(arg, n);
+        }
         Ok(ChunkedVec { vec, n })
     }
 
@@ -536,8 +709,26 @@ where
     B: Zeroable + Send,
     F: Fn(usize, &mut [A], &mut [B]) + Sync,
 {
-    let mut a = ChunkedVec::<A>::new(arg, n)?;
-    let mut b = ChunkedVec::<B>::new(arg, n)?;
+    fill_together_in(arg, (Vec::new(), Vec::new()), n, len, parallel, f)
+}
+
+/// [`fill_together`] into the allocations of `into` (output buffers kept from earlier calls, say; new ones
+/// where their capacity is short).
+pub fn fill_together_in<A, B, F>(
+    arg: &'static str,
+    into: (Vec<A>, Vec<B>),
+    n: usize,
+    len: usize,
+    parallel: bool,
+    f: F,
+) -> Result<(Vec<A>, Vec<B>)>
+where
+    A: Zeroable + Send,
+    B: Zeroable + Send,
+    F: Fn(usize, &mut [A], &mut [B]) + Sync,
+{
+    let mut a = ChunkedVec::<A>::reuse(arg, into.0, n)?;
+    let mut b = ChunkedVec::<B>::reuse(arg, into.1, n)?;
     let len = len.max(1);
     let parts: Vec<_> = a.parts(len).into_iter().zip(b.parts(len)).collect();
     let stream = n * (std::mem::size_of::<A>() + std::mem::size_of::<B>()) >= STREAM_MIN_BYTES;

@@ -96,6 +96,22 @@ _SEEDS_DOC = """
 _S = TypeVar("_S", bound="_Sampler")
 
 
+_INT64 = np.dtype(np.int64)
+_tuple_new = tuple.__new__
+
+
+def _plain_true_classes(tc: Any) -> bool:
+    """Whether ``true_classes`` is already what ``as_true_classes`` returns unchanged: None, or an aligned
+    int64 [B, num_true >= 1] ndarray (the fast path of ``sample``)."""
+    return tc is None or (
+        type(tc) is np.ndarray
+        and tc.dtype is _INT64
+        and tc.ndim == 2
+        and tc.shape[1] > 0
+        and tc.flags.aligned
+    )
+
+
 class _Process:
     """The process a sampler's stream was last checked in: a new token after every fork. ``lock``
     serialises the (rare) re-binding of streams, so that two threads' first calls cannot both re-bind."""
@@ -223,6 +239,19 @@ class _Sampler:
         the remaining classes. ``seed`` makes the call stateless and reproducible; without it the call
         advances the sampler's own stream.
         """
+        # A training loop's call (a Python int, bools, no seed, true classes already int64 [B, T]) needs
+        # none of the conversions below: skipping them saves tens of microseconds on a call that follows
+        # other work, when every line of Python run is a cache miss (BENCHMARKS.md, issue 18's section).
+        if (
+            type(num_sampled) is int
+            and 0 <= num_sampled <= MAX_SAMPLED
+            and (unique is True or unique is False)
+            and remove_true is False
+            and seed is None
+            and self._ctx is _Process.token
+            and _plain_true_classes(true_classes)
+        ):
+            return _tuple_new(CandidateSample, self._s.sample(num_sampled, unique, true_classes, False, None))
         n = as_int(num_sampled, "num_sampled", lo=0, hi=MAX_SAMPLED)
         tc = None if true_classes is None else as_true_classes(true_classes)
         remove = as_flag(remove_true, "remove_true")

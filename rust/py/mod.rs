@@ -72,6 +72,67 @@ fn array2<T: numpy::Element>(
     Ok(a.into_pyarray(py))
 }
 
+/// The owner of a sampler output's memory: when the array dies, it hands the buffer back to the core's
+/// pool (`buf::OutPool`), so that the next call of that size writes into pages already mapped.
+#[pyclass(frozen, name = "OutputBuffer", module = "zipfnce._core")]
+struct Kept {
+    _held: KeptBuf,
+}
+
+enum KeptBuf {
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+}
+
+impl Drop for KeptBuf {
+    fn drop(&mut self) {
+        match self {
+            KeptBuf::I64(v) => crate::buf::recycle(std::mem::take(v)),
+            KeptBuf::F32(v) => crate::buf::recycle(std::mem::take(v)),
+        }
+    }
+}
+
+/// Output element types whose buffers go back to the pool.
+trait Keepable: crate::buf::Pooled + numpy::Element {
+    fn wrap(v: Vec<Self>) -> KeptBuf;
+}
+
+impl Keepable for i64 {
+    fn wrap(v: Vec<i64>) -> KeptBuf {
+        KeptBuf::I64(v)
+    }
+}
+
+impl Keepable for f32 {
+    fn wrap(v: Vec<f32>) -> KeptBuf {
+        KeptBuf::F32(v)
+    }
+}
+
+/// `v` as an array of `shape`, owned by a [`Kept`] when it is large enough for the pool (else as
+/// `into_pyarray` makes it).
+fn kept_array<T: Keepable, D: numpy::ndarray::Dimension>(
+    py: Python<'_>,
+    v: Vec<T>,
+    shape: D,
+) -> PyResult<Bound<'_, numpy::PyArray<T, D>>> {
+    let shape_err = |e: numpy::ndarray::ShapeError| PyValueError::new_err(e.to_string());
+    if v.capacity().saturating_mul(std::mem::size_of::<T>()) < crate::buf::POOL_MIN_BYTES {
+        return Ok(numpy::ndarray::Array::from_shape_vec(shape, v).map_err(shape_err)?.into_pyarray(py));
+    }
+    if shape.size() != v.len() {
+        return Err(PyValueError::new_err("output of the wrong length"));
+    }
+    // SAFETY: `v` holds shape.size() initialised elements, contiguous in row-major order; moving `v` into
+    // the owner below does not move its heap allocation, which the owner keeps (unchanged, never grown)
+    // until it is dropped, and the array made from the view holds the owner as its base object.
+    let view = unsafe { numpy::ndarray::ArrayView::from_shape_ptr(shape, v.as_ptr()) };
+    let owner = Bound::new(py, Kept { _held: T::wrap(v) })?;
+    // SAFETY: as above: the owner outlives the array (it is its base) and never reallocates the buffer.
+    Ok(unsafe { numpy::PyArray::borrow_from_array(&view, owner.into_any()) })
+}
+
 /// The law of a sampler, as its constructor's arguments: what a pickle carries to rebuild it.
 enum Law {
     LogUniform {
@@ -315,10 +376,11 @@ impl Sampler {
                 sampler::sample(dist.as_ref(), key, num_sampled, unique, flat.as_deref(), remove_true)
             })
             .map_err(err)?;
-        let ids = Array1::from_vec(s.ids).into_pyarray(py);
-        let sampled = Array1::from_vec(s.sampled_expected).into_pyarray(py);
+        let n = s.ids.len();
+        let ids = kept_array(py, s.ids, numpy::ndarray::Ix1(n))?;
+        let sampled = kept_array(py, s.sampled_expected, numpy::ndarray::Ix1(n))?;
         let true_ec = match (s.true_expected, shape) {
-            (Some(te), Some((b, t))) => array2(py, te, b, t)?.into_any(),
+            (Some(te), Some((b, t))) => kept_array(py, te, numpy::ndarray::Ix2(b, t))?.into_any(),
             _ => py.None().into_bound(py),
         };
         (ids, true_ec, sampled, s.num_tries).into_pyobject(py)
@@ -347,10 +409,10 @@ impl Sampler {
             })
             .map_err(err)?;
         let cols = s.ids.len().checked_div(b).unwrap_or(num_sampled.max(0) as usize);
-        let ids = array2(py, s.ids, b, cols)?;
-        let se = array2(py, s.sampled_expected, b, cols)?;
-        let te = array2(py, s.true_expected, b, t)?;
-        let tries = Array1::from_vec(s.num_tries).into_pyarray(py);
+        let ids = kept_array(py, s.ids, numpy::ndarray::Ix2(b, cols))?;
+        let se = kept_array(py, s.sampled_expected, numpy::ndarray::Ix2(b, cols))?;
+        let te = kept_array(py, s.true_expected, numpy::ndarray::Ix2(b, t))?;
+        let tries = kept_array(py, s.num_tries, numpy::ndarray::Ix1(b))?;
         (ids, te, se, tries).into_pyobject(py)
     }
 }

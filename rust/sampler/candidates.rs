@@ -6,7 +6,7 @@ use super::counts::expected_counts;
 use super::dedup::BITSET_MAX_RANGE;
 use super::draw::{chunk_len, draw, Avoid, Drawn};
 use super::{check_num_sampled, Distribution, MAX_SAMPLED};
-use crate::buf::{ensure_memory, fill_together, zeroed};
+use crate::buf::{ensure_memory, fill_together_in, out_filled, out_vec};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 use crate::threads;
@@ -53,6 +53,15 @@ fn to_i64(ids: Vec<u64>) -> Vec<i64> {
     unsafe { Vec::from_raw_parts(ptr as *mut i64, len, cap) }
 }
 
+/// Reinterpret an id buffer (empty, or ids below 2^62) as unsigned without copying (the inverse of `to_i64`).
+pub(super) fn to_u64(ids: Vec<i64>) -> Vec<u64> {
+    let mut ids = std::mem::ManuallyDrop::new(ids);
+    let (ptr, len, cap) = (ids.as_mut_ptr(), ids.len(), ids.capacity());
+    // SAFETY: as in `to_i64`: the same size and alignment, the allocation handed over whole, every bit
+    // pattern valid in both types.
+    unsafe { Vec::from_raw_parts(ptr as *mut u64, len, cap) }
+}
+
 /// Draws with replacement and nothing avoided: every draw is kept, so each chunk draws its ids and their
 /// expected counts (`P * n`) in one pass while they are in cache.
 fn plain_sample(
@@ -63,13 +72,14 @@ fn plain_sample(
     parallel: bool,
 ) -> Result<Sample> {
     let len = chunk_len(n);
-    let (ids, ec) = fill_together::<u64, f32, _>("num_sampled", n, len, parallel, |c, i, e| {
+    let into = (to_u64(out_vec::<i64>("num_sampled", n)?), out_vec::<f32>("num_sampled", n)?);
+    let (ids, ec) = fill_together_in::<u64, f32, _>("num_sampled", into, n, len, parallel, |c, i, e| {
         dist.draw(&mut Stream::new(derive(key, c as u64)), i);
         expected_counts(dist, i, n as u64, n as u64, 1.0, e);
     })?;
     let true_expected = match truth {
         Some(t) => {
-            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
+            let mut te: Vec<f32> = out_filled("true_classes", t.len())?;
             expected_counts(dist, t, n as u64, n as u64, 1.0, &mut te);
             Some(te)
         }
@@ -125,11 +135,11 @@ fn drawn_sample(
 ) -> Result<Sample> {
     let Drawn { ids, tries, .. } = draw(dist, key, n, unique, avoid)?;
     let scale = avoid.map_or(1.0, |a| 1.0 / (1.0 - a.mass));
-    let mut sampled_expected: Vec<f32> = zeroed("num_sampled", n)?;
+    let mut sampled_expected: Vec<f32> = out_filled("num_sampled", n)?;
     expected_counts(dist, &ids, n as u64, tries, scale, &mut sampled_expected);
     let true_expected = match truth {
         Some(t) => {
-            let mut te: Vec<f32> = zeroed("true_classes", t.len())?;
+            let mut te: Vec<f32> = out_filled("true_classes", t.len())?;
             expected_counts(dist, t, n as u64, tries, 1.0, &mut te);
             Some(te)
         }
@@ -171,10 +181,11 @@ pub fn sample_per_row(
     }
     // Ids and counts of every row, the rows' counts and tries; each row's own scratch is small.
     ensure_memory("num_sampled", total as u128 * 12 + truth.len() as u128 * 4 + rows as u128 * 8)?;
-    let mut ids: Vec<i64> = zeroed("num_sampled", total)?;
-    let mut sampled_expected: Vec<f32> = zeroed("num_sampled", total)?;
-    let mut true_expected: Vec<f32> = zeroed("true_classes", truth.len())?;
-    let mut num_tries: Vec<i64> = zeroed("true_classes", rows)?;
+    // (Every element is written below: kept buffers' stale values never show.)
+    let mut ids: Vec<i64> = out_filled("num_sampled", total)?;
+    let mut sampled_expected: Vec<f32> = out_filled("num_sampled", total)?;
+    let mut true_expected: Vec<f32> = out_filled("true_classes", truth.len())?;
+    let mut num_tries: Vec<i64> = out_filled("true_classes", rows)?;
 
     let row = |r: usize, ids: &mut [i64], se: &mut [f32], te: &mut [f32], tries: &mut i64| -> Result<()> {
         let t = &truth[r * num_true..(r + 1) * num_true];

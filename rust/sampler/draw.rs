@@ -11,7 +11,7 @@
 
 use super::dedup::{with_unique_set, Everything, IdSet, Seen, UniqueDraw, PREFETCH};
 use super::{negbin, Distribution};
-use crate::buf::zeroed;
+use crate::buf::{out_vec, zeroed};
 use crate::error::{Error, Result};
 use crate::rng::{derive, Stream};
 
@@ -46,9 +46,8 @@ struct Collect {
 
 impl Collect {
     fn new(n: usize) -> Result<Self> {
-        let mut out = Vec::new();
-        out.try_reserve_exact(n + 1)
-            .map_err(|_| Error::too_large("num_sampled", format!("cannot allocate {n} candidates")))?;
+        // An output buffer kept from an earlier call when there is one (`buf::out_vec`).
+        let out = super::candidates::to_u64(out_vec::<i64>("num_sampled", n + 1)?);
         Ok(Collect { out, tries: 0, skipped: 0 })
     }
 
