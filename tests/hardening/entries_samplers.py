@@ -152,7 +152,11 @@ register(
             "seed": hostile_seed(),
         },
         check=check_sample,
-        blame={"true_classes": frozenset({"num_sampled"}), "remove_true": frozenset({"num_sampled"})},
+        blame={
+            # Without true_classes, remove_true=True is the argument that has nothing to act on.
+            "true_classes": frozenset({"num_sampled", "remove_true"}),
+            "remove_true": frozenset({"num_sampled"}),
+        },
         names=frozenset({"num_sampled", "true_classes", "unique", "remove_true", "seed"}),
     )
 )
@@ -170,7 +174,11 @@ register(
             "seed": hostile_seed(),
         },
         check=check_sample_per_row,
-        blame={"true_classes": frozenset({"num_sampled"}), "remove_true": frozenset({"num_sampled"})},
+        blame={
+            # Without true_classes, remove_true=True is the argument that has nothing to act on.
+            "true_classes": frozenset({"num_sampled", "remove_true"}),
+            "remove_true": frozenset({"num_sampled"}),
+        },
         names=frozenset({"num_sampled", "true_classes", "unique", "remove_true", "seed"}),
     )
 )
