@@ -752,50 +752,9 @@ def _info_nce_torch(
     return _ops.reduce(loss, red)
 
 
-class _SampledModuleBase(nn.Module):
-    """What the sampled-loss modules share, here and in :mod:`zipfnce.torch.distributed`: the options checked
-    once, the weight and bias, their initialisation."""
-
+class _SampledLossModule(nn.Module):
     _nce = False
 
-    def _set_options(
-        self,
-        num_classes: int,
-        embedding_dim: int,
-        num_sampled: int,
-        num_true: int,
-        remove_accidental_hits: Optional[bool],
-        subtract_log_q: bool,
-        focal_gamma: float,
-        reduction: str,
-        sparse: bool,
-    ) -> None:
-        self.num_classes = as_int(num_classes, "num_classes", lo=1)
-        self.embedding_dim = as_int(embedding_dim, "embedding_dim", lo=1)
-        self.num_sampled = as_int(num_sampled, "num_sampled", lo=1)
-        self.num_true = as_int(num_true, "num_true", lo=1)
-        hits = (not self._nce) if remove_accidental_hits is None else remove_accidental_hits
-        self.remove_accidental_hits = bool(hits)
-        self.subtract_log_q = bool(subtract_log_q)
-        self.focal_gamma = float(focal_gamma)
-        self.reduction = _reduction(reduction)
-        self.sparse = bool(sparse)
-
-    def _make_parameters(self, rows: int, bias: bool, dtype: torch.dtype, device: Any) -> None:
-        fk = {"dtype": dtype, "device": device}
-        self.weight = nn.Parameter(torch.empty(rows, self.embedding_dim, **fk))
-        self.bias = nn.Parameter(torch.empty(rows, **fk)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weight ~ N(0, 1/embedding_dim), bias 0 (under many ranks, each draws its own rows)."""
-        with torch.no_grad():
-            self.weight.normal_(0.0, 1.0 / math.sqrt(self.embedding_dim))
-            if self.bias is not None:
-                self.bias.zero_()
-
-
-class _SampledLossModule(_SampledModuleBase):
     def __init__(
         self,
         num_classes: int,
@@ -816,17 +775,10 @@ class _SampledLossModule(_SampledModuleBase):
     ) -> None:
         super().__init__()
         self.backend = _backend(backend)
-        self._set_options(
-            num_classes,
-            embedding_dim,
-            num_sampled,
-            num_true,
-            remove_accidental_hits,
-            subtract_log_q,
-            focal_gamma,
-            reduction,
-            sparse,
-        )
+        self.num_classes = as_int(num_classes, "num_classes", lo=1)
+        self.embedding_dim = as_int(embedding_dim, "embedding_dim", lo=1)
+        self.num_sampled = as_int(num_sampled, "num_sampled", lo=1)
+        self.num_true = as_int(num_true, "num_true", lo=1)
         if sampler is None:
             sampler = _zn.LogUniformSampler(self.num_classes)
         if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
@@ -836,10 +788,26 @@ class _SampledLossModule(_SampledModuleBase):
                 f"sampler: draws from {sampler.range_max} classes but num_classes is {self.num_classes}"
             )
         self.sampler = sampler
+        hits = (not self._nce) if remove_accidental_hits is None else remove_accidental_hits
+        self.remove_accidental_hits = bool(hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.focal_gamma = float(focal_gamma)
+        self.reduction = _reduction(reduction)
+        self.sparse = bool(sparse)
         dtype = torch.float32 if dtype is None else dtype
         if dtype not in _ALL_FLOATS:
             raise TypeError(f"dtype: expected torch.float32, float64, float16 or bfloat16, got {dtype}")
-        self._make_parameters(self.num_classes, bias, dtype, device)
+        fk = {"dtype": dtype, "device": device}
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim, **fk))
+        self.bias = nn.Parameter(torch.empty(self.num_classes, **fk)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight ~ N(0, 1/embedding_dim), bias 0."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, 1.0 / math.sqrt(self.embedding_dim))
+            if self.bias is not None:
+                self.bias.zero_()
 
     def extra_repr(self) -> str:
         return (

@@ -40,6 +40,7 @@ leaves ranks hanging in a collective.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from typing import Any, List, Optional, Sequence, Tuple
@@ -48,11 +49,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 import zipfnce as _zn
 from zipfnce import _infonce, _losses
 from zipfnce._validate import as_ids, as_int
-from zipfnce.torch import _REDUCTIONS, _reduction, _SampledModuleBase
 
 __all__ = [
     "info_nce_loss",
@@ -63,6 +64,7 @@ __all__ = [
     "VocabParallelNCELoss",
 ]
 
+_REDUCTIONS = ("none", "mean", "sum")
 _HASH_M = 2**31 - 1  # the modulus of the argument fingerprints (a Mersenne prime)
 
 
@@ -208,6 +210,12 @@ _OTHER_RANK = (
     "rank {} of the group rejected its arguments (its error says which); this rank stops too so that no rank "
     "waits in a collective"
 )
+
+
+def _reduction(r: Any) -> str:
+    if not isinstance(r, str) or r not in _REDUCTIONS:
+        raise ValueError(f"reduction: must be one of 'none', 'mean', 'sum', got {r!r}")
+    return r
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -1013,7 +1021,9 @@ def vocab_parallel_nce_loss(
     )  # fmt: skip
 
 
-class _VocabParallelModule(_SampledModuleBase):
+class _VocabParallelModule(nn.Module):
+    _nce = False
+
     def __init__(
         self,
         num_classes: int,
@@ -1034,18 +1044,17 @@ class _VocabParallelModule(_SampledModuleBase):
     ) -> None:
         super().__init__()
         self.group = group
-        self._set_options(
-            num_classes,
-            embedding_dim,
-            num_sampled,
-            num_true,
-            remove_accidental_hits,
-            subtract_log_q,
-            focal_gamma,
-            reduction,
-            sparse,
-        )
+        self.num_classes = as_int(num_classes, "num_classes", lo=1)
+        self.embedding_dim = as_int(embedding_dim, "embedding_dim", lo=1)
+        self.num_sampled = as_int(num_sampled, "num_sampled", lo=1)
+        self.num_true = as_int(num_true, "num_true", lo=1)
         self.lo, self.hi = shard_range(self.num_classes, group)
+        hits = (not self._nce) if remove_accidental_hits is None else remove_accidental_hits
+        self.remove_accidental_hits = bool(hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.focal_gamma = float(focal_gamma)
+        self.reduction = _reduction(reduction)
+        self.sparse = bool(sparse)
         dtype = torch.float32 if dtype is None else dtype
         if not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating-point dtype, got {dtype}")
@@ -1060,7 +1069,17 @@ class _VocabParallelModule(_SampledModuleBase):
             seed = int(t.item())
         self.seed = int(seed)
         self.sampler = _zn.LogUniformSampler(self.num_classes, seed=self.seed)
-        self._make_parameters(self.hi - self.lo, bias, dtype, device)
+        n = self.hi - self.lo
+        self.weight = nn.Parameter(torch.empty(n, self.embedding_dim, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(n, dtype=dtype, device=device)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight ~ N(0, 1/embedding_dim), bias 0 (each rank draws its own rows from torch's generator)."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, 1.0 / math.sqrt(self.embedding_dim))
+            if self.bias is not None:
+                self.bias.zero_()
 
     def extra_repr(self) -> str:
         return (
