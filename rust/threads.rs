@@ -289,6 +289,9 @@ impl Crew {
                 let _g = lock(&o.job);
                 o.wake.notify_all();
             }
+            // A new thread inherits its starter's CPU affinity. The crew is only ever started by a caller's
+            // thread (the samplers run on the thread that calls them, never inside the loss pool, whose
+            // workers may be bound to one CPU each), so its helpers may run on any CPU the caller may.
             for i in 0..want {
                 // A thread that cannot be started is one helper fewer: callers do the work themselves.
                 let _ = std::thread::Builder::new()
