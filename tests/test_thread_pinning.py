@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 CHILD = r"""
-import hashlib, json, os, sys
+import hashlib, json, os, sys, time
 import numpy as np
 import zipfnce as zn
 
@@ -44,16 +44,27 @@ def cpus(text):
     return sorted(out)
 
 
-workers = {}
-for t in os.listdir("/proc/self/task"):
-    try:
-        name = open(f"/proc/self/task/{t}/comm").read().strip()
-        status = open(f"/proc/self/task/{t}/status").read()
-    except OSError:
-        continue
-    if name.startswith("zipfnce-") and not name.startswith("zipfnce-helper"):
-        line = next(ln for ln in status.splitlines() if ln.startswith("Cpus_allowed_list:"))
-        workers[name] = cpus(line.split(":", 1)[1].strip())
+def workers_now():
+    found = {}
+    for t in os.listdir("/proc/self/task"):
+        try:
+            name = open(f"/proc/self/task/{t}/comm").read().strip()
+            status = open(f"/proc/self/task/{t}/status").read()
+        except OSError:
+            continue
+        if name.startswith("zipfnce-") and not name.startswith("zipfnce-helper"):
+            line = next(ln for ln in status.splitlines() if ln.startswith("Cpus_allowed_list:"))
+            found[name] = cpus(line.split(":", 1)[1].strip())
+    return found
+
+
+# A worker names itself, then binds itself, as it starts; the call above may have finished before every
+# worker got that far. Wait for all of them, then a little longer for the binding.
+want, deadline = int(sys.argv[1]), time.monotonic() + 30
+while len(workers_now()) < want and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)
+workers = workers_now()
 print(json.dumps({"mask": sorted(os.sched_getaffinity(0)), "workers": workers, "hash": h.hexdigest()}))
 """
 
@@ -63,7 +74,9 @@ def _run(threads: int, pin: str | None) -> dict:
     env.pop("ZIPFNCE_PIN_THREADS", None)
     if pin is not None:
         env["ZIPFNCE_PIN_THREADS"] = pin
-    r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, str(threads)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(out["workers"]) == threads, out
