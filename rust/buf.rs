@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 
 /// Plain numbers whose all-zero bit pattern is the value zero, and for which every bit pattern is a valid
-/// value (so memory holding numbers of one such type may be read as another, see `fill_together`).
+/// value (so memory holding numbers of one such type may be read as another, see `fill_together_in`).
 ///
 /// # Safety
 /// Implement only for types of alignment at most 8 for which every byte pattern is a valid value.
@@ -593,7 +593,7 @@ pub struct ChunkedVec<T: Zeroable> {
 /// A raw pointer that may cross threads: the chunks handed out through it never overlap.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
-// SAFETY: only used by `fill_together`, which gives each thread a disjoint range of the allocation.
+// SAFETY: only used by `fill_together_in`, which gives each thread a disjoint range of the allocation.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above; shared references to `SendPtr` only copy the pointer.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -631,7 +631,7 @@ impl<T: Zeroable + Send> ChunkedVec<T> {
         self.n.div_ceil(len.max(1))
     }
 
-    /// Raw access for `fill_together`.
+    /// Raw access for `fill_together_in`.
     fn parts(&mut self, len: usize) -> Vec<(SendPtr<T>, usize)> {
         (0..self.chunks(len)).map(|c| self.chunk(c, len)).collect()
     }
@@ -680,7 +680,7 @@ unsafe fn stream_copy<T: Copy>(src: &[T], dst: *mut T) {
 }
 
 thread_local! {
-    /// The scratch of `fill_together`, as plain words, kept between calls.
+    /// The scratch of `fill_together_in`, as plain words, kept between calls.
     static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -693,27 +693,12 @@ fn words_for<T>(n: usize) -> usize {
 /// the cache anyway. Smaller ones are copied normally, so that the caller finds them in the cache.
 const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// Fill two vectors of `n` elements chunk by chunk: `f(c, a, b)` fills chunk `c` of each (length `len`, the
-/// last shorter) in scratch buffers, from which it is copied into place (streamed past the cache when
-/// the outputs are large, see `STREAM_MIN_BYTES`). On the library's threads (see `threads::run`) when
-/// `parallel`. The scratch is the thread's own and is reused: `f` must write every element of its chunk.
-pub fn fill_together<A, B, F>(
-    arg: &'static str,
-    n: usize,
-    len: usize,
-    parallel: bool,
-    f: F,
-) -> Result<(Vec<A>, Vec<B>)>
-where
-    A: Zeroable + Send,
-    B: Zeroable + Send,
-    F: Fn(usize, &mut [A], &mut [B]) + Sync,
-{
-    fill_together_in(arg, (Vec::new(), Vec::new()), n, len, parallel, f)
-}
-
-/// [`fill_together`] into the allocations of `into` (output buffers kept from earlier calls, say; new ones
-/// where their capacity is short).
+/// Fill two vectors of `n` elements chunk by chunk, in the allocations of `into` (output buffers kept from
+/// earlier calls, say; new ones where their capacity is short, or for empty vectors): `f(c, a, b)` fills
+/// chunk `c` of each (length `len`, the last shorter) in scratch buffers, from which it is copied into
+/// place (streamed past the cache when the outputs are large, see `STREAM_MIN_BYTES`). On the library's
+/// threads (see `threads::run`) when `parallel`. The scratch is the thread's own and is reused: `f` must
+/// write every element of its chunk.
 pub fn fill_together_in<A, B, F>(
     arg: &'static str,
     into: (Vec<A>, Vec<B>),
