@@ -133,6 +133,41 @@ fn kept_array<T: Keepable, D: numpy::ndarray::Dimension>(
     Ok(unsafe { numpy::PyArray::borrow_from_array(&view, owner.into_any()) })
 }
 
+/// A shared draw as Python returns it: (ids int64[S], true_expected float32[B, T] or None, sampled_expected
+/// float32[S], num_tries); `shape` is that of the true classes, when given. The large arrays own kept
+/// buffers (see [`kept_array`]).
+fn sample_tuple(
+    py: Python<'_>,
+    s: sampler::Sample,
+    shape: Option<(usize, usize)>,
+) -> PyResult<Bound<'_, pyo3::types::PyTuple>> {
+    let n = s.ids.len();
+    let ids = kept_array(py, s.ids, numpy::ndarray::Ix1(n))?;
+    let sampled = kept_array(py, s.sampled_expected, numpy::ndarray::Ix1(n))?;
+    let true_ec = match (s.true_expected, shape) {
+        (Some(te), Some((b, t))) => kept_array(py, te, numpy::ndarray::Ix2(b, t))?.into_any(),
+        _ => py.None().into_bound(py),
+    };
+    (ids, true_ec, sampled, s.num_tries).into_pyobject(py)
+}
+
+/// Per-row draws as Python returns them: (ids int64[B, S], true_expected float32[B, T], sampled_expected
+/// float32[B, S], num_tries int64[B]), for `b` rows of `t` true classes.
+fn per_row_tuple(
+    py: Python<'_>,
+    s: sampler::PerRowSample,
+    b: usize,
+    t: usize,
+    num_sampled: i64,
+) -> PyResult<Bound<'_, pyo3::types::PyTuple>> {
+    let cols = s.ids.len().checked_div(b).unwrap_or(num_sampled.max(0) as usize);
+    let ids = kept_array(py, s.ids, numpy::ndarray::Ix2(b, cols))?;
+    let se = kept_array(py, s.sampled_expected, numpy::ndarray::Ix2(b, cols))?;
+    let te = kept_array(py, s.true_expected, numpy::ndarray::Ix2(b, t))?;
+    let tries = kept_array(py, s.num_tries, numpy::ndarray::Ix1(b))?;
+    (ids, te, se, tries).into_pyobject(py)
+}
+
 /// The law of a sampler, as its constructor's arguments: what a pickle carries to rebuild it.
 enum Law {
     LogUniform {
@@ -376,14 +411,7 @@ impl Sampler {
                 sampler::sample(dist.as_ref(), key, num_sampled, unique, flat.as_deref(), remove_true)
             })
             .map_err(err)?;
-        let n = s.ids.len();
-        let ids = kept_array(py, s.ids, numpy::ndarray::Ix1(n))?;
-        let sampled = kept_array(py, s.sampled_expected, numpy::ndarray::Ix1(n))?;
-        let true_ec = match (s.true_expected, shape) {
-            (Some(te), Some((b, t))) => kept_array(py, te, numpy::ndarray::Ix2(b, t))?.into_any(),
-            _ => py.None().into_bound(py),
-        };
-        (ids, true_ec, sampled, s.num_tries).into_pyobject(py)
+        sample_tuple(py, s, shape)
     }
 
     /// Per-row candidates: (ids int64[B, S], true_expected float32[B, T], sampled_expected float32[B, S],
@@ -408,12 +436,7 @@ impl Sampler {
                 sampler::sample_per_row(dist.as_ref(), key, &flat, t, num_sampled, unique, remove_true)
             })
             .map_err(err)?;
-        let cols = s.ids.len().checked_div(b).unwrap_or(num_sampled.max(0) as usize);
-        let ids = kept_array(py, s.ids, numpy::ndarray::Ix2(b, cols))?;
-        let se = kept_array(py, s.sampled_expected, numpy::ndarray::Ix2(b, cols))?;
-        let te = kept_array(py, s.true_expected, numpy::ndarray::Ix2(b, t))?;
-        let tries = kept_array(py, s.num_tries, numpy::ndarray::Ix1(b))?;
-        (ids, te, se, tries).into_pyobject(py)
+        per_row_tuple(py, s, b, t, num_sampled)
     }
 }
 

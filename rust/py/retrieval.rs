@@ -2,10 +2,10 @@
 //! and the learned unigram sampler (`rust/sampler/learned.rs`). Each object keeps its state behind a mutex, so Python threads may share it: calls run one at a time, in
 //! some order, each as a whole.
 
-use super::{array2, check_aligned, err, to_vec, to_vec2};
+use super::{check_aligned, err, per_row_tuple, sample_tuple, to_vec, to_vec2};
 use crate::freq::{self, FreqState};
 use crate::sampler::{self, KeyState, Keys, Learned};
-use numpy::ndarray::{Array1, ArrayD, IxDyn};
+use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{
     IntoPyArray, PyArray1, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
@@ -308,13 +308,7 @@ impl LearnedSampler {
                 Ok(s)
             })
             .map_err(err)?;
-        let ids = Array1::from_vec(s.ids).into_pyarray(py);
-        let sampled = Array1::from_vec(s.sampled_expected).into_pyarray(py);
-        let true_ec = match (s.true_expected, shape) {
-            (Some(te), Some((b, t))) => array2(py, te, b, t)?.into_any(),
-            _ => py.None().into_bound(py),
-        };
-        (ids, true_ec, sampled, s.num_tries).into_pyobject(py)
+        sample_tuple(py, s, shape)
     }
 
     /// Per-row candidates drawn from the current counts, then every row's true classes added.
@@ -340,12 +334,7 @@ impl LearnedSampler {
                 Ok(s)
             })
             .map_err(err)?;
-        let cols = s.ids.len().checked_div(b).unwrap_or(num_sampled.max(0) as usize);
-        let ids = array2(py, s.ids, b, cols)?;
-        let se = array2(py, s.sampled_expected, b, cols)?;
-        let te = array2(py, s.true_expected, b, t)?;
-        let tries = Array1::from_vec(s.num_tries).into_pyarray(py);
-        (ids, te, se, tries).into_pyobject(py)
+        per_row_tuple(py, s, b, t, num_sampled)
     }
 
     /// A copy with its own counts (copied under the lock) and `Keys::copy` of the stream.
