@@ -93,7 +93,7 @@ def child(level: str, rounds: int, filt: str) -> dict:
     import numpy as np
     import zipfnce as zn
     from zipfnce.bench.cases import Case
-    from zipfnce.bench.runner import BLAS_SETTLE, run_case
+    from zipfnce.bench.runner import SETTLE, run_case, settle_after
 
     assert zn.simd_level() == level, (zn.simd_level(), level)
     buf = np.ones(4 << 20)  # 32 MiB of float64
@@ -115,8 +115,7 @@ def child(level: str, rounds: int, filt: str) -> dict:
                 t = time.perf_counter()
                 calls[k]()
                 idle[k].append(time.perf_counter() - t)
-                if "sgemm" in k:
-                    time.sleep(BLAS_SETTLE)
+                time.sleep(settle_after(k) - SETTLE)  # (the 20 ms of other work stand for SETTLE)
         idle_med = {k: statistics.median(v) for k, v in idle.items()}
         out[key] = {"name": name, "peer": peer, "kind": kind, "steady": steady, "idle": idle_med}
     return out

@@ -33,6 +33,11 @@ SETTLE = 0.02
 BLAS_SETTLE = 0.15
 
 
+def settle_after(name: str) -> float:
+    """Seconds to pause after the turn of implementation `name` before timing anything else."""
+    return BLAS_SETTLE if "sgemm" in name else SETTLE
+
+
 def _calls_per_sample(fn: Callable[[], object], budget: float) -> int:
     t = time.perf_counter()
     fn()
@@ -52,7 +57,7 @@ def run_case(case: Case, repeats: int = 15, budget: float = 0.02) -> Result:
     previous = ""
     for _ in range(repeats):
         for name, fn in impls.items():
-            time.sleep(BLAS_SETTLE if "sgemm" in previous else SETTLE)
+            time.sleep(settle_after(previous))
             previous = name
             n = loops[name]
             t = time.perf_counter()
