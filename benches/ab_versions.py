@@ -62,8 +62,10 @@ def interleaved_medians(calls, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def after_idle_medians(calls, rounds):
-    """The median time of one call of each of `calls` after 20 ms of other work, in alternating order."""
+def after_idle_medians(calls, rounds, pause_after=None):
+    """The median time of one call of each of `calls` after 20 ms of other work (single-threaded NumPy passes
+    over 32 MiB), in alternating order. ``pause_after(name)``: seconds to sleep after that call, before the
+    next one's other work (to let another library's spinning threads stop)."""
     import numpy as np
 
     buf = np.ones(4 << 20)
@@ -78,6 +80,8 @@ def after_idle_medians(calls, rounds):
             t = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - t)
+            if pause_after is not None:
+                time.sleep(pause_after(name))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

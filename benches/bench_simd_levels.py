@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 # Case name -> (peer key, target, kind). kind "speedup": peer/zipfnce >= target; "bound": zipfnce/bound <= target.
 TARGETS = {
@@ -83,20 +81,13 @@ def _cases():
     }
 
 
-def _other_work(seconds: float, buf) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        buf *= 1.0000001
-
-
 def child(level: str, rounds: int, filt: str) -> dict:
-    import numpy as np
     import zipfnce as zn
+    from ab_versions import after_idle_medians  # (this script's directory is on sys.path)
     from zipfnce.bench.cases import Case
     from zipfnce.bench.runner import SETTLE, run_case, settle_after
 
     assert zn.simd_level() == level, (zn.simd_level(), level)
-    buf = np.ones(4 << 20)  # 32 MiB of float64
     out = {}
     for key, (name, peer, kind, make) in _cases().items():
         if filt and filt not in name and filt not in key:
@@ -106,17 +97,8 @@ def child(level: str, rounds: int, filt: str) -> dict:
             continue
         calls = {"zipfnce": impls["zipfnce"], peer: impls[peer]}
         steady = run_case(Case(name, "simd", lambda calls=calls: calls), repeats=rounds).seconds
-        for f in calls.values():
-            f()
-        idle = {k: [] for k in calls}
-        for r in range(rounds):
-            for k in list(calls) if r % 2 else list(calls)[::-1]:
-                _other_work(0.02, buf)
-                t = time.perf_counter()
-                calls[k]()
-                idle[k].append(time.perf_counter() - t)
-                time.sleep(settle_after(k) - SETTLE)  # (the 20 ms of other work stand for SETTLE)
-        idle_med = {k: statistics.median(v) for k, v in idle.items()}
+        # (The 20 ms of other work before each call stand for the runner's SETTLE.)
+        idle_med = after_idle_medians(calls, rounds, lambda k: settle_after(k) - SETTLE)
         out[key] = {"name": name, "peer": peer, "kind": kind, "steady": steady, "idle": idle_med}
     return out
 
